@@ -1,0 +1,457 @@
+//! The `tinyllm` command line. [`main_with`] is the whole program; the binary only hands it the
+//! arguments and the stage implementations (tests hand it their own).
+
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::fsutil::human_bytes;
+use crate::pipeline::runner::{self, PlanState};
+use crate::pipeline::{self, Cache, LoadedSpec, SpecSources, StageId, StageRegistry};
+
+const DEFAULT_CACHE: &str = ".tinyllm/cache";
+const DEFAULT_RUNS: &str = "runs";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tinyllm",
+    version,
+    about = "Pretrain tiny LLaMA2-architecture language models from declarative TOML pipelines",
+    long_about = "Pretrain tiny LLaMA2-architecture language models from scratch.\n\n\
+        A pipeline spec (TOML) describes five stages: download → train_vocab → pretokenize → \
+        train → sample. Every stage's output is cached under a key computed from its settings \
+        and its inputs, so a re-run only does what changed.",
+    after_help = "Examples:\n  \
+        tinyllm run pipelines/quickstart.toml\n  \
+        tinyllm run pipelines/tinystories.toml --overlay configs/small.toml --set train.lr=1e-3\n  \
+        tinyllm run pipelines/tinystories.toml --sweep train.lr=1e-3,5e-4,3e-4\n  \
+        tinyllm status pipelines/tinystories.toml\n  \
+        tinyllm schema > pipelines/schema.json"
+)]
+struct Cli {
+    /// More log output (-v: info, -vv: debug); RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// No progress bars.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline: every stage whose artifact is not cached yet.
+    #[command(after_help = "Examples:\n  \
+        tinyllm run pipelines/quickstart.toml\n  \
+        tinyllm run pipelines/tinystories.toml --until pretokenize\n  \
+        tinyllm run pipelines/tinystories.toml --set train.max_iters=2000 --set 'sample.prompts=[\"Once\"]'\n  \
+        tinyllm run pipelines/tinystories.toml --sweep train.lr=1e-3,5e-4 --sweep train.seed=1,2\n  \
+        tinyllm run pipelines/tinystories.toml --force train --verify")]
+    Run {
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[command(flatten)]
+        folders: FolderArgs,
+        /// Stop after this stage (download, train_vocab, pretokenize, train, sample).
+        #[arg(long, value_name = "STAGE", value_parser = parse_stage)]
+        until: Option<StageId>,
+        /// Rebuild this stage even if it is cached (`all` for every stage); repeatable.
+        #[arg(long, value_name = "STAGE|all")]
+        force: Vec<String>,
+        /// Re-hash every cached file and rebuild artifacts that do not match their manifest.
+        #[arg(long)]
+        verify: bool,
+        /// Show what would run, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Worker threads (default: the spec's pipeline.threads, else all cores).
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+    },
+    /// Show each stage's cache key and whether its artifact is cached.
+    Status {
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[command(flatten)]
+        folders: FolderArgs,
+        /// Re-hash cached files instead of checking their sizes.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Print the JSON Schema of pipeline specs (editors use it to complete and check them).
+    Schema,
+    /// Inspect or clean the artifact cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// List the cached artifacts.
+    Ls {
+        #[command(flatten)]
+        folders: FolderArgs,
+    },
+    /// Remove what interrupted runs left behind; optionally artifacts no run folder uses.
+    Gc {
+        #[command(flatten)]
+        folders: FolderArgs,
+        /// Also remove artifacts that no run folder under --runs links to.
+        #[arg(long)]
+        unreferenced: bool,
+        /// Also remove the resumable partial work of unfinished stages.
+        #[arg(long)]
+        scratch: bool,
+        /// Show what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SpecArgs {
+    /// The pipeline spec (TOML), e.g. pipelines/tinystories.toml.
+    spec: PathBuf,
+    /// A TOML file merged over the spec (repeatable; later ones win).
+    #[arg(long, value_name = "FILE")]
+    overlay: Vec<PathBuf>,
+    /// Set one value, as TOML: train.lr=1e-3, 'sample.prompts=["Once"]' (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Sweep a key over values: train.lr=1e-3,5e-4 (repeatable: the cartesian product runs).
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    sweep: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct FolderArgs {
+    /// Cache folder [default: $TINYLLM_CACHE, else the spec's pipeline.cache_dir, else .tinyllm/cache].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Run folders [default: the spec's pipeline.runs_dir, else runs].
+    #[arg(long, value_name = "DIR")]
+    runs: Option<PathBuf>,
+}
+
+fn parse_stage(name: &str) -> Result<StageId, String> {
+    StageId::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = StageId::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown stage `{name}`; stages are {}", names.join(", "))
+    })
+}
+
+/// Runs the command line `args` with the given stage implementations and returns the exit code.
+pub fn main_with<I, T>(args: I, registry: StageRegistry) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(err.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    init_logging(cli.verbose);
+    match execute(cli, &registry) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause the message already says.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string().replace('\n', " ");
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
+    let quiet = cli.quiet || !std::io::stderr().is_terminal();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cli.command {
+        Command::Run {
+            spec,
+            folders,
+            until,
+            force,
+            verify,
+            dry_run,
+            threads,
+        } => {
+            let loaded = load_spec(&spec)?;
+            let force = parse_force(&force)?;
+            let first = &loaded.variants[0].spec;
+            let threads = threads.or(first.pipeline.threads);
+            if threads == Some(0) {
+                bail!("--threads must be at least 1");
+            }
+            if let Some(threads) = threads {
+                // The global pool can be set once per process; a second call changes nothing.
+                let _ = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build_global();
+            }
+            let opts = pipeline::RunOptions {
+                cache_dir: cache_dir(&folders, Some(&loaded)),
+                runs_dir: runs_dir(&folders, Some(&loaded)),
+                until,
+                force,
+                verify,
+                dry_run,
+                quiet,
+            };
+            pipeline::run(&loaded, registry, &opts, &mut out)?;
+            Ok(())
+        }
+        Command::Status {
+            spec,
+            folders,
+            verify,
+        } => {
+            let loaded = load_spec(&spec)?;
+            let opts = pipeline::RunOptions {
+                cache_dir: cache_dir(&folders, Some(&loaded)),
+                runs_dir: runs_dir(&folders, Some(&loaded)),
+                until: None,
+                force: BTreeSet::new(),
+                verify,
+                dry_run: true,
+                quiet,
+            };
+            print_status(&loaded, &opts, registry, &mut out)
+        }
+        Command::Schema => {
+            let schema = pipeline::spec::json_schema();
+            writeln!(out, "{}", serde_json::to_string_pretty(&schema)?)?;
+            Ok(())
+        }
+        Command::Cache { command } => match command {
+            CacheCommand::Ls { folders } => cache_ls(&cache_dir(&folders, None), &mut out),
+            CacheCommand::Gc {
+                folders,
+                unreferenced,
+                scratch,
+                dry_run,
+            } => cache_gc(
+                &cache_dir(&folders, None),
+                &runs_dir(&folders, None),
+                unreferenced,
+                scratch,
+                dry_run,
+                &mut out,
+            ),
+        },
+    }
+}
+
+fn load_spec(args: &SpecArgs) -> Result<LoadedSpec> {
+    let sources = SpecSources {
+        spec: args.spec.clone(),
+        overlays: args.overlay.clone(),
+        sets: args.set.clone(),
+        sweeps: args.sweep.clone(),
+    };
+    Ok(pipeline::load(&sources)?)
+}
+
+fn parse_force(values: &[String]) -> Result<BTreeSet<StageId>> {
+    let mut stages = BTreeSet::new();
+    for value in values {
+        if value == "all" {
+            stages.extend(StageId::ALL);
+        } else {
+            stages.insert(parse_stage(value).map_err(|e| anyhow::anyhow!("--force: {e}"))?);
+        }
+    }
+    Ok(stages)
+}
+
+fn cache_dir(folders: &FolderArgs, loaded: Option<&LoadedSpec>) -> PathBuf {
+    folders
+        .cache
+        .clone()
+        .or_else(|| std::env::var_os("TINYLLM_CACHE").map(PathBuf::from))
+        .or_else(|| {
+            loaded.and_then(|l| {
+                l.variants[0]
+                    .spec
+                    .pipeline
+                    .cache_dir
+                    .as_ref()
+                    .map(PathBuf::from)
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE))
+}
+
+fn runs_dir(folders: &FolderArgs, loaded: Option<&LoadedSpec>) -> PathBuf {
+    folders
+        .runs
+        .clone()
+        .or_else(|| {
+            loaded.and_then(|l| {
+                l.variants[0]
+                    .spec
+                    .pipeline
+                    .runs_dir
+                    .as_ref()
+                    .map(PathBuf::from)
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNS))
+}
+
+fn print_status(
+    loaded: &LoadedSpec,
+    opts: &pipeline::RunOptions,
+    registry: &StageRegistry,
+    out: &mut dyn Write,
+) -> Result<()> {
+    writeln!(out, "cache: {}", opts.cache_dir.display())?;
+    for plan in runner::plan(loaded, opts) {
+        writeln!(
+            out,
+            "{} / {}",
+            plan.variant.spec.pipeline.name, plan.variant.name
+        )?;
+        for planned in &plan.stages {
+            let state = match &planned.state {
+                PlanState::Cached(artifact) => format!("cached    {}", artifact.manifest.summary),
+                PlanState::Missing | PlanState::Forced => "not built".to_string(),
+                PlanState::Damaged(reason) => format!("damaged   {reason}"),
+            };
+            let availability = if registry.get(planned.stage).is_some() {
+                ""
+            } else {
+                "  (not implemented in this build)"
+            };
+            let line = format!(
+                "  {:<12} {}  {state}{availability}",
+                planned.stage.name(),
+                &planned.key[..16]
+            );
+            writeln!(out, "{}", line.trim_end())?;
+        }
+    }
+    Ok(())
+}
+
+fn cache_ls(root: &Path, out: &mut dyn Write) -> Result<()> {
+    let cache = Cache::new(root);
+    let artifacts = cache.list();
+    if artifacts.is_empty() {
+        writeln!(out, "no artifacts in {}", root.display())?;
+        return Ok(());
+    }
+    let now = pipeline::cache::now_unix();
+    let mut total = 0;
+    for artifact in &artifacts {
+        total += artifact.bytes;
+        let age = runner::human_secs(now.saturating_sub(artifact.created_unix) as f64);
+        writeln!(
+            out,
+            "{:<12} {}  {:>9}  {:>12} ago  {}",
+            artifact.stage,
+            &artifact.key[..16.min(artifact.key.len())],
+            human_bytes(artifact.bytes),
+            age,
+            artifact.summary
+        )?;
+    }
+    writeln!(
+        out,
+        "{} artifacts, {} in {}",
+        artifacts.len(),
+        human_bytes(total),
+        root.display()
+    )?;
+    Ok(())
+}
+
+fn cache_gc(
+    root: &Path,
+    runs: &Path,
+    unreferenced: bool,
+    scratch: bool,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let cache = Cache::new(root);
+    let keep = if unreferenced {
+        Some(referenced_artifacts(runs)?)
+    } else {
+        None
+    };
+    let report = cache.gc(keep.as_ref(), scratch, dry_run)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for path in &report.removed {
+        writeln!(out, "{verb} {}", path.display())?;
+    }
+    writeln!(
+        out,
+        "{verb} {} folders, {}",
+        report.removed.len(),
+        human_bytes(report.bytes)
+    )?;
+    Ok(())
+}
+
+/// Every cache folder that a run folder's `artifacts/` links point at.
+fn referenced_artifacts(runs: &Path) -> Result<HashSet<PathBuf>> {
+    let mut keep = HashSet::new();
+    if !runs.exists() {
+        return Ok(keep);
+    }
+    let files = crate::fsutil::list_files(runs)
+        .with_context(|| format!("cannot read the run folders in {}", runs.display()))?;
+    for relative in files {
+        let path = runs.join(&relative);
+        let in_artifacts = relative
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == "artifacts");
+        if in_artifacts && let Ok(target) = path.canonicalize() {
+            keep.insert(target);
+        }
+    }
+    Ok(keep)
+}

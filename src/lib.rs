@@ -1,0 +1,15 @@
+//! tinyllm: pretrain tiny LLaMA2-architecture language models from scratch, driven by declarative
+//! TOML pipelines.
+//!
+//! The crate is laid out the way the data flows:
+//! - [`pipeline`]: the spec (typed TOML), overlays and sweeps, the stage DAG, the content-hashed
+//!   cache and the runner that ties them together;
+//! - [`stages`]: one file per pipeline stage;
+//! - [`model`]: model presets and dimensions;
+//! - [`cli`]: the command-line interface that the `tinyllm` binary wraps.
+
+pub mod cli;
+pub mod fsutil;
+pub mod model;
+pub mod pipeline;
+pub mod stages;

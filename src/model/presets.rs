@@ -1,0 +1,105 @@
+//! Named model presets and the runtime dimensions every model is described by.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The dimensions of a LLaMA2 decoder, as llama2.c's `Config` and Hugging Face's `LlamaConfig`
+/// describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelDims {
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub vocab_size: usize,
+    /// The SwiGLU hidden size is rounded up to a multiple of this (llama2.c's `multiple_of`).
+    pub multiple_of: usize,
+    pub max_seq_len: usize,
+}
+
+impl ModelDims {
+    /// The SwiGLU hidden size as llama2.c computes it: `4*dim`, then two thirds, then rounded up
+    /// to a multiple of `multiple_of`.
+    pub fn hidden_dim(&self) -> usize {
+        let hidden = 2 * (4 * self.dim) / 3;
+        hidden.div_ceil(self.multiple_of) * self.multiple_of
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.dim / self.n_heads
+    }
+}
+
+/// The model presets: the tutorial's model and llama2.c's published ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// The tutorial's model: dim 288, 8 layers, 8 heads, 4 kv heads, vocab 4096, seq 256.
+    Tutorial,
+    /// llama2.c's `stories260K`: dim 64, 5 layers, 8 heads, 4 kv heads, vocab 512, seq 512.
+    #[serde(rename = "stories260K")]
+    Stories260K,
+    /// llama2.c's `stories15M`: dim 288, 6 layers, 6 heads, vocab 32000, seq 256.
+    #[serde(rename = "stories15M")]
+    Stories15M,
+    /// llama2.c's `stories42M`: dim 512, 8 layers, 8 heads, vocab 32000, seq 1024.
+    #[serde(rename = "stories42M")]
+    Stories42M,
+    /// llama2.c's `stories110M`: dim 768, 12 layers, 12 heads, vocab 32000, seq 1024.
+    #[serde(rename = "stories110M")]
+    Stories110M,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 5] = [
+        Preset::Tutorial,
+        Preset::Stories260K,
+        Preset::Stories15M,
+        Preset::Stories42M,
+        Preset::Stories110M,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Tutorial => "tutorial",
+            Preset::Stories260K => "stories260K",
+            Preset::Stories15M => "stories15M",
+            Preset::Stories42M => "stories42M",
+            Preset::Stories110M => "stories110M",
+        }
+    }
+
+    pub fn dims(self) -> ModelDims {
+        let (dim, n_layers, n_heads, n_kv_heads, vocab_size, multiple_of, max_seq_len) = match self
+        {
+            Preset::Tutorial => (288, 8, 8, 4, 4096, 32, 256),
+            Preset::Stories260K => (64, 5, 8, 4, 512, 4, 512),
+            Preset::Stories15M => (288, 6, 6, 6, 32000, 32, 256),
+            Preset::Stories42M => (512, 8, 8, 8, 32000, 32, 1024),
+            Preset::Stories110M => (768, 12, 12, 12, 32000, 32, 1024),
+        };
+        ModelDims {
+            dim,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            vocab_size,
+            multiple_of,
+            max_seq_len,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_dim_matches_llama2c() {
+        // llama2.c: dim 288 → 768, dim 512 → 1376, dim 768 → 2048, dim 64 (multiple_of 4) → 172.
+        assert_eq!(Preset::Tutorial.dims().hidden_dim(), 768);
+        assert_eq!(Preset::Stories42M.dims().hidden_dim(), 1376);
+        assert_eq!(Preset::Stories110M.dims().hidden_dim(), 2048);
+        assert_eq!(Preset::Stories260K.dims().hidden_dim(), 172);
+    }
+}

@@ -1,0 +1,621 @@
+//! The content-addressed artifact cache.
+//!
+//! ```text
+//! <cache>/<stage>/<key>/manifest.json + files   finished artifacts, never modified in place
+//! <cache>/tmp/<stage>-<key>-<unique>/            artifacts being built (renamed into place)
+//! <cache>/scratch/<stage>-<key>/                 resumable partial work of an unfinished stage
+//! <cache>/locks/<stage>-<key>.lock               one builder per key across processes
+//! ```
+//!
+//! An artifact exists only once its folder has been renamed into place with its manifest inside,
+//! so a crash at any moment leaves either a finished artifact or nothing that a run takes for one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use super::dag::StageId;
+use crate::fsutil;
+
+/// How many hex digits of the key name an artifact's folder.
+const KEY_DIR_LEN: usize = 16;
+const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot create cache folder {}: {source}", path.display())]
+    Create { path: PathBuf, source: io::Error },
+    #[error("cache {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One file of an artifact, as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// What an artifact is and how it was made; written last, so its presence marks a finished
+/// artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub stage: String,
+    pub stage_version: u32,
+    pub key: String,
+    pub config: Json,
+    /// Input stage name → the key of the artifact that was read.
+    pub inputs: BTreeMap<String, String>,
+    pub files: Vec<FileEntry>,
+    pub metrics: BTreeMap<String, f64>,
+    pub summary: String,
+    pub created_unix: u64,
+    pub elapsed_secs: f64,
+    pub tool_version: String,
+}
+
+/// A finished artifact in the cache.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub stage: StageId,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Artifact {
+    pub fn key(&self) -> &str {
+        &self.manifest.key
+    }
+
+    /// A file of the artifact by its path relative to the artifact's folder.
+    pub fn file(&self, relative: &str) -> PathBuf {
+        self.dir.join(relative)
+    }
+}
+
+/// What a look-up found.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Artifact),
+    Missing,
+    /// The folder exists but does not hold what its manifest says (the reason is for the user).
+    Damaged(String),
+}
+
+/// How hard a look-up checks an artifact's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Every file exists with the recorded size.
+    Sizes,
+    /// Every file's content hashes to the recorded blake3.
+    Hashes,
+}
+
+/// The cache key of a stage: blake3 over its name, version, semantic config and input keys.
+pub fn cache_key(stage: StageId, config: &Json, inputs: &BTreeMap<String, String>) -> String {
+    let material = serde_json::json!({
+        "stage": stage.name(),
+        "version": stage.version(),
+        "config": config,
+        "inputs": inputs,
+    });
+    let canonical = canonical_json(&material);
+    blake3::hash(canonical.as_bytes()).to_hex().to_string()
+}
+
+/// JSON with object keys sorted at every level, whatever map type serde_json was built with.
+pub fn canonical_json(value: &Json) -> String {
+    fn write(value: &Json, out: &mut String) {
+        match value {
+            Json::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, key) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Json::String(key.clone()).to_string());
+                    out.push(':');
+                    write(&map[key], out);
+                }
+                out.push('}');
+            }
+            Json::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+/// The cache folder.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// An exclusive claim on building one key; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct KeyLock {
+    _file: File,
+    stage: StageId,
+    key: String,
+}
+
+/// An artifact being built in a temporary folder.
+#[derive(Debug)]
+pub struct Pending {
+    pub dir: PathBuf,
+    stage: StageId,
+    key: String,
+}
+
+/// What `cache ls` shows of one artifact.
+#[derive(Debug, Clone)]
+pub struct ArtifactSummary {
+    pub stage: String,
+    pub key: String,
+    pub bytes: u64,
+    pub created_unix: u64,
+    pub summary: String,
+    pub dir: PathBuf,
+}
+
+/// What `cache gc` removed (or would remove).
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed: Vec<PathBuf>,
+    pub bytes: u64,
+}
+
+impl Cache {
+    /// A handle on a cache folder; nothing is created until [`Cache::ensure`].
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Cache { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the cache's folders, failing with the folder that cannot be created.
+    pub fn ensure(&self) -> Result<(), CacheError> {
+        for dir in [
+            self.root.clone(),
+            self.tmp_root(),
+            self.root.join("locks"),
+            self.root.join("scratch"),
+        ] {
+            fs::create_dir_all(&dir).map_err(|source| CacheError::Create {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        // Creating a folder can succeed where writing a file fails (read-only mounts).
+        let probe = self
+            .tmp_root()
+            .join(format!(".probe-{}", fsutil::unique_suffix()));
+        File::create(&probe).map_err(|source| CacheError::Create {
+            path: self.root.clone(),
+            source,
+        })?;
+        let _ = fs::remove_file(probe);
+        Ok(())
+    }
+
+    fn tmp_root(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn key_dir_name(key: &str) -> &str {
+        &key[..KEY_DIR_LEN.min(key.len())]
+    }
+
+    /// Where the finished artifact of `key` lives.
+    pub fn artifact_dir(&self, stage: StageId, key: &str) -> PathBuf {
+        self.root.join(stage.name()).join(Self::key_dir_name(key))
+    }
+
+    /// A folder that survives a crash, for a stage to resume from; removed once it succeeds.
+    pub fn scratch_dir(&self, stage: StageId, key: &str) -> PathBuf {
+        self.root
+            .join("scratch")
+            .join(format!("{}-{}", stage.name(), Self::key_dir_name(key)))
+    }
+
+    /// Finds the finished artifact of `key` and checks its files.
+    pub fn lookup(&self, stage: StageId, key: &str, verify: Verify) -> Lookup {
+        let dir = self.artifact_dir(stage, key);
+        let manifest_path = dir.join(MANIFEST);
+        let text = match fs::read_to_string(&manifest_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => {
+                return Lookup::Missing;
+            }
+            Err(e) => return Lookup::Damaged(format!("cannot read its manifest: {e}")),
+        };
+        let manifest: Manifest = match serde_json::from_str(&text) {
+            Ok(m) => m,
+            Err(e) => return Lookup::Damaged(format!("its manifest is unreadable: {e}")),
+        };
+        if manifest.key != key || manifest.stage != stage.name() {
+            return Lookup::Damaged("its manifest belongs to another key".into());
+        }
+        let problem = manifest.files.par_iter().find_map_any(|entry| {
+            let path = dir.join(&entry.path);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(_) => return Some(format!("{} is missing", entry.path)),
+            };
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).ok()?;
+                let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
+                return (hash.to_hex().as_str() != entry.blake3)
+                    .then(|| format!("{} points elsewhere", entry.path));
+            }
+            if meta.len() != entry.size {
+                return Some(format!(
+                    "{} has {} bytes, the manifest says {}",
+                    entry.path,
+                    meta.len(),
+                    entry.size
+                ));
+            }
+            if verify == Verify::Hashes {
+                match fsutil::blake3_file(&path) {
+                    Ok((_, hash)) if hash == entry.blake3 => None,
+                    Ok(_) => Some(format!("{} does not match its recorded hash", entry.path)),
+                    Err(e) => Some(format!("{} cannot be read: {e}", entry.path)),
+                }
+            } else {
+                None
+            }
+        });
+        match problem {
+            Some(reason) => Lookup::Damaged(reason),
+            None => Lookup::Hit(Artifact {
+                stage,
+                dir,
+                manifest,
+            }),
+        }
+    }
+
+    /// Takes the build lock of `key`, calling `on_wait` first if another process holds it.
+    pub fn lock(
+        &self,
+        stage: StageId,
+        key: &str,
+        on_wait: impl FnOnce(),
+    ) -> Result<KeyLock, CacheError> {
+        let path = self.root.join("locks").join(format!(
+            "{}-{}.lock",
+            stage.name(),
+            Self::key_dir_name(key)
+        ));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock().map_err(io_err(&path))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        Ok(KeyLock {
+            _file: file,
+            stage,
+            key: key.to_string(),
+        })
+    }
+
+    /// Starts building the artifact of a locked key in a fresh temporary folder, after removing
+    /// what earlier, interrupted builds of the same key left there.
+    pub fn begin(&self, lock: &KeyLock) -> Result<Pending, CacheError> {
+        let prefix = format!("{}-{}-", lock.stage.name(), Self::key_dir_name(&lock.key));
+        let tmp_root = self.tmp_root();
+        if let Ok(entries) = fs::read_dir(&tmp_root) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = tmp_root.join(format!("{prefix}{}", fsutil::unique_suffix()));
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(Pending {
+            dir,
+            stage: lock.stage,
+            key: lock.key.clone(),
+        })
+    }
+
+    /// Hashes the built files, writes the manifest and renames the folder into place, replacing
+    /// a damaged or forced-out artifact of the same key.
+    pub fn publish(
+        &self,
+        pending: Pending,
+        mut manifest: Manifest,
+        _lock: &KeyLock,
+    ) -> Result<Artifact, CacheError> {
+        let files = fsutil::list_files(&pending.dir).map_err(io_err(&pending.dir))?;
+        let entries: Result<Vec<FileEntry>, CacheError> = files
+            .par_iter()
+            .filter(|p| p.as_os_str() != MANIFEST)
+            .map(|relative| {
+                let path = pending.dir.join(relative);
+                let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+                let (size, blake3) = if meta.file_type().is_symlink() {
+                    let target = fs::read_link(&path).map_err(io_err(&path))?;
+                    let hash = blake3::hash(target.as_os_str().as_encoded_bytes());
+                    (0, hash.to_hex().to_string())
+                } else {
+                    File::open(&path)
+                        .and_then(|f| f.sync_all())
+                        .map_err(io_err(&path))?;
+                    fsutil::blake3_file(&path).map_err(io_err(&path))?
+                };
+                Ok(FileEntry {
+                    path: relative.to_string_lossy().replace('\\', "/"),
+                    size,
+                    blake3,
+                })
+            })
+            .collect();
+        manifest.files = entries?;
+        manifest.key = pending.key.clone();
+        manifest.stage = pending.stage.name().to_string();
+        let manifest_json =
+            serde_json::to_vec_pretty(&manifest).expect("a manifest serializes to JSON");
+        let manifest_path = pending.dir.join(MANIFEST);
+        fsutil::write_atomic(&manifest_path, &manifest_json).map_err(io_err(&manifest_path))?;
+
+        let final_dir = self.artifact_dir(pending.stage, &pending.key);
+        let stage_dir = final_dir.parent().expect("artifact folders have a parent");
+        fs::create_dir_all(stage_dir).map_err(io_err(stage_dir))?;
+        if final_dir.exists() {
+            let trash = self
+                .tmp_root()
+                .join(format!("trash-{}", fsutil::unique_suffix()));
+            fs::rename(&final_dir, &trash).map_err(io_err(&final_dir))?;
+            let _ = fs::remove_dir_all(&trash);
+        }
+        fs::rename(&pending.dir, &final_dir).map_err(io_err(&final_dir))?;
+        fsutil::sync_dir(stage_dir).map_err(io_err(stage_dir))?;
+        let scratch = self.scratch_dir(pending.stage, &pending.key);
+        let _ = fs::remove_dir_all(scratch);
+        Ok(Artifact {
+            stage: pending.stage,
+            dir: final_dir,
+            manifest,
+        })
+    }
+
+    /// Every finished artifact, by stage then age.
+    pub fn list(&self) -> Vec<ArtifactSummary> {
+        let mut out = Vec::new();
+        for stage in StageId::ALL {
+            let Ok(entries) = fs::read_dir(self.root.join(stage.name())) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                let Ok(text) = fs::read_to_string(dir.join(MANIFEST)) else {
+                    continue;
+                };
+                let Ok(manifest) = serde_json::from_str::<Manifest>(&text) else {
+                    continue;
+                };
+                out.push(ArtifactSummary {
+                    stage: stage.name().to_string(),
+                    key: manifest.key,
+                    bytes: fsutil::dir_size(&dir),
+                    created_unix: manifest.created_unix,
+                    summary: manifest.summary,
+                    dir,
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            let order = |s: &str| StageId::from_name(s);
+            (order(&a.stage), a.created_unix).cmp(&(order(&b.stage), b.created_unix))
+        });
+        out
+    }
+
+    /// Removes what interrupted runs left (temporary folders whose key nobody is building, and
+    /// their scratch work when `scratch` is set) and, when `keep` is given, every artifact whose
+    /// folder is not in it.
+    pub fn gc(
+        &self,
+        keep: Option<&std::collections::HashSet<PathBuf>>,
+        scratch: bool,
+        dry_run: bool,
+    ) -> Result<GcReport, CacheError> {
+        let mut report = GcReport::default();
+        let remove = |path: PathBuf, report: &mut GcReport| -> Result<(), CacheError> {
+            report.bytes += fsutil::dir_size(&path);
+            if !dry_run {
+                fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            }
+            report.removed.push(path);
+            Ok(())
+        };
+        let mut leftovers = Vec::new();
+        if let Ok(entries) = fs::read_dir(self.tmp_root()) {
+            leftovers.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        if scratch && let Ok(entries) = fs::read_dir(self.root.join("scratch")) {
+            leftovers.extend(entries.flatten().map(|e| e.path()));
+        }
+        for path in leftovers {
+            if !self.is_being_built(&path) {
+                remove(path, &mut report)?;
+            }
+        }
+        if let Some(keep) = keep {
+            for artifact in self.list() {
+                let canonical = artifact.dir.canonicalize().unwrap_or(artifact.dir.clone());
+                if !keep.contains(&canonical) {
+                    remove(artifact.dir, &mut report)?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Whether another process holds the lock of the key a tmp or scratch folder belongs to.
+    fn is_being_built(&self, path: &Path) -> bool {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let Some((stage, rest)) = StageId::ALL
+            .iter()
+            .filter_map(|s| Some((*s, name.strip_prefix(&format!("{}-", s.name()))?)))
+            .max_by_key(|(s, _)| s.name().len())
+        else {
+            return false;
+        };
+        let key: String = rest.chars().take(KEY_DIR_LEN).collect();
+        let lock_path = self
+            .root
+            .join("locks")
+            .join(format!("{}-{key}.lock", stage.name()));
+        let Ok(file) = File::options().write(true).open(lock_path) else {
+            return false;
+        };
+        matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
+    }
+}
+
+/// Seconds since the Unix epoch, for manifests.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            stage: String::new(),
+            stage_version: 1,
+            key: String::new(),
+            config: Json::Null,
+            inputs: BTreeMap::new(),
+            files: Vec::new(),
+            metrics: BTreeMap::new(),
+            summary: String::new(),
+            created_unix: 0,
+            elapsed_secs: 0.0,
+            tool_version: String::new(),
+        }
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let a = serde_json::json!({"b": 1, "a": {"d": [1, {"z": 0, "y": 1}], "c": 2.5}});
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"c":2.5,"d":[1,{"y":1,"z":0}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn keys_change_with_config_and_inputs() {
+        let config = serde_json::json!({"lr": 1e-3});
+        let inputs = BTreeMap::from([("download".to_string(), "k1".to_string())]);
+        let base = cache_key(StageId::Train, &config, &inputs);
+        assert_eq!(base, cache_key(StageId::Train, &config, &inputs));
+        assert_ne!(
+            base,
+            cache_key(StageId::Train, &serde_json::json!({"lr": 2e-3}), &inputs)
+        );
+        let other_inputs = BTreeMap::from([("download".to_string(), "k2".to_string())]);
+        assert_ne!(base, cache_key(StageId::Train, &config, &other_inputs));
+        assert_ne!(base, cache_key(StageId::Sample, &config, &inputs));
+    }
+
+    #[test]
+    fn publish_then_lookup_detects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("cache"));
+        cache.ensure().unwrap();
+        let key = "ab".repeat(32);
+        let lock = cache.lock(StageId::Download, &key, || {}).unwrap();
+        let pending = cache.begin(&lock).unwrap();
+        fs::create_dir_all(pending.dir.join("files")).unwrap();
+        fs::write(pending.dir.join("files/a.txt"), b"hello").unwrap();
+        let artifact = cache.publish(pending, manifest(), &lock).unwrap();
+        assert_eq!(artifact.manifest.files.len(), 1);
+        assert!(matches!(
+            cache.lookup(StageId::Download, &key, Verify::Hashes),
+            Lookup::Hit(_)
+        ));
+        fs::write(artifact.dir.join("files/a.txt"), b"jello").unwrap();
+        assert!(matches!(
+            cache.lookup(StageId::Download, &key, Verify::Sizes),
+            Lookup::Hit(_)
+        ));
+        assert!(matches!(
+            cache.lookup(StageId::Download, &key, Verify::Hashes),
+            Lookup::Damaged(_)
+        ));
+        fs::write(artifact.dir.join("files/a.txt"), b"hi").unwrap();
+        assert!(matches!(
+            cache.lookup(StageId::Download, &key, Verify::Sizes),
+            Lookup::Damaged(_)
+        ));
+    }
+
+    #[test]
+    fn begin_clears_leftovers_of_the_same_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        cache.ensure().unwrap();
+        let key = "cd".repeat(32);
+        let stale = cache.tmp_root().join(format!("train-{}-1-2-3", &key[..16]));
+        let other = cache.tmp_root().join("train-0000000000000000-1-2-3");
+        fs::create_dir_all(&stale).unwrap();
+        fs::create_dir_all(&other).unwrap();
+        let lock = cache.lock(StageId::Train, &key, || {}).unwrap();
+        let pending = cache.begin(&lock).unwrap();
+        assert!(!stale.exists());
+        assert!(other.exists());
+        assert!(pending.dir.exists());
+    }
+}

@@ -1,0 +1,15 @@
+//! Pipelines: the spec and its overlays, the stage DAG, the content-hashed cache, and the runner.
+
+pub mod cache;
+pub mod dag;
+pub mod overlay;
+pub mod runner;
+pub mod spec;
+pub mod stage;
+
+pub use cache::{Artifact, Cache};
+pub use dag::StageId;
+pub use overlay::{LoadedSpec, SpecError, SpecSources, Variant, load};
+pub use runner::{RunError, RunOptions, run};
+pub use spec::PipelineSpec;
+pub use stage::{Stage, StageContext, StageFailure, StageRegistry, StageReport};

@@ -1,0 +1,601 @@
+//! Runs the variants of a spec: plans every stage's key up front, reuses what the cache holds,
+//! builds the rest under a per-key lock, links the results into the run folder, and ends a sweep
+//! with a comparison table.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::cache::{Artifact, Cache, CacheError, Lookup, Manifest, Verify, cache_key, now_unix};
+use super::dag::StageId;
+use super::overlay::{LoadedSpec, Variant};
+use super::stage::{StageContext, StageFailure, StageRegistry};
+use crate::fsutil;
+
+/// How a run treats the cache.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub cache_dir: PathBuf,
+    pub runs_dir: PathBuf,
+    /// Stop after this stage.
+    pub until: Option<StageId>,
+    /// Rebuild these stages (and, through their keys' consumers, nothing else unless listed).
+    pub force: BTreeSet<StageId>,
+    /// Re-hash every cached file instead of checking sizes.
+    pub verify: bool,
+    /// Plan and print, change nothing.
+    pub dry_run: bool,
+    pub quiet: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot write the run folder {}: {source}", path.display())]
+    RunFolder { path: PathBuf, source: io::Error },
+    #[error(
+        "stage `{stage}` is not implemented in this build of tinyllm yet; stop before it with --until {previous}"
+    )]
+    NotImplemented { stage: StageId, previous: String },
+    #[error("stage {stage} failed")]
+    Stage {
+        stage: StageId,
+        #[source]
+        source: StageFailure,
+    },
+    #[error("cannot print: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// What the plan says about one stage of one variant.
+#[derive(Debug, Clone)]
+pub enum PlanState {
+    Cached(Artifact),
+    Missing,
+    Damaged(String),
+    Forced,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    pub stage: StageId,
+    pub key: String,
+    pub inputs: BTreeMap<String, String>,
+    pub state: PlanState,
+}
+
+#[derive(Debug, Clone)]
+pub struct VariantPlan {
+    pub variant: Variant,
+    pub run_dir: PathBuf,
+    pub stages: Vec<PlannedStage>,
+}
+
+/// How a stage ended in this run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Cached,
+    /// Built by another process while this one waited for the key's lock.
+    BuiltElsewhere,
+    Ran {
+        secs: f64,
+    },
+    WouldRun,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageResult {
+    pub stage: StageId,
+    pub key: String,
+    pub outcome: Outcome,
+    pub metrics: BTreeMap<String, f64>,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VariantResult {
+    pub name: String,
+    pub overrides: Vec<(String, serde_json::Value)>,
+    pub run_dir: PathBuf,
+    pub stages: Vec<StageResult>,
+}
+
+/// The stages a run covers: all of them, or up to `until`.
+fn stages_until(until: Option<StageId>) -> Vec<StageId> {
+    StageId::ALL
+        .into_iter()
+        .filter(|s| until.is_none_or(|u| *s <= u))
+        .collect()
+}
+
+/// Computes every stage's key and looks each one up, touching nothing.
+pub fn plan(loaded: &LoadedSpec, opts: &RunOptions) -> Vec<VariantPlan> {
+    let cache = Cache::new(&opts.cache_dir);
+    let verify = if opts.verify {
+        Verify::Hashes
+    } else {
+        Verify::Sizes
+    };
+    let mut checked: BTreeMap<(StageId, String), PlanState> = BTreeMap::new();
+    loaded
+        .variants
+        .iter()
+        .map(|variant| {
+            let mut keys: BTreeMap<StageId, String> = BTreeMap::new();
+            let mut stages = Vec::new();
+            for stage in stages_until(opts.until) {
+                let inputs: BTreeMap<String, String> = stage
+                    .inputs()
+                    .iter()
+                    .map(|s| (s.name().to_string(), keys[s].clone()))
+                    .collect();
+                let key = cache_key(stage, &stage.key_config(&variant.spec), &inputs);
+                keys.insert(stage, key.clone());
+                let state = checked
+                    .entry((stage, key.clone()))
+                    .or_insert_with(|| {
+                        if opts.force.contains(&stage) {
+                            return PlanState::Forced;
+                        }
+                        match cache.lookup(stage, &key, verify) {
+                            Lookup::Hit(artifact) => PlanState::Cached(artifact),
+                            Lookup::Missing => PlanState::Missing,
+                            Lookup::Damaged(reason) => PlanState::Damaged(reason),
+                        }
+                    })
+                    .clone();
+                stages.push(PlannedStage {
+                    stage,
+                    key,
+                    inputs,
+                    state,
+                });
+            }
+            VariantPlan {
+                run_dir: opts
+                    .runs_dir
+                    .join(&variant.spec.pipeline.name)
+                    .join(&variant.name),
+                variant: variant.clone(),
+                stages,
+            }
+        })
+        .collect()
+}
+
+/// Runs (or, with `dry_run`, describes) every variant of a spec, printing a line per stage.
+pub fn run(
+    loaded: &LoadedSpec,
+    registry: &StageRegistry,
+    opts: &RunOptions,
+    out: &mut dyn Write,
+) -> Result<Vec<VariantResult>, RunError> {
+    let cache = Cache::new(&opts.cache_dir);
+    if !opts.dry_run {
+        cache.ensure()?;
+    }
+    let plans = plan(loaded, opts);
+    check_implemented(&plans, registry, opts)?;
+    let mut built: HashSet<(StageId, String)> = HashSet::new();
+    let mut results = Vec::new();
+    for plan in plans {
+        writeln!(
+            out,
+            "{} / {}",
+            plan.variant.spec.pipeline.name, plan.variant.name
+        )?;
+        if !opts.dry_run {
+            fs::create_dir_all(plan.run_dir.join("artifacts")).map_err(|source| {
+                RunError::RunFolder {
+                    path: plan.run_dir.clone(),
+                    source,
+                }
+            })?;
+            write_run_spec(&plan)?;
+        }
+        let mut artifacts: BTreeMap<StageId, Artifact> = BTreeMap::new();
+        let mut stage_results = Vec::new();
+        for planned in &plan.stages {
+            let result = if opts.dry_run {
+                dry_run_result(planned)
+            } else {
+                let already_built = built.contains(&(planned.stage, planned.key.clone()));
+                let (artifact, outcome) = match &planned.state {
+                    PlanState::Cached(artifact) => (artifact.clone(), Outcome::Cached),
+                    _ if already_built => (lookup_fresh(&cache, planned, opts)?, Outcome::Cached),
+                    state => {
+                        if let PlanState::Damaged(reason) = state {
+                            writeln!(
+                                out,
+                                "  {:<12} rebuilding: the cached artifact is damaged ({reason})",
+                                planned.stage.name()
+                            )?;
+                        }
+                        build(&cache, registry, planned, &plan, &artifacts, opts, out)?
+                    }
+                };
+                built.insert((planned.stage, planned.key.clone()));
+                link_artifact(&plan.run_dir, planned.stage, &artifact)?;
+                let result = StageResult {
+                    stage: planned.stage,
+                    key: planned.key.clone(),
+                    outcome,
+                    metrics: artifact.manifest.metrics.clone(),
+                    summary: artifact.manifest.summary.clone(),
+                };
+                artifacts.insert(planned.stage, artifact);
+                result
+            };
+            print_stage_line(out, &result)?;
+            stage_results.push(result);
+        }
+        if !opts.dry_run {
+            write_stage_record(&plan.run_dir, &stage_results)?;
+        }
+        results.push(VariantResult {
+            name: plan.variant.name.clone(),
+            overrides: plan.variant.overrides.clone(),
+            run_dir: plan.run_dir.clone(),
+            stages: stage_results,
+        });
+    }
+    if loaded.variants.len() > 1 {
+        let table = sweep_table(&loaded.swept_keys, &results);
+        writeln!(out)?;
+        write!(out, "{}", table.render())?;
+        if !opts.dry_run {
+            let pipeline = &loaded.variants[0].spec.pipeline.name;
+            let csv_path = opts.runs_dir.join(pipeline).join("sweep.csv");
+            fsutil::write_atomic(&csv_path, table.to_csv().as_bytes()).map_err(|source| {
+                RunError::RunFolder {
+                    path: csv_path.clone(),
+                    source,
+                }
+            })?;
+            writeln!(out, "table written to {}", csv_path.display())?;
+        }
+    }
+    Ok(results)
+}
+
+/// Fails before anything runs if a stage that must run has no implementation.
+fn check_implemented(
+    plans: &[VariantPlan],
+    registry: &StageRegistry,
+    opts: &RunOptions,
+) -> Result<(), RunError> {
+    if opts.dry_run {
+        return Ok(());
+    }
+    for plan in plans {
+        for planned in &plan.stages {
+            let needs_run = !matches!(planned.state, PlanState::Cached(_));
+            if needs_run && registry.get(planned.stage).is_none() {
+                let previous = StageId::ALL
+                    .into_iter()
+                    .rev()
+                    .find(|s| *s < planned.stage)
+                    .map_or("(none)".to_string(), |s| s.name().to_string());
+                return Err(RunError::NotImplemented {
+                    stage: planned.stage,
+                    previous,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lookup_fresh(
+    cache: &Cache,
+    planned: &PlannedStage,
+    opts: &RunOptions,
+) -> Result<Artifact, RunError> {
+    let verify = if opts.verify {
+        Verify::Hashes
+    } else {
+        Verify::Sizes
+    };
+    match cache.lookup(planned.stage, &planned.key, verify) {
+        Lookup::Hit(artifact) => Ok(artifact),
+        Lookup::Missing | Lookup::Damaged(_) => Err(RunError::Stage {
+            stage: planned.stage,
+            source: "its artifact vanished from the cache during this run".into(),
+        }),
+    }
+}
+
+/// Builds one artifact under its key's lock, unless another process finished it meanwhile.
+fn build(
+    cache: &Cache,
+    registry: &StageRegistry,
+    planned: &PlannedStage,
+    plan: &VariantPlan,
+    inputs: &BTreeMap<StageId, Artifact>,
+    opts: &RunOptions,
+    out: &mut dyn Write,
+) -> Result<(Artifact, Outcome), RunError> {
+    let stage = planned.stage;
+    let mut waited = false;
+    let lock = cache.lock(stage, &planned.key, || {
+        waited = true;
+        eprintln!(
+            "  {:<12} waiting for another tinyllm process that is building it",
+            stage.name()
+        );
+    })?;
+    if waited || matches!(planned.state, PlanState::Missing) {
+        let verify = if opts.verify {
+            Verify::Hashes
+        } else {
+            Verify::Sizes
+        };
+        if !matches!(planned.state, PlanState::Forced)
+            && let Lookup::Hit(artifact) = cache.lookup(stage, &planned.key, verify)
+        {
+            return Ok((artifact, Outcome::BuiltElsewhere));
+        }
+    }
+    let implementation = registry.get(stage).ok_or(RunError::NotImplemented {
+        stage,
+        previous: String::new(),
+    })?;
+    let pending = cache.begin(&lock)?;
+    let scratch_dir = cache.scratch_dir(stage, &planned.key);
+    fs::create_dir_all(&scratch_dir).map_err(|source| CacheError::Io {
+        path: scratch_dir.clone(),
+        source,
+    })?;
+    writeln!(out, "  {:<12} running…", stage.name())?;
+    out.flush()?;
+    let started = Instant::now();
+    let mut cx = StageContext {
+        spec: &plan.variant.spec,
+        out_dir: &pending.dir,
+        scratch_dir: &scratch_dir,
+        run_dir: &plan.run_dir,
+        inputs,
+        quiet: opts.quiet,
+    };
+    let report = match implementation.run(&mut cx) {
+        Ok(report) => report,
+        Err(source) => {
+            let _ = fs::remove_dir_all(&pending.dir);
+            return Err(RunError::Stage { stage, source });
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let manifest = Manifest {
+        stage: stage.name().to_string(),
+        stage_version: stage.version(),
+        key: planned.key.clone(),
+        config: stage.key_config(&plan.variant.spec),
+        inputs: planned.inputs.clone(),
+        files: Vec::new(),
+        metrics: report.metrics,
+        summary: report.summary,
+        created_unix: now_unix(),
+        elapsed_secs: secs,
+        tool_version: format!("tinyllm {}", env!("CARGO_PKG_VERSION")),
+    };
+    let artifact = cache.publish(pending, manifest, &lock)?;
+    Ok((artifact, Outcome::Ran { secs }))
+}
+
+fn dry_run_result(planned: &PlannedStage) -> StageResult {
+    let (outcome, summary) = match &planned.state {
+        PlanState::Cached(artifact) => (Outcome::Cached, artifact.manifest.summary.clone()),
+        PlanState::Missing => (Outcome::WouldRun, "would run".to_string()),
+        PlanState::Forced => (Outcome::WouldRun, "would run (forced)".to_string()),
+        PlanState::Damaged(reason) => (
+            Outcome::WouldRun,
+            format!("would rebuild: damaged ({reason})"),
+        ),
+    };
+    let metrics = match &planned.state {
+        PlanState::Cached(artifact) => artifact.manifest.metrics.clone(),
+        _ => BTreeMap::new(),
+    };
+    StageResult {
+        stage: planned.stage,
+        key: planned.key.clone(),
+        outcome,
+        metrics,
+        summary,
+    }
+}
+
+fn print_stage_line(out: &mut dyn Write, result: &StageResult) -> io::Result<()> {
+    let (word, time) = match &result.outcome {
+        Outcome::Cached => ("cached", String::new()),
+        Outcome::BuiltElsewhere => ("cached", "(built by another process)".to_string()),
+        Outcome::Ran { secs } => ("ran", format!("in {}", human_secs(*secs))),
+        Outcome::WouldRun => ("pending", String::new()),
+    };
+    let line = format!(
+        "  {:<12} {:<8} {}  {} {}",
+        result.stage.name(),
+        word,
+        &result.key[..16],
+        time,
+        result.summary
+    );
+    writeln!(out, "{}", line.trim_end())
+}
+
+/// `0.4 s`, `12.3 s`, `4 min 05 s`.
+pub fn human_secs(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.1} s")
+    } else {
+        let whole = secs.round() as u64;
+        format!("{} min {:02} s", whole / 60, whole % 60)
+    }
+}
+
+fn run_folder_err(path: &Path) -> impl FnOnce(io::Error) -> RunError + '_ {
+    move |source| RunError::RunFolder {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_run_spec(plan: &VariantPlan) -> Result<(), RunError> {
+    let path = plan.run_dir.join("spec.toml");
+    let text = format!(
+        "# The resolved spec of this variant, as tinyllm ran it.\n{}",
+        toml::to_string(&plan.variant.spec).expect("a spec serializes to TOML")
+    );
+    fsutil::write_atomic(&path, text.as_bytes()).map_err(run_folder_err(&path))
+}
+
+/// `runs/<pipeline>/<variant>/artifacts/<stage>` → the artifact's folder in the cache.
+fn link_artifact(run_dir: &Path, stage: StageId, artifact: &Artifact) -> Result<(), RunError> {
+    let link = run_dir.join("artifacts").join(stage.name());
+    let target = artifact
+        .dir
+        .canonicalize()
+        .unwrap_or_else(|_| artifact.dir.clone());
+    fsutil::symlink_atomic(&target, &link).map_err(run_folder_err(&link))
+}
+
+fn write_stage_record(run_dir: &Path, results: &[StageResult]) -> Result<(), RunError> {
+    let stages: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            json!({
+                "stage": r.stage.name(),
+                "key": r.key,
+                "ran": matches!(r.outcome, Outcome::Ran { .. }),
+                "summary": r.summary,
+                "metrics": r.metrics,
+            })
+        })
+        .collect();
+    let path = run_dir.join("stages.json");
+    let text = serde_json::to_vec_pretty(&json!({ "stages": stages })).expect("JSON serializes");
+    fsutil::write_atomic(&path, &text).map_err(run_folder_err(&path))
+}
+
+/// The comparison of a sweep's variants: their swept values, then the metrics of every stage
+/// whose artifact differs between them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepTable {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+pub fn sweep_table(swept_keys: &[String], results: &[VariantResult]) -> SweepTable {
+    let varying: Vec<StageId> = StageId::ALL
+        .into_iter()
+        .filter(|stage| {
+            let keys: BTreeSet<&str> = results
+                .iter()
+                .flat_map(|r| r.stages.iter().filter(|s| s.stage == *stage))
+                .map(|s| s.key.as_str())
+                .collect();
+            keys.len() > 1
+        })
+        .collect();
+    let mut metric_columns: Vec<(StageId, String)> = Vec::new();
+    for stage in &varying {
+        let names: BTreeSet<&String> = results
+            .iter()
+            .flat_map(|r| r.stages.iter().filter(|s| s.stage == *stage))
+            .flat_map(|s| s.metrics.keys())
+            .collect();
+        metric_columns.extend(names.into_iter().map(|n| (*stage, n.clone())));
+    }
+    let mut header = vec!["variant".to_string()];
+    header.extend(swept_keys.iter().cloned());
+    header.extend(metric_columns.iter().map(|(s, n)| format!("{s}.{n}")));
+    let rows = results
+        .iter()
+        .map(|result| {
+            let mut row = vec![result.name.clone()];
+            for key in swept_keys {
+                let value = result
+                    .overrides
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_default();
+                row.push(value);
+            }
+            for (stage, name) in &metric_columns {
+                let value = result
+                    .stages
+                    .iter()
+                    .find(|s| s.stage == *stage)
+                    .and_then(|s| s.metrics.get(name))
+                    .map(|v| format_metric(*v))
+                    .unwrap_or_else(|| "-".to_string());
+                row.push(value);
+            }
+            row
+        })
+        .collect();
+    SweepTable { header, rows }
+}
+
+fn format_metric(value: f64) -> String {
+    if value == value.trunc() && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else if value.abs() >= 0.01 {
+        format!("{value:.4}")
+    } else {
+        format!("{value:.4e}")
+    }
+}
+
+impl SweepTable {
+    /// Columns padded to their widest cell.
+    pub fn render(&self) -> String {
+        let widths: Vec<usize> = (0..self.header.len())
+            .map(|i| {
+                std::iter::once(&self.header)
+                    .chain(&self.rows)
+                    .map(|row| row[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |row: &Vec<String>| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            format!("{}\n", cells.join("  ").trim_end())
+        };
+        let mut text = line(&self.header);
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        text.push_str(&format!("{}\n", rule.join("  ")));
+        for row in &self.rows {
+            text.push_str(&line(row));
+        }
+        text
+    }
+
+    pub fn to_csv(&self) -> String {
+        let quote = |cell: &String| {
+            if cell.contains([',', '"', '\n']) {
+                format!("\"{}\"", cell.replace('"', "\"\""))
+            } else {
+                cell.clone()
+            }
+        };
+        std::iter::once(&self.header)
+            .chain(&self.rows)
+            .map(|row| row.iter().map(quote).collect::<Vec<_>>().join(",") + "\n")
+            .collect()
+    }
+}

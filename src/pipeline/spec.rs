@@ -1,0 +1,682 @@
+//! The pipeline spec: one typed section per stage, as a TOML file states it.
+//!
+//! Every struct denies unknown fields and has defaults, so a spec file states only what differs
+//! from the tutorial's recipe. Fields that do not change a stage's result (threads, retries,
+//! logging) are listed in each section's `NON_SEMANTIC` and stay out of the cache key.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ModelDims, Preset};
+
+/// A whole pipeline: its name and folders, one section per stage, and an optional sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub pipeline: PipelineSection,
+    #[serde(default)]
+    pub download: DownloadConfig,
+    #[serde(default)]
+    pub train_vocab: TrainVocabConfig,
+    #[serde(default)]
+    pub pretokenize: PretokenizeConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub sample: SampleConfig,
+    /// Dotted keys mapped to lists of values; the pipeline runs once per combination.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sweep: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+/// Sections whose fields are partly non-semantic.
+pub trait Section {
+    /// Field names (top level of the section) that do not change the stage's output.
+    const NON_SEMANTIC: &'static [&'static str] = &[];
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// The pipeline's name: its run folder is `runs/<name>/`.
+    pub name: String,
+    /// Where artifacts are cached (default `.tinyllm/cache`; `--cache` and `TINYLLM_CACHE` win).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<String>,
+    /// Where run folders go (default `runs`; `--runs` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_dir: Option<String>,
+    /// Worker threads for every stage (default: all cores). Never changes a result's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// download
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadConfig {
+    /// The files that make up the corpus, each fetched from the first mirror that works.
+    pub files: Vec<DownloadFile>,
+    /// Attempts per mirror after the first one fails on a network error.
+    pub retries: u32,
+    /// Seconds without progress before a connection is given up.
+    pub timeout_secs: u64,
+}
+
+impl Section for DownloadConfig {
+    const NON_SEMANTIC: &'static [&'static str] = &["retries", "timeout_secs"];
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadFile {
+    /// Name of the file in the corpus (default: the last segment of the first mirror).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// URLs (`https://`, `http://`, `file://`) or local paths (files or folders), tried in order.
+    pub mirrors: Vec<String>,
+    /// Expected sha256 of the fetched file (hex). Checked before anything is unpacked; when it is
+    /// given, the mirrors stay out of the cache key (any mirror gives the same bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Unpack a `.tar.gz`/`.tgz` archive (default: true for those extensions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpack: Option<bool>,
+}
+
+const HF_TINYSTORIES: &str = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main";
+const MODELSCOPE_TINYSTORIES: &str =
+    "https://www.modelscope.cn/datasets/AI-ModelScope/TinyStories/resolve/master";
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        let file = |name: &str, unpack: Option<bool>| DownloadFile {
+            name: Some(name.to_string()),
+            mirrors: vec![
+                format!("{HF_TINYSTORIES}/{name}"),
+                format!("{MODELSCOPE_TINYSTORIES}/{name}"),
+            ],
+            sha256: None,
+            unpack,
+        };
+        DownloadConfig {
+            files: vec![
+                file("TinyStories_all_data.tar.gz", Some(true)),
+                file("TinyStories-valid.txt", None),
+            ],
+            retries: 3,
+            timeout_secs: 60,
+        }
+    }
+}
+
+impl DownloadFile {
+    /// The file's name in the corpus: the explicit `name`, else the first mirror's last segment.
+    pub fn file_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let first = self.mirrors.first().map(String::as_str).unwrap_or("");
+        let trimmed = first.split(['?', '#']).next().unwrap_or("");
+        trimmed
+            .trim_end_matches('/')
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// Whether the fetched file is a gzipped tarball to unpack.
+    pub fn should_unpack(&self) -> bool {
+        self.unpack.unwrap_or_else(|| {
+            let name = self.file_name();
+            name.ends_with(".tar.gz") || name.ends_with(".tgz")
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// train_vocab
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// Byte-fallback BPE with SentencePiece-style word boundaries.
+    Bpe,
+    /// One token per character of the corpus.
+    Char,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainVocabConfig {
+    pub kind: TokenizerKind,
+    /// Vocabulary size, special and byte tokens included (at most 65,535: tokens are stored as u16).
+    pub vocab_size: usize,
+    /// Upper bound on the bytes of corpus text the tokenizer is trained on.
+    pub max_train_bytes: u64,
+    /// Seed of the deterministic sample of the corpus the tokenizer is trained on.
+    pub seed: u64,
+}
+
+impl Section for TrainVocabConfig {}
+
+impl Default for TrainVocabConfig {
+    fn default() -> Self {
+        TrainVocabConfig {
+            kind: TokenizerKind::Bpe,
+            vocab_size: 4096,
+            max_train_bytes: 100_000_000,
+            seed: 0,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pretokenize
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TextFormat {
+    /// JSON arrays of objects with a `story` field (the official shards), else text.
+    Auto,
+    /// JSON arrays of objects with a `story` field.
+    Json,
+    /// One story per line.
+    Lines,
+    /// Stories separated by `separator`.
+    Separator,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretokenizeConfig {
+    /// Glob patterns (relative to the corpus) of the training files.
+    pub train_files: Vec<String>,
+    /// Glob patterns of the validation files; when empty, `val_fraction` of the stories is held out.
+    pub val_files: Vec<String>,
+    /// Fraction of whole stories held out for validation when no validation files are given.
+    pub val_fraction: f64,
+    pub format: TextFormat,
+    /// Story separator for `format = "separator"`.
+    pub separator: String,
+}
+
+impl Section for PretokenizeConfig {}
+
+impl Default for PretokenizeConfig {
+    fn default() -> Self {
+        PretokenizeConfig {
+            train_files: vec!["*.json".to_string()],
+            val_files: vec!["TinyStories-valid.txt".to_string()],
+            val_fraction: 0.01,
+            format: TextFormat::Auto,
+            separator: "<|endoftext|>".to_string(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// model (part of the train stage's key)
+
+/// The model's shape: a preset, or explicit dimensions (which must agree with the preset when both
+/// are given).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<Preset>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_layers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_heads: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_kv_heads: Option<usize>,
+    /// Defaults to the tokenizer's `train_vocab.vocab_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiple_of: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_seq_len: Option<usize>,
+    /// Share the output head's weights with the token embedding (as the tutorial and llama2.c do).
+    pub tie_embeddings: bool,
+    pub norm_eps: f64,
+    pub rope_theta: f64,
+    pub dropout: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            preset: None,
+            dim: None,
+            n_layers: None,
+            n_heads: None,
+            n_kv_heads: None,
+            vocab_size: None,
+            multiple_of: None,
+            max_seq_len: None,
+            tie_embeddings: true,
+            norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            dropout: 0.0,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The model's dimensions: the preset (default `tutorial`) with explicit fields on top. With
+    /// an explicit preset, a field that disagrees with it is an error naming both.
+    pub fn resolve(&self, tokenizer_vocab: usize) -> Result<ModelDims, (String, String)> {
+        let base = self.preset.unwrap_or(Preset::Tutorial).dims();
+        let pick = |key: &str, given: Option<usize>, preset_value: usize| match (self.preset, given)
+        {
+            (Some(preset), Some(v)) if v != preset_value => Err((
+                format!("model.{key}"),
+                format!(
+                    "{v} conflicts with preset {} ({key} {preset_value}); drop `preset` to use custom dimensions",
+                    preset.name()
+                ),
+            )),
+            (_, Some(v)) => Ok(v),
+            (_, None) => Ok(preset_value),
+        };
+        let vocab_default = if self.preset.is_some() {
+            base.vocab_size
+        } else {
+            tokenizer_vocab
+        };
+        Ok(ModelDims {
+            dim: pick("dim", self.dim, base.dim)?,
+            n_layers: pick("n_layers", self.n_layers, base.n_layers)?,
+            n_heads: pick("n_heads", self.n_heads, base.n_heads)?,
+            n_kv_heads: pick("n_kv_heads", self.n_kv_heads, base.n_kv_heads)?,
+            vocab_size: pick("vocab_size", self.vocab_size, vocab_default)?,
+            multiple_of: pick("multiple_of", self.multiple_of, base.multiple_of)?,
+            max_seq_len: pick("max_seq_len", self.max_seq_len, base.max_seq_len)?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// train
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per sequence (at most `model.max_seq_len`).
+    pub seq_len: usize,
+    /// Micro-batches whose gradients are summed before each optimizer step.
+    pub grad_accum_steps: usize,
+    /// Peak learning rate, reached after `warmup_iters`.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f64,
+    pub warmup_iters: usize,
+    /// Optimizer steps in total.
+    pub max_iters: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Global gradient-norm clip (0 disables it).
+    pub grad_clip: f64,
+    /// Steps between validation passes.
+    pub eval_interval: usize,
+    /// Steps between checkpoints (a resumed run continues from the latest one).
+    pub checkpoint_interval: usize,
+    /// Checkpoints kept besides the best one.
+    pub keep_checkpoints: usize,
+    /// Steps between log lines.
+    pub log_interval: usize,
+    pub seed: u64,
+    pub device: Device,
+}
+
+impl Section for TrainConfig {
+    const NON_SEMANTIC: &'static [&'static str] =
+        &["checkpoint_interval", "keep_checkpoints", "log_interval"];
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 8,
+            seq_len: 256,
+            grad_accum_steps: 4,
+            lr: 5e-4,
+            min_lr: 5e-5,
+            warmup_iters: 1000,
+            max_iters: 100_000,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            grad_clip: 1.0,
+            eval_interval: 2000,
+            checkpoint_interval: 2000,
+            keep_checkpoints: 2,
+            log_interval: 10,
+            seed: 1337,
+            device: Device::Cpu,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sample
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleConfig {
+    /// Story openings to continue; an empty string starts from BOS alone.
+    pub prompts: Vec<String>,
+    /// Samples per prompt.
+    pub num_samples: usize,
+    pub max_new_tokens: usize,
+    /// 0 means greedy decoding.
+    pub temperature: f64,
+    /// Keep only the k most likely tokens (0 disables it).
+    pub top_k: usize,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Section for SampleConfig {}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        SampleConfig {
+            prompts: vec!["Once upon a time".to_string()],
+            num_samples: 1,
+            max_new_tokens: 256,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.9,
+            seed: 42,
+        }
+    }
+}
+
+/// One violated rule of a spec: the dotted key and what is wrong with its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub key: String,
+    pub message: String,
+}
+
+impl PipelineSpec {
+    /// Checks the rules that types cannot express. Returns the first violation.
+    pub fn validate(&self) -> Result<(), Violation> {
+        let fail = |key: &str, message: String| {
+            Err(Violation {
+                key: key.to_string(),
+                message,
+            })
+        };
+        let name = &self.pipeline.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || name.starts_with('.')
+        {
+            return fail(
+                "pipeline.name",
+                format!(
+                    "{name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
+                ),
+            );
+        }
+        if self.pipeline.threads == Some(0) {
+            return fail("pipeline.threads", "must be at least 1".into());
+        }
+        if self.download.files.is_empty() {
+            return fail("download.files", "must list at least one file".into());
+        }
+        for (i, file) in self.download.files.iter().enumerate() {
+            let key = format!("download.files[{i}]");
+            if file.mirrors.is_empty() {
+                return fail(
+                    &format!("{key}.mirrors"),
+                    "must list at least one mirror".into(),
+                );
+            }
+            let name = file.file_name();
+            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
+                return fail(
+                    &format!("{key}.name"),
+                    format!("{name:?} is not a plain file name; set `name`"),
+                );
+            }
+            if let Some(sha) = &file.sha256
+                && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return fail(
+                    &format!("{key}.sha256"),
+                    format!("{sha:?} is not 64 hexadecimal digits"),
+                );
+            }
+        }
+
+        let vocab = self.train_vocab.vocab_size;
+        if vocab > 65_535 {
+            return fail(
+                "train_vocab.vocab_size",
+                format!("{vocab} is above 65535: token ids are stored as u16"),
+            );
+        }
+        if self.train_vocab.kind == TokenizerKind::Bpe && vocab < 3 + 256 {
+            return fail(
+                "train_vocab.vocab_size",
+                format!("{vocab} is below 259, the 3 special tokens plus 256 byte-fallback tokens"),
+            );
+        }
+        if self.train_vocab.kind == TokenizerKind::Char && vocab < 4 {
+            return fail(
+                "train_vocab.vocab_size",
+                format!("{vocab} leaves no room for characters besides the 3 special tokens"),
+            );
+        }
+        if self.train_vocab.max_train_bytes == 0 {
+            return fail("train_vocab.max_train_bytes", "must be positive".into());
+        }
+
+        let p = &self.pretokenize;
+        if !(0.0..1.0).contains(&p.val_fraction) {
+            return fail(
+                "pretokenize.val_fraction",
+                format!("{} must be in [0, 1)", p.val_fraction),
+            );
+        }
+        if p.train_files.is_empty() {
+            return fail(
+                "pretokenize.train_files",
+                "must list at least one pattern".into(),
+            );
+        }
+        if p.format == TextFormat::Separator && p.separator.is_empty() {
+            return fail("pretokenize.separator", "must not be empty".into());
+        }
+
+        let dims = self.model_dims()?;
+        for (key, value) in [
+            ("model.dim", dims.dim),
+            ("model.n_layers", dims.n_layers),
+            ("model.n_heads", dims.n_heads),
+            ("model.n_kv_heads", dims.n_kv_heads),
+            ("model.vocab_size", dims.vocab_size),
+            ("model.multiple_of", dims.multiple_of),
+            ("model.max_seq_len", dims.max_seq_len),
+        ] {
+            if value == 0 {
+                return fail(key, "must be positive".into());
+            }
+        }
+        if dims.dim % dims.n_heads != 0 {
+            return fail(
+                "model.n_heads",
+                format!("{} does not divide dim {}", dims.n_heads, dims.dim),
+            );
+        }
+        if dims.n_heads % dims.n_kv_heads != 0 {
+            return fail(
+                "model.n_kv_heads",
+                format!(
+                    "{} does not divide n_heads {}",
+                    dims.n_kv_heads, dims.n_heads
+                ),
+            );
+        }
+        if dims.head_dim() % 2 != 0 {
+            return fail(
+                "model.n_heads",
+                format!(
+                    "head size dim/n_heads = {} must be even for rotary embeddings",
+                    dims.head_dim()
+                ),
+            );
+        }
+        if dims.vocab_size > 65_535 {
+            return fail(
+                "model.vocab_size",
+                format!(
+                    "{} is above 65535: token ids are stored as u16",
+                    dims.vocab_size
+                ),
+            );
+        }
+        if dims.vocab_size < vocab {
+            return fail(
+                "model.vocab_size",
+                format!(
+                    "{} is smaller than the tokenizer's vocab_size {vocab}",
+                    dims.vocab_size
+                ),
+            );
+        }
+        let m = &self.model;
+        if !(m.norm_eps > 0.0) {
+            return fail("model.norm_eps", format!("{} must be positive", m.norm_eps));
+        }
+        if !(m.rope_theta > 0.0) {
+            return fail(
+                "model.rope_theta",
+                format!("{} must be positive", m.rope_theta),
+            );
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return fail("model.dropout", format!("{} must be in [0, 1)", m.dropout));
+        }
+
+        let t = &self.train;
+        for (key, value) in [
+            ("train.batch_size", t.batch_size),
+            ("train.seq_len", t.seq_len),
+            ("train.grad_accum_steps", t.grad_accum_steps),
+            ("train.max_iters", t.max_iters),
+            ("train.eval_interval", t.eval_interval),
+            ("train.checkpoint_interval", t.checkpoint_interval),
+            ("train.log_interval", t.log_interval),
+        ] {
+            if value == 0 {
+                return fail(key, "must be positive".into());
+            }
+        }
+        if t.seq_len > dims.max_seq_len {
+            return fail(
+                "train.seq_len",
+                format!(
+                    "{} is above model.max_seq_len {}",
+                    t.seq_len, dims.max_seq_len
+                ),
+            );
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return fail("train.lr", format!("{} must be positive", t.lr));
+        }
+        if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+            return fail(
+                "train.min_lr",
+                format!("{} must be in [0, lr = {}]", t.min_lr, t.lr),
+            );
+        }
+        if !(t.weight_decay >= 0.0) {
+            return fail(
+                "train.weight_decay",
+                format!("{} must not be negative", t.weight_decay),
+            );
+        }
+        for (key, beta) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return fail(key, format!("{beta} must be in [0, 1)"));
+            }
+        }
+        if !(t.grad_clip >= 0.0) {
+            return fail(
+                "train.grad_clip",
+                format!("{} must not be negative", t.grad_clip),
+            );
+        }
+
+        let s = &self.sample;
+        if s.prompts.is_empty() {
+            return fail("sample.prompts", "must list at least one prompt".into());
+        }
+        if s.max_new_tokens == 0 || s.num_samples == 0 {
+            let key = if s.num_samples == 0 {
+                "sample.num_samples"
+            } else {
+                "sample.max_new_tokens"
+            };
+            return fail(key, "must be positive".into());
+        }
+        if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
+            return fail(
+                "sample.temperature",
+                format!("{} must not be negative", s.temperature),
+            );
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return fail("sample.top_p", format!("{} must be in (0, 1]", s.top_p));
+        }
+        for (key, values) in &self.sweep {
+            if values.is_empty() {
+                return fail(
+                    &format!("sweep.{key}"),
+                    "must list at least one value".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The model dimensions the spec resolves to.
+    pub fn model_dims(&self) -> Result<ModelDims, Violation> {
+        self.model
+            .resolve(self.train_vocab.vocab_size)
+            .map_err(|(key, message)| Violation { key, message })
+    }
+}
+
+/// The JSON Schema of a pipeline spec, as `tinyllm schema` prints it.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(PipelineSpec)).expect("a schema serializes to JSON")
+}

@@ -1,0 +1,578 @@
+//! The download stage: fetches the corpus files from the first mirror that works, resumes
+//! interrupted transfers with HTTP range requests, checks the sha256 before anything is unpacked,
+//! and unpacks tarballs without letting any entry leave the corpus folder.
+//!
+//! Output (a [`Corpus`]): `files/` with the fetched files (archives and local folders spread out
+//! into it) and `corpus.json` saying where each file came from.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::fsutil;
+use crate::pipeline::cache::Artifact;
+use crate::pipeline::spec::{DownloadConfig, DownloadFile};
+use crate::pipeline::{Stage, StageContext, StageFailure, StageId, StageReport};
+
+/// The folder of an artifact holding the corpus files.
+pub const FILES_DIR: &str = "files";
+const CORPUS_JSON: &str = "corpus.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("could not fetch {name}: {}", failures.join("; "))]
+    AllMirrorsFailed { name: String, failures: Vec<String> },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("refusing to unpack {archive}: entry `{entry}` {why}")]
+    UnsafeEntry {
+        archive: String,
+        entry: String,
+        why: &'static str,
+    },
+    #[error("cannot unpack {archive}: {message}")]
+    BadArchive { archive: String, message: String },
+    #[error("{name}: {path} already exists in the corpus (two files or archives provide it)")]
+    Clash { name: String, path: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DownloadError + '_ {
+    move |source| DownloadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where one corpus file came from, as `corpus.json` records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub name: String,
+    pub mirror: String,
+    /// sha256 of the fetched file (absent for a local folder).
+    pub sha256: Option<String>,
+    pub bytes: u64,
+    pub unpacked: bool,
+}
+
+/// The download stage's artifact: the corpus files and where they came from.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    pub files_dir: PathBuf,
+    pub sources: Vec<SourceRecord>,
+}
+
+impl Corpus {
+    /// Reads the corpus of a download artifact.
+    pub fn open(artifact: &Artifact) -> Result<Corpus, StageFailure> {
+        let path = artifact.file(CORPUS_JSON);
+        let text = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let sources = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a corpus description: {e}", path.display()))?;
+        Ok(Corpus {
+            files_dir: artifact.file(FILES_DIR),
+            sources,
+        })
+    }
+}
+
+/// The download stage.
+pub struct Download;
+
+impl Stage for Download {
+    fn id(&self) -> StageId {
+        StageId::Download
+    }
+
+    fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
+        let config = &cx.spec.download;
+        let files_dir = cx.out_dir.join(FILES_DIR);
+        fs::create_dir_all(&files_dir).map_err(io_err(&files_dir))?;
+        let fetcher = Fetcher::new(config)?;
+        let mut records = Vec::new();
+        for file in &config.files {
+            let fetched = fetcher.fetch(file, cx)?;
+            records.push(place(file, fetched, &files_dir)?);
+        }
+        let json = serde_json::to_vec_pretty(&records).expect("records serialize");
+        let corpus_json = cx.out_dir.join(CORPUS_JSON);
+        fsutil::write_atomic(&corpus_json, &json).map_err(io_err(&corpus_json))?;
+
+        let listed = fsutil::list_files(&files_dir).map_err(io_err(&files_dir))?;
+        let bytes = fsutil::dir_size(&files_dir);
+        let mut report = StageReport {
+            summary: format!("{} files, {}", listed.len(), fsutil::human_bytes(bytes)),
+            ..Default::default()
+        };
+        report.metrics.insert("files".into(), listed.len() as f64);
+        report.metrics.insert("bytes".into(), bytes as f64);
+        Ok(report)
+    }
+}
+
+/// A file or folder obtained from a mirror, not yet placed in the corpus.
+enum Fetched {
+    /// A downloaded file in the scratch folder (moved into place).
+    Downloaded {
+        path: PathBuf,
+        mirror: String,
+        sha256: String,
+    },
+    /// A local file (copied into place).
+    LocalFile {
+        path: PathBuf,
+        mirror: String,
+        sha256: String,
+    },
+    /// A local folder (its contents are copied into the corpus).
+    LocalDir { path: PathBuf, mirror: String },
+}
+
+/// Puts a fetched file into the corpus: archives are unpacked, folders spread out, files copied.
+fn place(
+    file: &DownloadFile,
+    fetched: Fetched,
+    files_dir: &Path,
+) -> Result<SourceRecord, DownloadError> {
+    let name = file.file_name();
+    match fetched {
+        Fetched::LocalDir { path, mirror } => {
+            let bytes = fsutil::copy_dir(&path, files_dir).map_err(io_err(&path))?;
+            Ok(SourceRecord {
+                name,
+                mirror,
+                sha256: None,
+                bytes,
+                unpacked: true,
+            })
+        }
+        Fetched::Downloaded {
+            path,
+            mirror,
+            sha256,
+        }
+        | Fetched::LocalFile {
+            path,
+            mirror,
+            sha256,
+        } => {
+            let bytes = fs::metadata(&path).map_err(io_err(&path))?.len();
+            let unpacked = file.should_unpack();
+            if unpacked {
+                unpack_tar_gz(&path, &name, files_dir)?;
+            } else {
+                let target = files_dir.join(&name);
+                if target.exists() {
+                    return Err(DownloadError::Clash {
+                        name: name.clone(),
+                        path: name,
+                    });
+                }
+                if mirror.starts_with("http://") || mirror.starts_with("https://") {
+                    fs::rename(&path, &target).map_err(io_err(&target))?;
+                } else {
+                    fs::copy(&path, &target).map_err(io_err(&target))?;
+                }
+            }
+            Ok(SourceRecord {
+                name,
+                mirror,
+                sha256: Some(sha256),
+                bytes,
+                unpacked,
+            })
+        }
+    }
+}
+
+/// Fetches files over HTTP(S) or from local paths, trying mirrors in order.
+struct Fetcher {
+    client: reqwest::blocking::Client,
+    retries: u32,
+}
+
+impl Fetcher {
+    fn new(config: &DownloadConfig) -> Result<Self, StageFailure> {
+        let client = reqwest::blocking::Client::builder()
+            .user_agent(concat!("tinyllm/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(config.timeout_secs.max(1)))
+            .timeout(Duration::from_secs(config.timeout_secs.max(1)))
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        Ok(Fetcher {
+            client,
+            retries: config.retries,
+        })
+    }
+
+    fn fetch(&self, file: &DownloadFile, cx: &StageContext<'_>) -> Result<Fetched, DownloadError> {
+        let name = file.file_name();
+        let mut failures = Vec::new();
+        for mirror in &file.mirrors {
+            let attempt = if is_http(mirror) {
+                self.fetch_http(mirror, &name, cx)
+            } else {
+                fetch_local(mirror)
+            };
+            let fetched = match attempt {
+                Ok(fetched) => fetched,
+                Err(why) => {
+                    tracing::warn!("{name}: {mirror}: {why}");
+                    failures.push(format!("{mirror}: {why}"));
+                    continue;
+                }
+            };
+            match check_sha256(file, fetched) {
+                Ok(fetched) => return Ok(fetched),
+                Err(why) => {
+                    tracing::warn!("{name}: {mirror}: {why}");
+                    failures.push(format!("{mirror}: {why}"));
+                }
+            }
+        }
+        Err(DownloadError::AllMirrorsFailed { name, failures })
+    }
+
+    /// Downloads into the scratch folder, resuming a partial file from the same URL with a range
+    /// request, retrying network errors and server errors with backoff.
+    fn fetch_http(&self, url: &str, name: &str, cx: &StageContext<'_>) -> Result<Fetched, String> {
+        let part = cx.scratch_dir.join(format!("{name}.part"));
+        let part_url = cx.scratch_dir.join(format!("{name}.part.url"));
+        if fs::read_to_string(&part_url).ok().as_deref() != Some(url) {
+            let _ = fs::remove_file(&part);
+            fsutil::write_atomic(&part_url, url.as_bytes()).map_err(|e| e.to_string())?;
+        }
+        let mut last_error = String::new();
+        for attempt in 0..=self.retries {
+            if attempt > 0 {
+                let backoff = Duration::from_millis(250 << (attempt - 1).min(6));
+                tracing::info!("{name}: retrying in {backoff:?} after: {last_error}");
+                std::thread::sleep(backoff);
+            }
+            match self.http_attempt(url, name, &part, cx) {
+                Ok(()) => {
+                    let sha256 = sha256_file(&part).map_err(|e| e.to_string())?;
+                    return Ok(Fetched::Downloaded {
+                        path: part,
+                        mirror: url.to_string(),
+                        sha256,
+                    });
+                }
+                Err(AttemptError::Permanent(why)) => return Err(why),
+                Err(AttemptError::Transient(why)) => last_error = why,
+            }
+        }
+        Err(format!(
+            "gave up after {} attempts: {last_error}",
+            self.retries + 1
+        ))
+    }
+
+    fn http_attempt(
+        &self,
+        url: &str,
+        name: &str,
+        part: &Path,
+        cx: &StageContext<'_>,
+    ) -> Result<(), AttemptError> {
+        let have = fs::metadata(part).map_or(0, |m| m.len());
+        let mut request = self.client.get(url);
+        if have > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let mut response = request
+            .send()
+            .map_err(|e| AttemptError::Transient(error_chain(&e)))?;
+        let status = response.status();
+        let (start, total) = match status.as_u16() {
+            200 => (0, response.content_length()),
+            206 => {
+                let (first, total) = content_range(&response).ok_or_else(|| {
+                    AttemptError::Transient("206 without a usable Content-Range".into())
+                })?;
+                if first != have {
+                    return Err(AttemptError::Transient(format!(
+                        "asked for bytes from {have}, got them from {first}"
+                    )));
+                }
+                (have, total)
+            }
+            416 if have > 0 => {
+                let total = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes */"))
+                    .and_then(|v| v.parse::<u64>().ok());
+                if total == Some(have) {
+                    return Ok(());
+                }
+                let _ = fs::remove_file(part);
+                return Err(AttemptError::Transient(
+                    "the partial file does not fit the server's; starting over".into(),
+                ));
+            }
+            code if status.is_server_error() || code == 429 || code == 408 => {
+                return Err(AttemptError::Transient(format!("HTTP {status}")));
+            }
+            _ => return Err(AttemptError::Permanent(format!("HTTP {status}"))),
+        };
+        let mut out = File::options()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(part)
+            .map_err(|e| AttemptError::Permanent(format!("{}: {e}", part.display())))?;
+        out.set_len(start)
+            .and_then(|_| out.seek(SeekFrom::Start(start)))
+            .map_err(|e| AttemptError::Permanent(format!("{}: {e}", part.display())))?;
+
+        let bar = cx.bytes_progress(total, name);
+        bar.set_position(start);
+        let mut written = start;
+        let mut buf = vec![0u8; 256 * 1024];
+        let result = loop {
+            match response.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    if let Err(e) = out.write_all(&buf[..n]) {
+                        break Err(AttemptError::Permanent(format!("{}: {e}", part.display())));
+                    }
+                    written += n as u64;
+                    bar.set_position(written);
+                }
+                Err(e) => break Err(AttemptError::Transient(format!("connection broke: {e}"))),
+            }
+        };
+        bar.finish_and_clear();
+        out.sync_all()
+            .map_err(|e| AttemptError::Permanent(format!("{}: {e}", part.display())))?;
+        result?;
+        match total {
+            Some(total) if written != total => Err(AttemptError::Transient(format!(
+                "the connection closed after {written} of {total} bytes"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+enum AttemptError {
+    /// Worth another attempt at the same mirror (network trouble, server errors).
+    Transient(String),
+    /// This mirror will not give the file (404, 403, …): move on to the next one.
+    Permanent(String),
+}
+
+fn is_http(mirror: &str) -> bool {
+    mirror.starts_with("http://") || mirror.starts_with("https://")
+}
+
+fn fetch_local(mirror: &str) -> Result<Fetched, String> {
+    let path = PathBuf::from(mirror.strip_prefix("file://").unwrap_or(mirror));
+    let meta = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.is_dir() {
+        return Ok(Fetched::LocalDir {
+            path,
+            mirror: mirror.to_string(),
+        });
+    }
+    let sha256 = sha256_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Fetched::LocalFile {
+        path,
+        mirror: mirror.to_string(),
+        sha256,
+    })
+}
+
+/// Passes a fetched file whose sha256 is the expected one (or when none is expected); a
+/// downloaded file that fails is deleted so that no later attempt resumes from it.
+fn check_sha256(file: &DownloadFile, fetched: Fetched) -> Result<Fetched, String> {
+    let Some(expected) = &file.sha256 else {
+        return Ok(fetched);
+    };
+    let expected = expected.to_ascii_lowercase();
+    let (actual, downloaded) = match &fetched {
+        Fetched::Downloaded { sha256, path, .. } => (sha256, Some(path)),
+        Fetched::LocalFile { sha256, .. } => (sha256, None),
+        Fetched::LocalDir { .. } => {
+            return Err("is a folder, which has no sha256; drop `sha256` or give a file".into());
+        }
+    };
+    if *actual == expected {
+        return Ok(fetched);
+    }
+    let why = format!("sha256 mismatch (expected {expected}, got {actual})");
+    if let Some(path) = downloaded {
+        let _ = fs::remove_file(path);
+    }
+    Err(why)
+}
+
+/// The first byte and the total size from a `Content-Range: bytes a-b/total` header.
+fn content_range(response: &reqwest::blocking::Response) -> Option<(u64, Option<u64>)> {
+    let value = response
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?;
+    let rest = value.strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let first = range.split_once('-')?.0.parse().ok()?;
+    Some((first, total.parse().ok()))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let line = inner.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = inner.source();
+    }
+    text
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Unpacks a `.tar.gz` into `dest`, refusing any entry that would land outside it: absolute
+/// paths, `..`, and links pointing out. Checks every entry before writing any.
+pub fn unpack_tar_gz(archive: &Path, name: &str, dest: &Path) -> Result<u64, DownloadError> {
+    let open = || -> Result<tar::Archive<flate2::read::GzDecoder<File>>, DownloadError> {
+        let file = File::open(archive).map_err(io_err(archive))?;
+        Ok(tar::Archive::new(flate2::read::GzDecoder::new(file)))
+    };
+    let bad = |message: String| DownloadError::BadArchive {
+        archive: name.to_string(),
+        message,
+    };
+    let unsafe_entry = |entry: &Path, why: &'static str| DownloadError::UnsafeEntry {
+        archive: name.to_string(),
+        entry: entry.display().to_string(),
+        why,
+    };
+
+    let mut checked = open()?;
+    for entry in checked.entries().map_err(|e| bad(e.to_string()))? {
+        let entry = entry.map_err(|e| bad(e.to_string()))?;
+        let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        let relative = contained(&path).ok_or_else(|| unsafe_entry(&path, "leaves the folder"))?;
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry
+                .link_name()
+                .map_err(|e| bad(e.to_string()))?
+                .ok_or_else(|| unsafe_entry(&path, "is a link without a target"))?;
+            let resolved = if kind.is_symlink() {
+                relative.parent().unwrap_or(Path::new("")).join(&target)
+            } else {
+                target.into_owned()
+            };
+            if target_is_absolute(&resolved) || contained(&resolved).is_none() {
+                return Err(unsafe_entry(&path, "links outside the folder"));
+            }
+        } else if !(kind.is_file()
+            || kind.is_dir()
+            || kind.is_gnu_longname()
+            || kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions())
+        {
+            return Err(unsafe_entry(
+                &path,
+                "is neither a file, a folder nor a link",
+            ));
+        }
+    }
+
+    let mut files = 0;
+    let mut archive_reader = open()?;
+    for entry in archive_reader.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        if entry.header().entry_type().is_file() {
+            let target = dest.join(contained(&path).unwrap_or_default());
+            if target.exists() {
+                return Err(DownloadError::Clash {
+                    name: name.to_string(),
+                    path: path.display().to_string(),
+                });
+            }
+            files += 1;
+        }
+        let unpacked = entry
+            .unpack_in(dest)
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        if !unpacked {
+            return Err(unsafe_entry(&path, "leaves the folder"));
+        }
+    }
+    Ok(files)
+}
+
+fn target_is_absolute(path: &Path) -> bool {
+    path.has_root() || path.is_absolute()
+}
+
+/// The path with `.` removed, or `None` if it is absolute or climbs above its start.
+fn contained(path: &Path) -> Option<PathBuf> {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => parts.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contained_rejects_escapes() {
+        assert_eq!(contained(Path::new("a/./b")), Some(PathBuf::from("a/b")));
+        assert_eq!(contained(Path::new("a/../b")), Some(PathBuf::from("b")));
+        assert_eq!(contained(Path::new("../evil")), None);
+        assert_eq!(contained(Path::new("a/../../evil")), None);
+        assert_eq!(contained(Path::new("/etc/passwd")), None);
+    }
+
+    #[test]
+    fn sha256_of_known_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        fs::write(&path, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! The pipeline's stages, one file each, each a [`Stage`](crate::pipeline::Stage) implementation.
+
+pub mod download;
+
+use crate::pipeline::StageRegistry;
+
+/// The stages this build of tinyllm implements.
+pub fn builtin_registry() -> StageRegistry {
+    StageRegistry::new().with(download::Download)
+}

@@ -1,0 +1,192 @@
+//! Helpers shared by the integration tests: test implementations of the stages that are not
+//! built yet, a pipeline project in a temporary folder, and a small HTTP server on 127.0.0.1.
+
+#![allow(dead_code)]
+
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tinyllm::pipeline::cache::canonical_json;
+use tinyllm::pipeline::runner::{Outcome, VariantResult};
+use tinyllm::pipeline::{
+    LoadedSpec, RunOptions, SpecSources, Stage, StageContext, StageFailure, StageId, StageRegistry,
+    StageReport,
+};
+use tinyllm::stages::download::Download;
+
+/// A test stage: writes what it was given (its section of the spec and its inputs' keys) so that
+/// downstream keys depend on it, and reports a metric derived from its config.
+pub struct Recorder(pub StageId);
+
+impl Stage for Recorder {
+    fn id(&self) -> StageId {
+        self.0
+    }
+
+    fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
+        let config = self.0.key_config(cx.spec);
+        let mut inputs = BTreeMap::new();
+        for input in self.0.inputs() {
+            inputs.insert(input.name(), cx.input(*input)?.key().to_string());
+        }
+        let record = serde_json::json!({ "config": config, "inputs": inputs });
+        fs::write(cx.out_dir.join("record.json"), canonical_json(&record))?;
+        let mut report = StageReport {
+            summary: format!("test {}", self.0),
+            ..Default::default()
+        };
+        if self.0 == StageId::Train {
+            // A made-up loss with its minimum at lr = 5e-4, so a sweep table has something to show.
+            let lr = cx.spec.train.lr;
+            report
+                .metrics
+                .insert("final_loss".into(), 1.0 + (lr / 5e-4).ln().powi(2));
+        }
+        Ok(report)
+    }
+}
+
+/// The real download stage and test stages for the rest.
+pub fn test_registry() -> StageRegistry {
+    StageRegistry::new()
+        .with(Download)
+        .with(Recorder(StageId::TrainVocab))
+        .with(Recorder(StageId::Pretokenize))
+        .with(Recorder(StageId::Train))
+        .with(Recorder(StageId::Sample))
+}
+
+/// A temporary folder with a corpus file, a spec reading it, a cache and a runs folder.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        fs::write(
+            dir.path().join("stories.txt"),
+            "Once upon a time there was a cat.\nThe cat liked milk.\n",
+        )
+        .unwrap();
+        let project = Project { dir };
+        project.write_spec("");
+        project
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn spec_path(&self) -> PathBuf {
+        self.path("pipeline.toml")
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.path("cache")
+    }
+
+    pub fn runs(&self) -> PathBuf {
+        self.path("runs")
+    }
+
+    /// Writes the spec: a local corpus file, a small model, and `extra` TOML appended.
+    pub fn write_spec(&self, extra: &str) {
+        self.write_spec_with_model(
+            "dim = 16\nn_layers = 2\nn_heads = 4\nn_kv_heads = 2\nmax_seq_len = 8\n",
+            extra,
+        );
+    }
+
+    /// Writes the spec with `model` as the body of its `[model]` table.
+    pub fn write_spec_with_model(&self, model: &str, extra: &str) {
+        let corpus = self.path("stories.txt");
+        let text = format!(
+            r#"[pipeline]
+name = "test"
+
+[download]
+files = [{{ name = "stories.txt", mirrors = ["{}"] }}]
+
+[train_vocab]
+vocab_size = 300
+
+[model]
+{model}
+[train]
+seq_len = 8
+max_iters = 10
+{extra}
+"#,
+            corpus.display()
+        );
+        fs::write(self.spec_path(), text).unwrap();
+    }
+
+    pub fn sources(&self, sets: &[&str]) -> SpecSources {
+        SpecSources {
+            spec: self.spec_path(),
+            sets: sets.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            cache_dir: self.cache(),
+            runs_dir: self.runs(),
+            until: None,
+            force: Default::default(),
+            verify: false,
+            dry_run: false,
+            quiet: true,
+        }
+    }
+
+    /// Loads the spec with `sets` and runs it with the test registry.
+    pub fn run(&self, sets: &[&str]) -> Vec<VariantResult> {
+        let loaded = self.load(sets);
+        self.run_loaded(&loaded, &self.options())
+    }
+
+    pub fn load(&self, sets: &[&str]) -> LoadedSpec {
+        tinyllm::pipeline::load(&self.sources(sets)).expect("the test spec loads")
+    }
+
+    pub fn run_loaded(&self, loaded: &LoadedSpec, opts: &RunOptions) -> Vec<VariantResult> {
+        let mut out = Vec::new();
+        tinyllm::pipeline::run(loaded, &test_registry(), opts, &mut out).expect("the run succeeds")
+    }
+}
+
+/// The stages that ran (were built) in a variant's run.
+pub fn ran(result: &VariantResult) -> Vec<StageId> {
+    result
+        .stages
+        .iter()
+        .filter(|s| matches!(s.outcome, Outcome::Ran { .. }))
+        .map(|s| s.stage)
+        .collect()
+}
+
+/// The shared TinyStories excerpts, or `None` (and a note) when `../shared` is absent.
+pub fn shared_tinystories() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinystories");
+    if dir.join("TinyStories_sample.tar.gz").exists() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: {} is absent", dir.display());
+        None
+    }
+}
+
+/// Every file under `dir`, relative, sorted (empty when `dir` does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    tinyllm::fsutil::list_files(dir).unwrap()
+}
