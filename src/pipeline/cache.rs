@@ -90,7 +90,7 @@ impl Artifact {
 /// What a look-up found.
 #[derive(Debug)]
 pub enum Lookup {
-    Hit(Artifact),
+    Hit(Box<Artifact>),
     Missing,
     /// The folder exists but does not hold what its manifest says (the reason is for the user).
     Damaged(String),
@@ -298,11 +298,11 @@ impl Cache {
         });
         match problem {
             Some(reason) => Lookup::Damaged(reason),
-            None => Lookup::Hit(Artifact {
+            None => Lookup::Hit(Box::new(Artifact {
                 stage,
                 dir,
                 manifest,
-            }),
+            })),
         }
     }
 

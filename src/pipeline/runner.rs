@@ -55,7 +55,7 @@ pub enum RunError {
 /// What the plan says about one stage of one variant.
 #[derive(Debug, Clone)]
 pub enum PlanState {
-    Cached(Artifact),
+    Cached(Box<Artifact>),
     Missing,
     Damaged(String),
     Forced,
@@ -206,7 +206,7 @@ pub fn run(
             } else {
                 let already_built = built.contains(&(planned.stage, planned.key.clone()));
                 let (artifact, outcome) = match &planned.state {
-                    PlanState::Cached(artifact) => (artifact.clone(), Outcome::Cached),
+                    PlanState::Cached(artifact) => (artifact.as_ref().clone(), Outcome::Cached),
                     _ if already_built => (lookup_fresh(&cache, planned, opts)?, Outcome::Cached),
                     state => {
                         if let PlanState::Damaged(reason) = state {
@@ -302,7 +302,7 @@ fn lookup_fresh(
         Verify::Sizes
     };
     match cache.lookup(planned.stage, &planned.key, verify) {
-        Lookup::Hit(artifact) => Ok(artifact),
+        Lookup::Hit(artifact) => Ok(*artifact),
         Lookup::Missing | Lookup::Damaged(_) => Err(RunError::Stage {
             stage: planned.stage,
             source: "its artifact vanished from the cache during this run".into(),
@@ -338,7 +338,7 @@ fn build(
         if !matches!(planned.state, PlanState::Forced)
             && let Lookup::Hit(artifact) = cache.lookup(stage, &planned.key, verify)
         {
-            return Ok((artifact, Outcome::BuiltElsewhere));
+            return Ok((*artifact, Outcome::BuiltElsewhere));
         }
     }
     let implementation = registry.get(stage).ok_or(RunError::NotImplemented {
@@ -418,7 +418,7 @@ fn print_stage_line(out: &mut dyn Write, result: &StageResult) -> io::Result<()>
         Outcome::WouldRun => ("pending", String::new()),
     };
     let line = format!(
-        "  {:<12} {:<8} {}  {} {}",
+        "  {:<12} {:<8} {}  {:<9} {}",
         result.stage.name(),
         word,
         &result.key[..16],

@@ -573,10 +573,10 @@ impl PipelineSpec {
             );
         }
         let m = &self.model;
-        if !(m.norm_eps > 0.0) {
+        if m.norm_eps.is_nan() || m.norm_eps <= 0.0 {
             return fail("model.norm_eps", format!("{} must be positive", m.norm_eps));
         }
-        if !(m.rope_theta > 0.0) {
+        if m.rope_theta.is_nan() || m.rope_theta <= 0.0 {
             return fail(
                 "model.rope_theta",
                 format!("{} must be positive", m.rope_theta),
@@ -618,7 +618,7 @@ impl PipelineSpec {
                 format!("{} must be in [0, lr = {}]", t.min_lr, t.lr),
             );
         }
-        if !(t.weight_decay >= 0.0) {
+        if t.weight_decay.is_nan() || t.weight_decay < 0.0 {
             return fail(
                 "train.weight_decay",
                 format!("{} must not be negative", t.weight_decay),
@@ -629,7 +629,7 @@ impl PipelineSpec {
                 return fail(key, format!("{beta} must be in [0, 1)"));
             }
         }
-        if !(t.grad_clip >= 0.0) {
+        if t.grad_clip.is_nan() || t.grad_clip < 0.0 {
             return fail(
                 "train.grad_clip",
                 format!("{} must not be negative", t.grad_clip),
