@@ -118,6 +118,12 @@ pub fn cache_key(stage: StageId, config: &Json, inputs: &BTreeMap<String, String
 }
 
 /// JSON with object keys sorted at every level, whatever map type serde_json was built with.
+///
+/// ```
+/// use tinyllm::pipeline::cache::canonical_json;
+/// let config = serde_json::json!({ "lr": 5e-4, "batch_size": 8 });
+/// assert_eq!(canonical_json(&config), r#"{"batch_size":8,"lr":0.0005}"#);
+/// ```
 pub fn canonical_json(value: &Json) -> String {
     fn write(value: &Json, out: &mut String) {
         match value {

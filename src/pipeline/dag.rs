@@ -52,6 +52,12 @@ impl StageId {
     }
 
     /// Whether `self` reads, directly or through other stages, the artifact of `upstream`.
+    ///
+    /// ```
+    /// use tinyllm::pipeline::StageId;
+    /// assert!(StageId::Sample.depends_on(StageId::Download));
+    /// assert!(!StageId::TrainVocab.depends_on(StageId::Pretokenize));
+    /// ```
     pub fn depends_on(self, upstream: StageId) -> bool {
         self.inputs()
             .iter()
