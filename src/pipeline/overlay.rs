@@ -18,6 +18,7 @@ use super::spec::{PipelineSpec, json_schema};
 pub enum Origin {
     File(PathBuf),
     Set(String),
+    SweepFlag(String),
     Sweep(String),
 }
 
@@ -26,6 +27,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::File(path) => write!(f, "{}", path.display()),
             Origin::Set(arg) => write!(f, "--set {arg}"),
+            Origin::SweepFlag(arg) => write!(f, "--sweep {arg}"),
             Origin::Sweep(arg) => write!(f, "sweep {arg}"),
         }
     }
@@ -130,8 +132,10 @@ pub fn load(sources: &SpecSources) -> Result<LoadedSpec, SpecError> {
     for arg in &sources.sweeps {
         let (key, values) = parse_sweep_flag(arg)?;
         check_sweep_key(&schema, &key, &format!("--sweep {arg}"))?;
+        let origin = Origin::SweepFlag(arg.clone());
+        check_distinct(&key, &values, &origin)?;
         axes.retain(|(k, _, _)| *k != key);
-        axes.push((key, values, Origin::Sweep(arg.clone())));
+        axes.push((key, values, origin));
     }
 
     let swept_keys: Vec<String> = axes.iter().map(|(k, _, _)| k.clone()).collect();
@@ -438,7 +442,9 @@ fn sweep_axes_from_spec(
                 message: "must list at least one value".into(),
             });
         }
-        axes.push((key, values.into_iter().map(toml_to_json).collect(), origin));
+        let values: Vec<Json> = values.into_iter().map(toml_to_json).collect();
+        check_distinct(&key, &values, &origin)?;
+        axes.push((key, values, origin));
     }
     Ok(axes)
 }
@@ -457,6 +463,20 @@ fn flatten_sweep(table: toml::Table) -> Vec<(String, toml::Value)> {
         }
     }
     out
+}
+
+/// Two equal values would make two variants with the same name and run folder.
+fn check_distinct(key: &str, values: &[Json], origin: &Origin) -> Result<(), SpecError> {
+    for (i, value) in values.iter().enumerate() {
+        if values[..i].contains(value) {
+            return Err(SpecError::BadValue {
+                origin: origin.to_string(),
+                key: key.to_string(),
+                message: format!("the sweep lists {value} twice"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_sweep_key(schema: &SchemaKeys, key: &str, place: &str) -> Result<(), SpecError> {
@@ -545,8 +565,20 @@ fn to_spec(table: toml::Table, origins: &Provenance) -> Result<PipelineSpec, Spe
     };
     let spec: PipelineSpec =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
-            let key = err.path().to_string();
-            let message = err.inner().message().trim().replace('\n', " ");
+            let mut key = err.path().to_string();
+            let mut message = err.inner().message().trim().replace('\n', " ");
+            // serde names a missing field in the message; name it as a key instead.
+            if let Some(field) = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.strip_suffix('`'))
+            {
+                key = if key == "." {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+                message = "is required".to_string();
+            }
             SpecError::BadValue {
                 origin: origin_of(&key),
                 key,
@@ -860,6 +892,21 @@ mod tests {
         assert_eq!(loaded.variants[5].spec.train.lr, 3e-4);
         assert_eq!(loaded.variants[5].spec.train.seed, 3);
         assert!(loaded.variants.iter().all(|v| v.spec.sweep.is_empty()));
+    }
+
+    #[test]
+    fn missing_required_keys_and_repeated_sweep_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = write(dir.path(), "p.toml", "[train]\nlr = 1e-3\n");
+        let err = load(&sources(spec)).unwrap_err().to_string();
+        assert!(err.contains("p.toml: key `pipeline`: is required"), "{err}");
+
+        let spec = write(dir.path(), "q.toml", "[pipeline]\nname = \"q\"\n");
+        let mut s = sources(spec);
+        s.sweeps = vec!["train.lr=1e-3,0.001".into()];
+        let err = load(&s).unwrap_err().to_string();
+        assert!(err.contains("--sweep train.lr=1e-3,0.001"), "{err}");
+        assert!(err.contains("lists 0.001 twice"), "{err}");
     }
 
     #[test]
