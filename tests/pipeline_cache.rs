@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Project, ran};
@@ -29,15 +28,7 @@ fn second_run_of_the_binary_runs_nothing_within_a_second() {
     let project = Project::new();
     let run = || {
         let started = Instant::now();
-        let output = Command::new(env!("CARGO_BIN_EXE_tinyllm"))
-            .arg("run")
-            .arg(project.spec_path())
-            .args(["--until", "download", "--cache"])
-            .arg(project.cache())
-            .arg("--runs")
-            .arg(project.runs())
-            .output()
-            .unwrap();
+        let output = project.download_command().output().unwrap();
         assert!(output.status.success(), "{output:?}");
         (String::from_utf8(output.stdout).unwrap(), started.elapsed())
     };

@@ -22,16 +22,8 @@ fn project_downloading(url: &str) -> Project {
 }
 
 fn tinyllm(project: &Project) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tinyllm"));
-    command
-        .arg("run")
-        .arg(project.spec_path())
-        .args(["--until", "download", "--cache"])
-        .arg(project.cache())
-        .arg("--runs")
-        .arg(project.runs())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command = project.download_command();
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
     command
 }
 

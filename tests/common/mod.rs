@@ -146,6 +146,20 @@ max_iters = 10
         }
     }
 
+    /// The `tinyllm` binary set to run this project's spec up to the download stage (the only
+    /// stage the binary has that needs no test stand-in), with the project's cache and runs.
+    pub fn download_command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tinyllm"));
+        command
+            .arg("run")
+            .arg(self.spec_path())
+            .args(["--until", "download", "--cache"])
+            .arg(self.cache())
+            .arg("--runs")
+            .arg(self.runs());
+        command
+    }
+
     /// Loads the spec with `sets` and runs it with the test registry.
     pub fn run(&self, sets: &[&str]) -> Vec<VariantResult> {
         let loaded = self.load(sets);
