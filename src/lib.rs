@@ -5,10 +5,12 @@
 //! - [`pipeline`]: the spec (typed TOML), overlays and sweeps, the stage DAG, the content-hashed
 //!   cache and the runner that ties them together;
 //! - [`stages`]: one file per pipeline stage;
+//! - [`engine`]: the tensor engine: a backend trait and fused ops with their backward passes;
 //! - [`model`]: model presets and dimensions;
 //! - [`cli`]: the command-line interface that the `tinyllm` binary wraps.
 
 pub mod cli;
+pub mod engine;
 pub mod fsutil;
 pub mod model;
 pub mod pipeline;

@@ -1,0 +1,234 @@
+//! The CPU backend: buffers are `Vec`s in host memory, ops run on rayon's thread pool, matmuls
+//! through the `gemm` crate. Generic over the float type, so the same kernels are checked in f64
+//! against finite differences and run in f32 for training.
+
+mod attention;
+mod embedding;
+#[cfg(test)]
+mod gradcheck;
+mod loss;
+mod matmul;
+mod norm;
+mod optim;
+mod rope;
+mod swiglu;
+
+use std::marker::PhantomData;
+
+use rayon::prelude::*;
+
+use super::{AdamW, AttentionShape, Backend, Float};
+
+/// The CPU backend, computing in `T` (f32 for training, f64 for checks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu<T: Float> {
+    _float: PhantomData<T>,
+}
+
+impl<T: Float> Cpu<T> {
+    pub fn new() -> Self {
+        Cpu {
+            _float: PhantomData,
+        }
+    }
+}
+
+/// A raw pointer that tasks writing disjoint parts of one buffer may share.
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: only used where the tasks' index sets are disjoint (see each use).
+unsafe impl<T> Sync for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Send for SendPtr<T> {}
+
+impl<T: Float> Backend for Cpu<T> {
+    type Float = T;
+    type Buf = Vec<T>;
+    type Tokens = Vec<u32>;
+
+    fn zeros(&self, len: usize) -> Vec<T> {
+        vec![T::zero(); len]
+    }
+    fn upload(&self, data: &[T]) -> Vec<T> {
+        data.to_vec()
+    }
+    fn download(&self, buf: &Vec<T>) -> Vec<T> {
+        buf.clone()
+    }
+    fn upload_into(&self, buf: &mut Vec<T>, data: &[T]) {
+        buf.copy_from_slice(data);
+    }
+    fn upload_tokens(&self, tokens: &mut Vec<u32>, data: &[u32]) {
+        tokens.copy_from_slice(data);
+    }
+    fn tokens(&self, len: usize) -> Vec<u32> {
+        vec![0; len]
+    }
+    fn len(&self, buf: &Vec<T>) -> usize {
+        buf.len()
+    }
+    fn fill_zero(&self, buf: &mut Vec<T>) {
+        buf.par_chunks_mut(1 << 14).for_each(|c| c.fill(T::zero()));
+    }
+    fn copy(&self, dst: &mut Vec<T>, src: &Vec<T>) {
+        dst.copy_from_slice(src);
+    }
+
+    fn embedding_forward(&self, out: &mut Vec<T>, tokens: &Vec<u32>, table: &Vec<T>, c: usize) {
+        embedding::forward(out, tokens, table, c);
+    }
+    fn embedding_backward(&self, dtable: &mut Vec<T>, tokens: &Vec<u32>, dout: &Vec<T>, c: usize) {
+        embedding::backward(dtable, tokens, dout, c);
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Vec<T>,
+        rstd: &mut Vec<T>,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        c: usize,
+        eps: f64,
+    ) {
+        norm::forward(out, rstd, x, w, c, eps);
+    }
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Vec<T>,
+        dw: &mut Vec<T>,
+        dout: &Vec<T>,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        rstd: &Vec<T>,
+        c: usize,
+    ) {
+        norm::backward(dx, dw, dout, x, w, rstd, c);
+    }
+
+    fn matmul_forward(&self, out: &mut Vec<T>, inp: &Vec<T>, w: &Vec<T>, ic: usize, oc: usize) {
+        matmul::forward(out, inp, w, ic, oc);
+    }
+    fn matmul_backward(
+        &self,
+        dinp: &mut Vec<T>,
+        dw: &mut Vec<T>,
+        dout: &Vec<T>,
+        inp: &Vec<T>,
+        w: &Vec<T>,
+        ic: usize,
+        oc: usize,
+    ) {
+        matmul::backward(dinp, dw, dout, inp, w, ic, oc);
+    }
+
+    fn rope_forward(&self, x: &mut Vec<T>, seq: usize, heads: usize, head_dim: usize, theta: f64) {
+        rope::forward(x, seq, heads, head_dim, theta);
+    }
+    fn rope_backward(
+        &self,
+        dx: &mut Vec<T>,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) {
+        rope::backward(dx, seq, heads, head_dim, theta);
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut Vec<T>,
+        probs: &mut Vec<T>,
+        q: &Vec<T>,
+        k: &Vec<T>,
+        v: &Vec<T>,
+        shape: AttentionShape,
+    ) {
+        attention::forward(out, probs, q, k, v, shape);
+    }
+    fn attention_backward(
+        &self,
+        dq: &mut Vec<T>,
+        dk: &mut Vec<T>,
+        dv: &mut Vec<T>,
+        dout: &Vec<T>,
+        probs: &Vec<T>,
+        q: &Vec<T>,
+        k: &Vec<T>,
+        v: &Vec<T>,
+        shape: AttentionShape,
+    ) {
+        attention::backward(dq, dk, dv, dout, probs, q, k, v, shape);
+    }
+
+    fn swiglu_forward(&self, out: &mut Vec<T>, gate: &Vec<T>, up: &Vec<T>) {
+        swiglu::forward(out, gate, up);
+    }
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Vec<T>,
+        dup: &mut Vec<T>,
+        dout: &Vec<T>,
+        gate: &Vec<T>,
+        up: &Vec<T>,
+    ) {
+        swiglu::backward(dgate, dup, dout, gate, up);
+    }
+
+    fn add(&self, out: &mut Vec<T>, a: &Vec<T>, b: &Vec<T>) {
+        out.par_chunks_mut(1 << 12)
+            .zip(a.par_chunks(1 << 12))
+            .zip(b.par_chunks(1 << 12))
+            .for_each(|((o, a), b)| {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = a + b;
+                }
+            });
+    }
+    fn add_assign(&self, acc: &mut Vec<T>, x: &Vec<T>) {
+        acc.par_chunks_mut(1 << 12)
+            .zip(x.par_chunks(1 << 12))
+            .for_each(|(o, x)| {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o += x;
+                }
+            });
+    }
+
+    fn cross_entropy_fused(
+        &self,
+        losses: &mut Vec<T>,
+        logits: &mut Vec<T>,
+        targets: &Vec<u32>,
+        vocab: usize,
+        grad_scale: f64,
+    ) {
+        loss::fused(losses, logits, targets, vocab, grad_scale);
+    }
+
+    fn sum_squares(&self, buf: &Vec<T>) -> f64 {
+        optim::sum_squares(buf)
+    }
+    fn scale(&self, buf: &mut Vec<T>, factor: f64) {
+        optim::scale(buf, factor);
+    }
+    fn adamw(&self, param: &mut Vec<T>, grad: &Vec<T>, m: &mut Vec<T>, v: &mut Vec<T>, hp: AdamW) {
+        optim::adamw(param, grad, m, v, hp);
+    }
+}
+
+/// Standard-normal test data from a seed.
+#[cfg(test)]
+pub(crate) fn random(len: usize, seed: u64) -> Vec<f64> {
+    let mut rng = test_rng(seed);
+    (0..len).map(|_| rng.normal()).collect()
+}
+
+#[cfg(test)]
+pub(crate) fn test_rng(seed: u64) -> super::Rng {
+    super::Rng::new(seed)
+}
+
+#[cfg(test)]
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

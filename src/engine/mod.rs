@@ -1,0 +1,204 @@
+//! The tensor engine: a [`Backend`] trait over device buffers and the fused ops a LLaMA2 decoder
+//! needs, each with its hand-derived backward pass, in the manner of llm.c.
+//!
+//! The model and the optimizer are written against [`Backend`] only, so a GPU backend can take
+//! the CPU's place without touching them. Every backward pass accumulates (`+=`) into its
+//! gradient buffers, so the caller zeroes them once per optimizer step.
+
+pub mod cpu;
+mod float;
+mod rng;
+
+pub use cpu::Cpu;
+pub use float::Float;
+pub use rng::Rng;
+
+/// Shapes of the attention op: batch, sequence, heads, kv heads, head size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Hyperparameters of one AdamW step for one tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// The step number, from 1 (for bias correction).
+    pub step: u64,
+}
+
+/// Device memory and the ops of the model, forward and backward.
+///
+/// Buffers hold `Self::Float` values in row-major order; `n` is the number of rows (batch ×
+/// sequence), `c` the row width.
+pub trait Backend: Send + Sync {
+    type Float: Float;
+    /// A buffer of floats in the backend's memory.
+    type Buf: Send + Sync;
+    /// A buffer of token ids in the backend's memory.
+    type Tokens: Send + Sync;
+
+    fn zeros(&self, len: usize) -> Self::Buf;
+    fn upload(&self, data: &[Self::Float]) -> Self::Buf;
+    fn download(&self, buf: &Self::Buf) -> Vec<Self::Float>;
+    fn upload_into(&self, buf: &mut Self::Buf, data: &[Self::Float]);
+    fn upload_tokens(&self, tokens: &mut Self::Tokens, data: &[u32]);
+    fn tokens(&self, len: usize) -> Self::Tokens;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    fn fill_zero(&self, buf: &mut Self::Buf);
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
+
+    /// `out[r] = table[tokens[r]]`.
+    fn embedding_forward(
+        &self,
+        out: &mut Self::Buf,
+        tokens: &Self::Tokens,
+        table: &Self::Buf,
+        c: usize,
+    );
+    /// `dtable[tokens[r]] += dout[r]`.
+    fn embedding_backward(
+        &self,
+        dtable: &mut Self::Buf,
+        tokens: &Self::Tokens,
+        dout: &Self::Buf,
+        c: usize,
+    );
+
+    /// `out = x / rms(x) * w`; keeps `1/rms` per row in `rstd` for the backward pass.
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        c: usize,
+        eps: f64,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        c: usize,
+    );
+
+    /// `out[n, oc] = inp[n, ic] · w[oc, ic]` (a Hugging Face `Linear` without bias).
+    fn matmul_forward(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        ic: usize,
+        oc: usize,
+    );
+    /// `dinp += dout · w`, `dw += doutᵀ · inp`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Buf,
+        ic: usize,
+        oc: usize,
+    );
+
+    /// Rotates each head of `x` (rows of `heads × head_dim`, position = row mod `seq`) in place,
+    /// in Hugging Face's `rotate_half` layout.
+    fn rope_forward(
+        &self,
+        x: &mut Self::Buf,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    );
+    /// The inverse rotation of the gradient, in place.
+    fn rope_backward(
+        &self,
+        dx: &mut Self::Buf,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    );
+
+    /// Causal grouped-query attention; keeps the probabilities in `probs` (`batch × heads × seq × seq`).
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf,
+        probs: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        shape: AttentionShape,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        probs: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        shape: AttentionShape,
+    );
+
+    /// `out = silu(gate) * up`.
+    fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf);
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+    );
+
+    /// `out = a + b`.
+    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf);
+    /// `acc += x`.
+    fn add_assign(&self, acc: &mut Self::Buf, x: &Self::Buf);
+
+    /// Softmax and cross-entropy of each row of `logits` against `targets`: writes the losses and
+    /// turns `logits` into their gradient, scaled by `grad_scale` (e.g. 1 / tokens).
+    fn cross_entropy_fused(
+        &self,
+        losses: &mut Self::Buf,
+        logits: &mut Self::Buf,
+        targets: &Self::Tokens,
+        vocab: usize,
+        grad_scale: f64,
+    );
+
+    /// Sum of squares of a buffer, accumulated in f64 in a fixed order.
+    fn sum_squares(&self, buf: &Self::Buf) -> f64;
+    /// `buf *= factor`.
+    fn scale(&self, buf: &mut Self::Buf, factor: f64);
+    /// One AdamW step of a tensor (decoupled weight decay).
+    fn adamw(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: AdamW,
+    );
+}
