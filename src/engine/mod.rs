@@ -7,10 +7,12 @@
 
 pub mod cpu;
 mod float;
+pub mod optimizer;
 mod rng;
 
 pub use cpu::Cpu;
 pub use float::Float;
+pub use optimizer::{AdamWOptimizer, clip_grad_norm};
 pub use rng::Rng;
 
 /// Shapes of the attention op: batch, sequence, heads, kv heads, head size.
@@ -188,6 +190,8 @@ pub trait Backend: Send + Sync {
         grad_scale: f64,
     );
 
+    /// Sum of a buffer, accumulated in f64 in a fixed order.
+    fn sum(&self, buf: &Self::Buf) -> f64;
     /// Sum of squares of a buffer, accumulated in f64 in a fixed order.
     fn sum_squares(&self, buf: &Self::Buf) -> f64;
     /// `buf *= factor`.

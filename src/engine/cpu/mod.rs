@@ -5,7 +5,7 @@
 mod attention;
 mod embedding;
 #[cfg(test)]
-mod gradcheck;
+pub(crate) mod gradcheck;
 mod loss;
 mod matmul;
 mod norm;
@@ -205,6 +205,9 @@ impl<T: Float> Backend for Cpu<T> {
         loss::fused(losses, logits, targets, vocab, grad_scale);
     }
 
+    fn sum(&self, buf: &Vec<T>) -> f64 {
+        buf.iter().map(|&v| v.to_f64()).sum()
+    }
     fn sum_squares(&self, buf: &Vec<T>) -> f64 {
         optim::sum_squares(buf)
     }

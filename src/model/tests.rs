@@ -1,0 +1,150 @@
+//! Whole-model checks: the loss gradient against finite differences (f64), determinism, and
+//! overfitting a batch.
+
+use super::*;
+use crate::engine::cpu::gradcheck::check_gradients;
+use crate::engine::{AdamWOptimizer, Cpu, clip_grad_norm};
+
+fn tiny_dims() -> ModelDims {
+    ModelDims {
+        dim: 16,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        vocab_size: 32,
+        multiple_of: 4,
+        max_seq_len: 8,
+    }
+}
+
+fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = crate::engine::Rng::new(seed);
+    (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
+}
+
+fn check_model_gradient(tie_embeddings: bool) {
+    let dims = tiny_dims();
+    let shape = RuntimeShape::new(dims).unwrap();
+    let config = LlamaConfig {
+        tie_embeddings,
+        ..Default::default()
+    };
+    let (batch, seq) = (2, 8);
+    let inputs = tokens(batch * seq, dims.vocab_size, 1);
+    let targets = tokens(batch * seq, dims.vocab_size, 2);
+    // Larger weights than the 0.02 init, so every path carries a visible gradient.
+    let mut model = Llama::new(Cpu::<f64>::new(), shape, config, 3);
+    let mut rng = crate::engine::Rng::new(4);
+    for (info, tensor) in model.layout.iter().zip(model.params.tensors.iter_mut()) {
+        for x in tensor.iter_mut() {
+            *x = if info.shape.len() == 1 {
+                1.0 + 0.3 * rng.normal()
+            } else {
+                0.4 * rng.normal()
+            };
+        }
+    }
+    let params = model.params.tensors.clone();
+    let n = (batch * seq) as f64;
+    model.zero_grad();
+    model
+        .forward(&inputs, Some(&targets), batch, seq, 1.0 / n)
+        .unwrap();
+    model.backward();
+    let grads = model.grads.tensors.clone();
+    let loss = |p: &[Vec<f64>]| {
+        let mut m = Llama::with_params(
+            Cpu::<f64>::new(),
+            shape,
+            config,
+            Params::from_tensors(p.to_vec()),
+        )
+        .unwrap();
+        m.forward(&inputs, Some(&targets), batch, seq, 1.0 / n)
+            .unwrap()
+            .unwrap()
+    };
+    check_gradients(&params, &grads, loss);
+}
+
+#[test]
+fn whole_model_gradient_matches_finite_differences_tied() {
+    check_model_gradient(true);
+}
+
+#[test]
+fn whole_model_gradient_matches_finite_differences_untied() {
+    check_model_gradient(false);
+}
+
+#[test]
+fn layout_uses_hugging_face_names() {
+    let layout = param_layout(&Preset::Tutorial.dims(), &LlamaConfig::default());
+    assert_eq!(layout[0].name, "model.embed_tokens.weight");
+    assert_eq!(layout[0].shape, vec![4096, 288]);
+    assert_eq!(layout[3].name, "model.layers.0.self_attn.k_proj.weight");
+    assert_eq!(layout[3].shape, vec![144, 288]);
+    assert_eq!(layout[9].name, "model.layers.0.mlp.down_proj.weight");
+    assert_eq!(layout[9].shape, vec![288, 768]);
+    assert_eq!(layout.last().unwrap().name, "model.norm.weight");
+    let total: usize = layout.iter().map(ParamInfo::numel).sum();
+    // 4096·288 + 8·(2·288 + 2·288² + 2·144·288 + 3·288·768) + 288
+    assert_eq!(
+        total,
+        4096 * 288 + 8 * (2 * 288 + 2 * 288 * 288 + 2 * 144 * 288 + 3 * 288 * 768) + 288
+    );
+}
+
+#[test]
+fn same_seed_gives_bit_identical_losses() {
+    let run = || {
+        let shape = RuntimeShape::new(tiny_dims()).unwrap();
+        let mut model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 7);
+        let mut opt = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
+        let decay = model.decay_mask();
+        let inputs = tokens(16, 32, 1);
+        let targets = tokens(16, 32, 2);
+        let mut losses = Vec::new();
+        for _ in 0..5 {
+            model.zero_grad();
+            let loss = model
+                .forward(&inputs, Some(&targets), 2, 8, 1.0 / 16.0)
+                .unwrap();
+            model.backward();
+            clip_grad_norm(&model.backend, &mut model.grads.tensors, 1.0);
+            opt.step(
+                &model.backend,
+                &mut model.params.tensors,
+                &model.grads.tensors,
+                &decay,
+                1e-3,
+            );
+            losses.push(loss.unwrap().to_bits());
+        }
+        losses
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn bad_calls_are_errors_not_panics() {
+    let shape = RuntimeShape::new(tiny_dims()).unwrap();
+    let mut model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 1);
+    assert!(matches!(
+        model.forward(&[0; 18], None, 2, 9, 1.0),
+        Err(ModelError::SequenceTooLong { .. })
+    ));
+    assert!(matches!(
+        model.forward(&[0; 15], None, 2, 8, 1.0),
+        Err(ModelError::TokenCount { .. })
+    ));
+    assert!(matches!(
+        model.forward(&[40; 16], None, 2, 8, 1.0),
+        Err(ModelError::TokenOutOfRange { token: 40, .. })
+    ));
+    let wrong = Params::from_tensors(vec![vec![0.0f32; 3]]);
+    assert!(matches!(
+        Llama::with_params(Cpu::<f32>::new(), shape, LlamaConfig::default(), wrong),
+        Err(ModelError::ParamCount { .. })
+    ));
+}
