@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::fsutil::human_bytes;
+use crate::model::{ModelDims, Preset};
 use crate::pipeline::runner::{self, PlanState};
 use crate::pipeline::{self, Cache, LoadedSpec, SpecSources, StageId, StageRegistry};
 
@@ -91,6 +92,62 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Measure speed on this machine (figures, not tests).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Training step speed: median ms/step, tokens/s, GFLOP/s against the machine's matmul peak,
+    /// peak memory.
+    #[command(after_help = "Examples:\n  \
+        tinyllm bench train --preset tutorial --batch 8 --seq 256\n  \
+        tinyllm bench train --dim 128 --n-layers 4 --n-heads 4 --n-kv-heads 2 --vocab-size 512 --threads 1 --json")]
+    Train {
+        /// A model preset (tutorial, stories260K, stories15M, stories42M, stories110M).
+        #[arg(long, value_name = "PRESET", value_parser = parse_preset, conflicts_with = "dim")]
+        preset: Option<Preset>,
+        /// Custom dimensions instead of a preset.
+        #[arg(long, requires_all = ["n_layers", "n_heads", "vocab_size"])]
+        dim: Option<usize>,
+        #[arg(long)]
+        n_layers: Option<usize>,
+        #[arg(long)]
+        n_heads: Option<usize>,
+        /// Defaults to n_heads.
+        #[arg(long)]
+        n_kv_heads: Option<usize>,
+        #[arg(long)]
+        vocab_size: Option<usize>,
+        #[arg(long, default_value_t = 32)]
+        multiple_of: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// Timed steps (after 2 warm-up steps).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_preset(name: &str) -> Result<Preset, String> {
+    Preset::ALL
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown preset `{name}`; presets are {}", names.join(", "))
+        })
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,16 +287,7 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
             let loaded = load_spec(&spec)?;
             let force = parse_force(&force)?;
             let first = &loaded.variants[0].spec;
-            let threads = threads.or(first.pipeline.threads);
-            if threads == Some(0) {
-                bail!("--threads must be at least 1");
-            }
-            if let Some(threads) = threads {
-                // The global pool can be set once per process; a second call changes nothing.
-                let _ = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build_global();
-            }
+            set_threads(threads.or(first.pipeline.threads))?;
             let opts = pipeline::RunOptions {
                 cache_dir: cache_dir(&folders, Some(&loaded)),
                 runs_dir: runs_dir(&folders, Some(&loaded)),
@@ -269,6 +317,91 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
             };
             print_status(&loaded, &opts, registry, &mut out)
         }
+        Command::Bench { command } => match command {
+            BenchCommand::Train {
+                preset,
+                dim,
+                n_layers,
+                n_heads,
+                n_kv_heads,
+                vocab_size,
+                multiple_of,
+                batch,
+                seq,
+                steps,
+                threads,
+                json,
+            } => {
+                set_threads(threads)?;
+                let dims = match dim {
+                    Some(dim) => {
+                        let n_heads = n_heads.unwrap_or(1);
+                        ModelDims {
+                            dim,
+                            n_layers: n_layers.unwrap_or(1),
+                            n_heads,
+                            n_kv_heads: n_kv_heads.unwrap_or(n_heads),
+                            vocab_size: vocab_size.unwrap_or(1),
+                            multiple_of,
+                            max_seq_len: seq,
+                        }
+                    }
+                    None => preset.unwrap_or(Preset::Tutorial).dims(),
+                };
+                let preset = if dim.is_some() {
+                    None
+                } else {
+                    Some(preset.unwrap_or(Preset::Tutorial))
+                };
+                if batch == 0 || seq == 0 || steps == 0 {
+                    bail!("--batch, --seq and --steps must be at least 1");
+                }
+                let bench = crate::bench::train::TrainBench {
+                    dims,
+                    preset,
+                    batch,
+                    seq,
+                    warmup_steps: 2,
+                    steps,
+                };
+                let figures = crate::bench::train::run(&bench)?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&figures)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "model {} ({:.2} M params), batch {} × seq {}, {} threads, {} steps",
+                        figures.model,
+                        figures.params as f64 / 1e6,
+                        figures.batch,
+                        figures.seq,
+                        figures.threads,
+                        figures.steps
+                    )?;
+                    writeln!(
+                        out,
+                        "  median step      {:>10.1} ms",
+                        figures.median_ms_per_step
+                    )?;
+                    writeln!(out, "  tokens/s         {:>10.0}", figures.tokens_per_sec)?;
+                    writeln!(
+                        out,
+                        "  achieved         {:>10.1} GFLOP/s ({:.1} GFLOP/step)",
+                        figures.achieved_gflops, figures.gflops_per_step
+                    )?;
+                    writeln!(
+                        out,
+                        "  matmul peak      {:>10.1} GFLOP/s ({:.0}% of it)",
+                        figures.matmul_peak_gflops,
+                        100.0 * figures.fraction_of_peak
+                    )?;
+                    if let Some(rss) = figures.peak_rss_mb {
+                        writeln!(out, "  peak RSS         {rss:>10.0} MB")?;
+                    }
+                }
+                Ok(())
+            }
+        },
         Command::Schema => {
             let schema = pipeline::spec::json_schema();
             writeln!(out, "{}", serde_json::to_string_pretty(&schema)?)?;
@@ -290,6 +423,20 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 &mut out,
             ),
         },
+    }
+}
+
+/// Sizes rayon's global pool (once per process; a later call changes nothing).
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    match threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(threads) => {
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build_global();
+            Ok(())
+        }
+        None => Ok(()),
     }
 }
 

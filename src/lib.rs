@@ -9,6 +9,7 @@
 //! - [`model`]: model presets and dimensions;
 //! - [`cli`]: the command-line interface that the `tinyllm` binary wraps.
 
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod fsutil;

@@ -149,6 +149,7 @@ pub trait Backend: Send + Sync {
         v: &Self::Buf,
         shape: AttentionShape,
     );
+    /// `scratch` is working space of the size of `probs`.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -160,6 +161,7 @@ pub trait Backend: Send + Sync {
         q: &Self::Buf,
         k: &Self::Buf,
         v: &Self::Buf,
+        scratch: &mut Self::Buf,
         shape: AttentionShape,
     );
 

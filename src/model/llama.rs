@@ -113,7 +113,6 @@ impl<S: Shape, B: Backend> Params<S, B> {
 /// Buffers of one layer's forward pass, kept for its backward pass.
 struct LayerActs<B: Backend> {
     input: B::Buf,
-    ln1: B::Buf,
     ln1_rstd: B::Buf,
     q: B::Buf,
     k: B::Buf,
@@ -121,11 +120,9 @@ struct LayerActs<B: Backend> {
     probs: B::Buf,
     attn: B::Buf,
     mid: B::Buf,
-    ln2: B::Buf,
     ln2_rstd: B::Buf,
     gate: B::Buf,
     up: B::Buf,
-    act: B::Buf,
 }
 
 /// Every activation and activation gradient of one (batch, seq), allocated once.
@@ -142,6 +139,14 @@ struct Activations<B: Backend> {
     logits: B::Buf,
     losses: B::Buf,
     tmp: B::Buf,
+    /// The normalised input of the sublayer at hand; recomputed in the backward pass (from the
+    /// kept `1/rms`) rather than kept for every layer.
+    ln: B::Buf,
+    /// `silu(gate) · up` of the layer at hand: recomputed in the backward pass rather than kept
+    /// for every layer.
+    act: B::Buf,
+    /// Working space of the attention backward pass.
+    d_probs: B::Buf,
     d_resid: B::Buf,
     d_ln: B::Buf,
     d_q: B::Buf,
@@ -166,7 +171,6 @@ impl<B: Backend> Activations<B> {
         let layers = (0..dims.n_layers)
             .map(|_| LayerActs {
                 input: z(n * c),
-                ln1: z(n * c),
                 ln1_rstd: z(n),
                 q: z(n * c),
                 k: z(n * kv),
@@ -174,11 +178,9 @@ impl<B: Backend> Activations<B> {
                 probs: z(batch * dims.n_heads * seq * seq),
                 attn: z(n * c),
                 mid: z(n * c),
-                ln2: z(n * c),
                 ln2_rstd: z(n),
                 gate: z(n * h),
                 up: z(n * h),
-                act: z(n * h),
             })
             .collect();
         Activations {
@@ -193,6 +195,9 @@ impl<B: Backend> Activations<B> {
             logits: z(n * v),
             losses: z(n),
             tmp: z(n * c),
+            ln: z(n * c),
+            act: z(n * h),
+            d_probs: z(batch * dims.n_heads * seq * seq),
             d_resid: z(n * c),
             d_ln: z(n * c),
             d_q: z(n * c),
@@ -410,20 +415,27 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             let w = |which| &p[layer_index(l, which)];
             let (done, rest) = acts.layers.split_at_mut(l + 1);
             let a = &mut done[l];
-            b.rmsnorm_forward(&mut a.ln1, &mut a.ln1_rstd, &a.input, w(ATTN_NORM), c, eps);
-            b.matmul_forward(&mut a.q, &a.ln1, w(WQ), c, c);
-            b.matmul_forward(&mut a.k, &a.ln1, w(WK), c, kv);
-            b.matmul_forward(&mut a.v, &a.ln1, w(WV), c, kv);
+            b.rmsnorm_forward(
+                &mut acts.ln,
+                &mut a.ln1_rstd,
+                &a.input,
+                w(ATTN_NORM),
+                c,
+                eps,
+            );
+            b.matmul_forward(&mut a.q, &acts.ln, w(WQ), c, c);
+            b.matmul_forward(&mut a.k, &acts.ln, w(WK), c, kv);
+            b.matmul_forward(&mut a.v, &acts.ln, w(WV), c, kv);
             b.rope_forward(&mut a.q, seq, dims.n_heads, dims.head_dim(), theta);
             b.rope_forward(&mut a.k, seq, dims.n_kv_heads, dims.head_dim(), theta);
             b.attention_forward(&mut a.attn, &mut a.probs, &a.q, &a.k, &a.v, attention);
             b.matmul_forward(&mut acts.tmp, &a.attn, w(WO), c, c);
             b.add(&mut a.mid, &a.input, &acts.tmp);
-            b.rmsnorm_forward(&mut a.ln2, &mut a.ln2_rstd, &a.mid, w(FFN_NORM), c, eps);
-            b.matmul_forward(&mut a.gate, &a.ln2, w(W_GATE), c, h);
-            b.matmul_forward(&mut a.up, &a.ln2, w(W_UP), c, h);
-            b.swiglu_forward(&mut a.act, &a.gate, &a.up);
-            b.matmul_forward(&mut acts.tmp, &a.act, w(W_DOWN), h, c);
+            b.rmsnorm_forward(&mut acts.ln, &mut a.ln2_rstd, &a.mid, w(FFN_NORM), c, eps);
+            b.matmul_forward(&mut a.gate, &acts.ln, w(W_GATE), c, h);
+            b.matmul_forward(&mut a.up, &acts.ln, w(W_UP), c, h);
+            b.swiglu_forward(&mut acts.act, &a.gate, &a.up);
+            b.matmul_forward(&mut acts.tmp, &acts.act, w(W_DOWN), h, c);
             let next = match rest.first_mut() {
                 Some(next) => &mut next.input,
                 None => &mut acts.out,
@@ -471,7 +483,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             dims.hidden_dim(),
             dims.vocab_size,
         );
-        let theta = self.config.rope_theta;
+        let (eps, theta) = (self.config.norm_eps, self.config.rope_theta);
         let attention = AttentionShape {
             batch: acts.batch,
             seq: acts.seq,
@@ -503,15 +515,16 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         );
 
         for l in (0..dims.n_layers).rev() {
-            let a = &acts.layers[l];
+            let a = &mut acts.layers[l];
             let i = |which| layer_index(l, which);
             // Feed-forward: next = mid + down(silu(gate(ln2)) · up(ln2)).
+            b.swiglu_forward(&mut acts.act, &a.gate, &a.up);
             b.fill_zero(&mut acts.d_act);
             b.matmul_backward(
                 &mut acts.d_act,
                 &mut g[i(W_DOWN)],
                 &acts.d_resid,
-                &a.act,
+                &acts.act,
                 &p[i(W_DOWN)],
                 h,
                 c,
@@ -525,12 +538,20 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 &a.gate,
                 &a.up,
             );
+            b.rmsnorm_forward(
+                &mut acts.ln,
+                &mut a.ln2_rstd,
+                &a.mid,
+                &p[i(FFN_NORM)],
+                c,
+                eps,
+            );
             b.fill_zero(&mut acts.d_ln);
             b.matmul_backward(
                 &mut acts.d_ln,
                 &mut g[i(W_GATE)],
                 &acts.d_gate,
-                &a.ln2,
+                &acts.ln,
                 &p[i(W_GATE)],
                 c,
                 h,
@@ -539,7 +560,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 &mut acts.d_ln,
                 &mut g[i(W_UP)],
                 &acts.d_up,
-                &a.ln2,
+                &acts.ln,
                 &p[i(W_UP)],
                 c,
                 h,
@@ -576,6 +597,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 &a.q,
                 &a.k,
                 &a.v,
+                &mut acts.d_probs,
                 attention,
             );
             b.rope_backward(
@@ -592,12 +614,20 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 dims.head_dim(),
                 theta,
             );
+            b.rmsnorm_forward(
+                &mut acts.ln,
+                &mut a.ln1_rstd,
+                &a.input,
+                &p[i(ATTN_NORM)],
+                c,
+                eps,
+            );
             b.fill_zero(&mut acts.d_ln);
             b.matmul_backward(
                 &mut acts.d_ln,
                 &mut g[i(WQ)],
                 &acts.d_q,
-                &a.ln1,
+                &acts.ln,
                 &p[i(WQ)],
                 c,
                 c,
@@ -606,7 +636,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 &mut acts.d_ln,
                 &mut g[i(WK)],
                 &acts.d_k,
-                &a.ln1,
+                &acts.ln,
                 &p[i(WK)],
                 c,
                 kv,
@@ -615,7 +645,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 &mut acts.d_ln,
                 &mut g[i(WV)],
                 &acts.d_v,
-                &a.ln1,
+                &acts.ln,
                 &p[i(WV)],
                 c,
                 kv,

@@ -1,11 +1,19 @@
 //! Causal self-attention with grouped-query heads: query head `h` reads kv head
 //! `h / (heads / kv_heads)`. Layouts: `q`, `out` are `[batch, seq, heads, head_dim]`; `k`, `v`
 //! are `[batch, seq, kv_heads, head_dim]`; `probs` is `[batch, heads, seq, seq]`.
+//!
+//! Each head's products (`Q·Kᵀ`, `P·V` and their backward) are matrix multiplications through
+//! `gemm` on strided views; the causal mask zeroes the upper triangle of `P`, so the full
+//! products stay exact.
 
 use rayon::prelude::*;
 
 use super::SendPtr;
+use super::matmul::{View, gemm_serial};
 use crate::engine::{AttentionShape, Float};
+
+/// Rows per block of the causal products.
+const BLOCK: usize = 64;
 
 pub fn forward<T: Float>(
     out: &mut [T],
@@ -24,59 +32,98 @@ pub fn forward<T: Float>(
     } = s;
     assert_eq!(q.len(), batch * seq * heads * head_dim);
     assert_eq!(k.len(), batch * seq * kv_heads * head_dim);
+    assert_eq!(v.len(), k.len());
     assert_eq!(out.len(), q.len());
     assert_eq!(probs.len(), batch * heads * seq * seq);
     let group = heads / kv_heads;
+    let (q_rs, kv_rs) = (heads * head_dim, kv_heads * head_dim);
     let scale = T::from_f64(1.0 / (head_dim as f64).sqrt());
     let out_ptr = SendPtr(out.as_mut_ptr());
     probs
         .par_chunks_mut(seq * seq)
         .enumerate()
-        .for_each(|(bh, probs)| {
+        .for_each(|(bh, p)| {
+            let out_ptr = &out_ptr;
             let (b, h) = (bh / heads, bh % heads);
             let g = h / group;
-            let out_ptr = &out_ptr;
-            for t in 0..seq {
-                let q_row = &q[((b * seq + t) * heads + h) * head_dim..][..head_dim];
-                let p = &mut probs[t * seq..(t + 1) * seq];
-                let mut max = T::neg_infinity();
-                for (t2, pt2) in p.iter_mut().enumerate().take(t + 1) {
-                    let k_row = &k[((b * seq + t2) * kv_heads + g) * head_dim..][..head_dim];
-                    let score = dot(q_row, k_row) * scale;
-                    *pt2 = score;
-                    max = max.max(score);
-                }
-                let mut sum = T::zero();
-                for pt2 in p.iter_mut().take(t + 1) {
-                    *pt2 = (*pt2 - max).exp();
-                    sum += *pt2;
-                }
-                let inv = T::one() / sum;
-                for pt2 in p.iter_mut().take(t + 1) {
-                    *pt2 *= inv;
-                }
-                for pt2 in p.iter_mut().skip(t + 1) {
-                    *pt2 = T::zero();
-                }
-                // SAFETY: this task alone writes head `h` of batch `b`; the row lies inside `out`
-                // by the length asserts above.
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        out_ptr.0.add(((b * seq + t) * heads + h) * head_dim),
+            let q_h = View {
+                ptr: q[(b * seq * heads + h) * head_dim..].as_ptr(),
+                row_stride: q_rs,
+                col_stride: 1,
+            };
+            let k_g = &k[(b * seq * kv_heads + g) * head_dim..];
+            let v_g = View {
+                ptr: v[(b * seq * kv_heads + g) * head_dim..].as_ptr(),
+                row_stride: kv_rs,
+                col_stride: 1,
+            };
+            let k_transposed = View {
+                ptr: k_g.as_ptr(),
+                row_stride: 1,
+                col_stride: kv_rs,
+            };
+            // Row block by row block, so the products skip the masked upper triangle beyond
+            // each block's last row.
+            for r0 in (0..seq).step_by(BLOCK) {
+                let r1 = (r0 + BLOCK).min(seq);
+                let rows = &mut p[r0 * seq..r1 * seq];
+                // SAFETY: the views address q, k rows of batch b and heads h, g below row r1, in
+                // bounds by the length asserts; `rows` is this task's own block of `probs`.
+                unsafe {
+                    let q_rows = View {
+                        ptr: q_h.ptr.add(r0 * q_rs),
+                        ..q_h
+                    };
+                    gemm_serial(
+                        r1 - r0,
+                        r1,
                         head_dim,
-                    )
-                };
-                o.fill(T::zero());
-                for (t2, &pt2) in p.iter().enumerate().take(t + 1) {
-                    let v_row = &v[((b * seq + t2) * kv_heads + g) * head_dim..][..head_dim];
-                    for (oi, &vi) in o.iter_mut().zip(v_row) {
-                        *oi += pt2 * vi;
+                        rows.as_mut_ptr(),
+                        seq,
+                        false,
+                        q_rows,
+                        k_transposed,
+                        scale,
+                    );
+                }
+                for (i, row) in rows.chunks_mut(seq).enumerate() {
+                    let t = r0 + i;
+                    let (visible, masked) = row.split_at_mut(t + 1);
+                    let max = visible.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+                    let mut sum = T::zero();
+                    for x in visible.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
                     }
+                    let inv = T::one() / sum;
+                    visible.iter_mut().for_each(|x| *x *= inv);
+                    masked.fill(T::zero());
+                }
+                let p_rows = View {
+                    ptr: rows.as_ptr(),
+                    row_stride: seq,
+                    col_stride: 1,
+                };
+                // SAFETY: this task alone writes head h of batch b in `out` (rows of stride q_rs).
+                unsafe {
+                    let dst = out_ptr.0.add((b * seq * heads + h) * head_dim + r0 * q_rs);
+                    gemm_serial(
+                        r1 - r0,
+                        head_dim,
+                        r1,
+                        dst,
+                        q_rs,
+                        false,
+                        p_rows,
+                        v_g,
+                        T::one(),
+                    );
                 }
             }
         });
 }
 
+/// Backward pass. `scratch` holds `batch × heads × seq × seq` values of working space.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Float>(
     dq: &mut [T],
@@ -87,6 +134,7 @@ pub fn backward<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
+    scratch: &mut [T],
     s: AttentionShape,
 ) {
     let AttentionShape {
@@ -97,68 +145,111 @@ pub fn backward<T: Float>(
         head_dim,
     } = s;
     assert_eq!(dq.len(), batch * seq * heads * head_dim);
+    assert_eq!(dout.len(), dq.len());
+    assert_eq!(q.len(), dq.len());
     assert_eq!(dk.len(), batch * seq * kv_heads * head_dim);
     assert_eq!(dv.len(), dk.len());
+    assert_eq!(k.len(), dk.len());
+    assert_eq!(v.len(), dk.len());
+    assert_eq!(probs.len(), batch * heads * seq * seq);
+    assert_eq!(scratch.len(), probs.len());
     let group = heads / kv_heads;
+    let (q_rs, kv_rs) = (heads * head_dim, kv_heads * head_dim);
     let scale = T::from_f64(1.0 / (head_dim as f64).sqrt());
     let (dq_ptr, dk_ptr, dv_ptr) = (
         SendPtr(dq.as_mut_ptr()),
         SendPtr(dk.as_mut_ptr()),
         SendPtr(dv.as_mut_ptr()),
     );
-    // One task per (batch, kv head): it alone writes that kv head's dk, dv and its query heads' dq.
-    (0..batch * kv_heads).into_par_iter().for_each(|bg| {
-        let (b, g) = (bg / kv_heads, bg % kv_heads);
-        let (dq_ptr, dk_ptr, dv_ptr) = (&dq_ptr, &dk_ptr, &dv_ptr);
-        let row = |ptr: &SendPtr<T>, index: usize| {
-            // SAFETY: rows touched by this task belong to batch `b` and kv head `g` (or its
-            // query heads), disjoint from every other task's; indices are in bounds by the
-            // length asserts above.
-            unsafe { std::slice::from_raw_parts_mut(ptr.0.add(index * head_dim), head_dim) }
-        };
-        for h in g * group..(g + 1) * group {
-            for t in 0..seq {
-                let q_index = (b * seq + t) * heads + h;
-                let q_row = &q[q_index * head_dim..][..head_dim];
-                let do_row = &dout[q_index * head_dim..][..head_dim];
-                let p = &probs[((b * heads + h) * seq + t) * seq..][..seq];
-                // d(score) = p · (dp − Σ p·dp), with dp[t2] = dout · v[t2].
-                let mut weighted = T::zero();
-                for (t2, &pt2) in p.iter().enumerate().take(t + 1) {
-                    let v_row = &v[((b * seq + t2) * kv_heads + g) * head_dim..][..head_dim];
-                    weighted += pt2 * dot(do_row, v_row);
-                }
-                let dq_row = row(dq_ptr, q_index);
-                for (t2, &pt2) in p.iter().enumerate().take(t + 1) {
-                    let kv_index = (b * seq + t2) * kv_heads + g;
-                    let v_row = &v[kv_index * head_dim..][..head_dim];
-                    let k_row = &k[kv_index * head_dim..][..head_dim];
-                    let dp = dot(do_row, v_row);
-                    let dscore = pt2 * (dp - weighted) * scale;
-                    let dv_row = row(dv_ptr, kv_index);
-                    for (dvi, &doi) in dv_row.iter_mut().zip(do_row) {
-                        *dvi += pt2 * doi;
+    let view = |ptr: *const T, row_stride, col_stride| View {
+        ptr,
+        row_stride,
+        col_stride,
+    };
+    // One task per (batch, kv head): it alone writes that kv head's dk, dv, its query heads' dq,
+    // and their blocks of scratch.
+    scratch
+        .par_chunks_mut(group * seq * seq)
+        .enumerate()
+        .for_each(|(bg, scratch)| {
+            let (b, g) = (bg / kv_heads, bg % kv_heads);
+            let (dq_ptr, dk_ptr, dv_ptr) = (&dq_ptr, &dk_ptr, &dv_ptr);
+            let kv_offset = (b * seq * kv_heads + g) * head_dim;
+            for (j, ds) in scratch.chunks_mut(seq * seq).enumerate() {
+                let h = g * group + j;
+                let q_offset = (b * seq * heads + h) * head_dim;
+                let p = &probs[(b * heads + h) * seq * seq..][..seq * seq];
+                for r0 in (0..seq).step_by(BLOCK) {
+                    let r1 = (r0 + BLOCK).min(seq);
+                    let m = r1 - r0;
+                    let p_rows = &p[r0 * seq..r1 * seq];
+                    let ds_rows = &mut ds[r0 * seq..r1 * seq];
+                    let do_rows = view(dout[q_offset + r0 * q_rs..].as_ptr(), q_rs, 1);
+                    // SAFETY (all products below): views address rows below r1 of batch b, query
+                    // head h and kv head g inside their buffers (length asserts above); the
+                    // destinations are this task's scratch block or rows no other task writes.
+                    unsafe {
+                        // dP = dO · Vᵀ
+                        let v_t = view(v[kv_offset..].as_ptr(), 1, kv_rs);
+                        gemm_serial(
+                            m,
+                            r1,
+                            head_dim,
+                            ds_rows.as_mut_ptr(),
+                            seq,
+                            false,
+                            do_rows,
+                            v_t,
+                            T::one(),
+                        );
+                        // dV += Pᵀ · dO
+                        let p_t = view(p_rows.as_ptr(), 1, seq);
+                        gemm_serial(
+                            r1,
+                            head_dim,
+                            m,
+                            dv_ptr.0.add(kv_offset),
+                            kv_rs,
+                            true,
+                            p_t,
+                            do_rows,
+                            T::one(),
+                        );
                     }
-                    let dk_row = row(dk_ptr, kv_index);
-                    for (dki, &qi) in dk_row.iter_mut().zip(q_row) {
-                        *dki += dscore * qi;
+                    // dS = P ⊙ (dP − Σ P·dP), times the score scale.
+                    for (row_p, row_ds) in p_rows.chunks(seq).zip(ds_rows.chunks_mut(seq)) {
+                        let (row_p, row_ds) = (&row_p[..r1], &mut row_ds[..r1]);
+                        let weighted: T =
+                            row_p.iter().zip(row_ds.iter()).map(|(&a, &b)| a * b).sum();
+                        for (d, &pi) in row_ds.iter_mut().zip(row_p) {
+                            *d = pi * (*d - weighted) * scale;
+                        }
                     }
-                    for (dqi, &ki) in dq_row.iter_mut().zip(k_row) {
-                        *dqi += dscore * ki;
+                    let ds_view = view(ds_rows.as_ptr(), seq, 1);
+                    let ds_t = view(ds_rows.as_ptr(), 1, seq);
+                    // SAFETY: as above.
+                    unsafe {
+                        // dQ += dS · K
+                        let k_g = view(k[kv_offset..].as_ptr(), kv_rs, 1);
+                        let dq_rows = dq_ptr.0.add(q_offset + r0 * q_rs);
+                        gemm_serial(m, head_dim, r1, dq_rows, q_rs, true, ds_view, k_g, T::one());
+                        // dK += dSᵀ · Q
+                        let q_rows = view(q[q_offset + r0 * q_rs..].as_ptr(), q_rs, 1);
+                        gemm_serial(
+                            r1,
+                            head_dim,
+                            m,
+                            dk_ptr.0.add(kv_offset),
+                            kv_rs,
+                            true,
+                            ds_t,
+                            q_rows,
+                            T::one(),
+                        );
                     }
                 }
             }
-        }
-    });
-}
-
-#[inline]
-fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    let mut acc = T::zero();
-    for (&x, &y) in a.iter().zip(b) {
-        acc += x * y;
-    }
-    acc
+        });
 }
 
 #[cfg(test)]
@@ -177,9 +268,28 @@ mod tests {
         }
     }
 
+    /// Longer than one row block, so the blocked causal products are exercised.
+    fn long_shape() -> AttentionShape {
+        AttentionShape {
+            batch: 1,
+            seq: BLOCK + 7,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 2,
+        }
+    }
+
     #[test]
     fn backward_matches_finite_differences() {
-        let s = shape();
+        check_backward(shape());
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_over_several_blocks() {
+        check_backward(long_shape());
+    }
+
+    fn check_backward(s: AttentionShape) {
         let q = random(s.batch * s.seq * s.heads * s.head_dim, 1);
         let k = random(s.batch * s.seq * s.kv_heads * s.head_dim, 2);
         let v = random(k.len(), 3);
@@ -195,23 +305,59 @@ mod tests {
         let mut dq = vec![0.0; q.len()];
         let mut dk = vec![0.0; k.len()];
         let mut dv = vec![0.0; v.len()];
-        backward(&mut dq, &mut dk, &mut dv, &upstream, &probs, &q, &k, &v, s);
+        let mut scratch = vec![0.0; probs.len()];
+        backward(
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &upstream,
+            &probs,
+            &q,
+            &k,
+            &v,
+            &mut scratch,
+            s,
+        );
         check_gradients(&[q, k, v], &[dq, dk, dv], loss);
     }
 
     #[test]
-    fn the_first_position_attends_only_to_itself() {
-        let s = shape();
+    fn matches_a_direct_computation() {
+        check_forward(shape());
+        check_forward(long_shape());
+    }
+
+    fn check_forward(s: AttentionShape) {
         let q = random(s.batch * s.seq * s.heads * s.head_dim, 5);
         let k = random(s.batch * s.seq * s.kv_heads * s.head_dim, 6);
         let v = random(k.len(), 7);
         let mut out = vec![0.0; q.len()];
         let mut probs = vec![0.0; s.batch * s.heads * s.seq * s.seq];
         forward(&mut out, &mut probs, &q, &k, &v, s);
-        // Head 3 reads kv head 1; at t = 0 its output is v[t=0, kv head 1].
-        let h = 3;
-        assert_eq!(&out[h * 3..h * 3 + 3], &v[3..6]);
-        assert_eq!(probs[(h * s.seq) * s.seq], 1.0);
-        assert_eq!(probs[(h * s.seq) * s.seq + 1], 0.0);
+        let d = s.head_dim;
+        for b in 0..s.batch {
+            for h in 0..s.heads {
+                let g = h / (s.heads / s.kv_heads);
+                for t in 0..s.seq {
+                    let qi = |i: usize| q[((b * s.seq + t) * s.heads + h) * d + i];
+                    let kv = |t2: usize, i: usize| ((b * s.seq + t2) * s.kv_heads + g) * d + i;
+                    let scores: Vec<f64> = (0..=t)
+                        .map(|t2| {
+                            (0..d).map(|i| qi(i) * k[kv(t2, i)]).sum::<f64>() / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let exps: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                    let total: f64 = exps.iter().sum();
+                    for i in 0..d {
+                        let expected: f64 = (0..=t).map(|t2| exps[t2] / total * v[kv(t2, i)]).sum();
+                        let got = out[((b * s.seq + t) * s.heads + h) * d + i];
+                        assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
+                    }
+                    let p_row = &probs[((b * s.heads + h) * s.seq + t) * s.seq..][..s.seq];
+                    assert!(p_row[t + 1..].iter().all(|&x| x == 0.0));
+                }
+            }
+        }
     }
 }

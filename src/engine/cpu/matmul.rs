@@ -13,6 +13,58 @@ fn parallelism(rows: usize) -> Parallelism {
     }
 }
 
+/// A strided matrix view: element `(row, col)` lives at `ptr + row·row_stride + col·col_stride`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<T> {
+    pub ptr: *const T,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// `dst (m×n, row stride dst_rs) = [dst +] alpha · lhs (m×k) · rhs (k×n)`, single-threaded (for
+/// use inside tasks that are already parallel).
+///
+/// # Safety
+/// Every element the views and `dst` address for these sizes must be in bounds, and `dst` must
+/// not overlap the inputs or be written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_serial<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: View<T>,
+    rhs: View<T>,
+    alpha: T,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.ptr,
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            T::one(),
+            alpha,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
 /// `out[n, oc] = Σ_ic inp[n, ic] · w[oc, ic]`.
 pub fn forward<T: Float>(out: &mut [T], inp: &[T], w: &[T], ic: usize, oc: usize) {
     let n = inp.len() / ic;

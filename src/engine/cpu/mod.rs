@@ -155,9 +155,10 @@ impl<T: Float> Backend for Cpu<T> {
         q: &Vec<T>,
         k: &Vec<T>,
         v: &Vec<T>,
+        scratch: &mut Vec<T>,
         shape: AttentionShape,
     ) {
-        attention::backward(dq, dk, dv, dout, probs, q, k, v, shape);
+        attention::backward(dq, dk, dv, dout, probs, q, k, v, scratch, shape);
     }
 
     fn swiglu_forward(&self, out: &mut Vec<T>, gate: &Vec<T>, up: &Vec<T>) {

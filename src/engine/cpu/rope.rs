@@ -3,31 +3,41 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
 use crate::engine::Float;
 
 const MAX_HALF: usize = 256;
 
 /// Rotates rows of `heads × head_dim` in place; the row's position is its index mod `seq`.
-/// `sign = -1` applies the inverse rotation (the backward pass).
+/// `sign = -1` applies the inverse rotation (the backward pass). One task per position computes
+/// its angles once and rotates that position's row in every sequence of the batch.
 fn rotate<T: Float>(x: &mut [T], seq: usize, heads: usize, head_dim: usize, theta: f64, sign: f64) {
     let half = head_dim / 2;
     assert!(
         head_dim.is_multiple_of(2) && half <= MAX_HALF,
         "head_dim {head_dim} must be even and ≤ 512"
     );
-    x.par_chunks_mut(heads * head_dim)
-        .enumerate()
-        .for_each(|(row, x)| {
-            let pos = (row % seq) as f64;
-            let mut cos = [T::zero(); MAX_HALF];
-            let mut sin = [T::zero(); MAX_HALF];
-            for d in 0..half {
-                let inv_freq = 1.0 / theta.powf((2 * d) as f64 / head_dim as f64);
-                let (s, c) = (pos * inv_freq).sin_cos();
-                cos[d] = T::from_f64(c);
-                sin[d] = T::from_f64(sign * s);
-            }
-            for head in x.chunks_mut(head_dim) {
+    let width = heads * head_dim;
+    assert!(x.len().is_multiple_of(seq * width));
+    let rows = x.len() / width;
+    let mut inv_freq = [0.0f64; MAX_HALF];
+    for (d, f) in inv_freq.iter_mut().enumerate().take(half) {
+        *f = 1.0 / theta.powf((2 * d) as f64 / head_dim as f64);
+    }
+    let x_ptr = SendPtr(x.as_mut_ptr());
+    (0..seq).into_par_iter().for_each(|pos| {
+        let x_ptr = &x_ptr;
+        let mut cos = [T::zero(); MAX_HALF];
+        let mut sin = [T::zero(); MAX_HALF];
+        for d in 0..half {
+            let (s, c) = (pos as f64 * inv_freq[d]).sin_cos();
+            cos[d] = T::from_f64(c);
+            sin[d] = T::from_f64(sign * s);
+        }
+        for row in (pos..rows).step_by(seq) {
+            // SAFETY: rows at position `pos` belong to this task alone, and `row < rows`.
+            let row = unsafe { std::slice::from_raw_parts_mut(x_ptr.0.add(row * width), width) };
+            for head in row.chunks_mut(head_dim) {
                 let (lo, hi) = head.split_at_mut(half);
                 for d in 0..half {
                     let (a, b) = (lo[d], hi[d]);
@@ -35,7 +45,8 @@ fn rotate<T: Float>(x: &mut [T], seq: usize, heads: usize, head_dim: usize, thet
                     hi[d] = b * cos[d] + a * sin[d];
                 }
             }
-        });
+        }
+    });
 }
 
 pub fn forward<T: Float>(x: &mut [T], seq: usize, heads: usize, head_dim: usize, theta: f64) {

@@ -1,0 +1,46 @@
+//! `tinyllm bench …`: figures, not tests. Each benchmark measures what it reports on this
+//! machine, in the same process, so ratios within one run are meaningful.
+
+pub mod train;
+
+use std::time::Instant;
+
+/// The median of some timings.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The machine's f32 matmul throughput through the engine's matmul (GFLOP/s, best of a few
+/// square multiplications of size 1024), to compare a model's achieved figure against.
+pub fn measure_matmul_peak_gflops() -> f64 {
+    use crate::engine::{Backend, Cpu};
+    let cpu = Cpu::<f32>::new();
+    let n = 1024;
+    let a = cpu.upload(&vec![0.5f32; n * n]);
+    let w = cpu.upload(&vec![0.25f32; n * n]);
+    let mut out = cpu.zeros(n * n);
+    let mut best = 0.0f64;
+    for _ in 0..6 {
+        let started = Instant::now();
+        cpu.matmul_forward(&mut out, &a, &w, n, n);
+        let secs = started.elapsed().as_secs_f64();
+        best = best.max(2.0 * (n * n * n) as f64 / secs / 1e9);
+    }
+    best
+}

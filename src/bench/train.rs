@@ -1,0 +1,128 @@
+//! `tinyllm bench train`: the speed of one training step (forward, backward, clipping, AdamW)
+//! of a model on random tokens.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{measure_matmul_peak_gflops, median, peak_rss_bytes};
+use crate::engine::{AdamWOptimizer, Backend, Cpu, Rng, clip_grad_norm};
+use crate::model::shape::{Stories15M, Stories42M, Stories110M, Stories260K, Tutorial};
+use crate::model::{Llama, LlamaConfig, ModelDims, Preset, RuntimeShape, Shape, ShapeError};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct TrainBench {
+    pub dims: ModelDims,
+    /// When the dimensions are a preset's, its compile-time type is used.
+    pub preset: Option<Preset>,
+    pub batch: usize,
+    pub seq: usize,
+    pub warmup_steps: usize,
+    pub steps: usize,
+}
+
+/// The figures `bench train` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainFigures {
+    pub model: String,
+    pub params: usize,
+    pub batch: usize,
+    pub seq: usize,
+    pub threads: usize,
+    pub steps: usize,
+    pub median_ms_per_step: f64,
+    pub tokens_per_sec: f64,
+    pub gflops_per_step: f64,
+    pub achieved_gflops: f64,
+    pub matmul_peak_gflops: f64,
+    pub fraction_of_peak: f64,
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Floating-point operations of one training step (forward + backward = 3 × forward), counting
+/// every matmul and the attention products.
+pub fn train_step_flops(dims: &ModelDims, batch: usize, seq: usize) -> f64 {
+    let (c, h, v) = (
+        dims.dim as f64,
+        dims.hidden_dim() as f64,
+        dims.vocab_size as f64,
+    );
+    let kv = (dims.n_kv_heads * dims.head_dim()) as f64;
+    let per_layer_weights = 2.0 * c * c + 2.0 * kv * c + 3.0 * h * c;
+    let tokens = (batch * seq) as f64;
+    let matmul = 2.0 * tokens * (dims.n_layers as f64 * per_layer_weights + v * c);
+    // Causal attention: QKᵀ and PV, each 2·head_dim multiply-adds per visible position.
+    let visible = (seq as f64 + 1.0) / 2.0;
+    let attention = dims.n_layers as f64 * tokens * 4.0 * dims.dim as f64 * visible;
+    3.0 * (matmul + attention)
+}
+
+pub fn run(bench: &TrainBench) -> Result<TrainFigures, ShapeError> {
+    match bench.preset {
+        Some(Preset::Tutorial) => Ok(measure(Tutorial, bench)),
+        Some(Preset::Stories260K) => Ok(measure(Stories260K, bench)),
+        Some(Preset::Stories15M) => Ok(measure(Stories15M, bench)),
+        Some(Preset::Stories42M) => Ok(measure(Stories42M, bench)),
+        Some(Preset::Stories110M) => Ok(measure(Stories110M, bench)),
+        None => Ok(measure(RuntimeShape::new(bench.dims)?, bench)),
+    }
+}
+
+fn measure<S: Shape>(shape: S, bench: &TrainBench) -> TrainFigures {
+    let dims = shape.dims();
+    let (batch, seq) = (bench.batch, bench.seq.min(dims.max_seq_len));
+    let mut model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 1337);
+    let mut optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
+    let decay = model.decay_mask();
+    let mut rng = Rng::new(1);
+    let n = batch * seq;
+    let inputs: Vec<u32> = (0..n)
+        .map(|_| rng.below(dims.vocab_size as u64) as u32)
+        .collect();
+    let targets: Vec<u32> = (0..n)
+        .map(|_| rng.below(dims.vocab_size as u64) as u32)
+        .collect();
+    let mut times = Vec::with_capacity(bench.steps);
+    for step in 0..bench.warmup_steps + bench.steps {
+        let started = Instant::now();
+        model.zero_grad();
+        model
+            .forward(&inputs, Some(&targets), batch, seq, 1.0 / n as f64)
+            .expect("random tokens fit the model");
+        model.backward();
+        clip_grad_norm(&model.backend, &mut model.grads.tensors, 1.0);
+        optimizer.step(
+            &model.backend,
+            &mut model.params.tensors,
+            &model.grads.tensors,
+            &decay,
+            1e-4,
+        );
+        if step >= bench.warmup_steps {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    let secs = median(&mut times);
+    let flops = train_step_flops(&dims, batch, seq);
+    let peak = measure_matmul_peak_gflops();
+    let achieved = flops / secs / 1e9;
+    let _ = model.backend.len(&model.params.tensors[0]);
+    TrainFigures {
+        model: bench
+            .preset
+            .map_or_else(|| format!("{dims:?}"), |p| p.name().to_string()),
+        params: model.num_params(),
+        batch,
+        seq,
+        threads: rayon::current_num_threads(),
+        steps: bench.steps,
+        median_ms_per_step: secs * 1e3,
+        tokens_per_sec: n as f64 / secs,
+        gflops_per_step: flops / 1e9,
+        achieved_gflops: achieved,
+        matmul_peak_gflops: peak,
+        fraction_of_peak: achieved / peak,
+        peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
+    }
+}
