@@ -3,6 +3,7 @@
 
 mod llama;
 mod presets;
+pub mod safetensors;
 pub mod shape;
 
 pub use llama::{Llama, LlamaConfig, ModelError, ParamInfo, Params, param_layout};

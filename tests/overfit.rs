@@ -1,0 +1,52 @@
+//! The `tutorial` model memorises one fixed batch: the whole training step (forward, backward,
+//! clipping, AdamW) works end to end at full size. Slow in debug builds: `.ci/run` runs it in
+//! release with `--ignored`.
+
+use tinyllm::engine::{AdamWOptimizer, Cpu, Rng, clip_grad_norm};
+use tinyllm::model::shape::Tutorial;
+use tinyllm::model::{Llama, LlamaConfig};
+
+#[test]
+#[ignore = "end-to-end: run by .ci/run in release mode"]
+fn tutorial_preset_overfits_one_batch() {
+    let (batch, seq) = (8, 64);
+    let n = batch * seq;
+    let mut rng = Rng::new(42);
+    let stream: Vec<u32> = (0..n + 1).map(|_| rng.below(4096) as u32).collect();
+    let (inputs, targets) = (&stream[..n], &stream[1..]);
+    let mut model = Llama::new(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), 1337);
+    let mut optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
+    let decay = model.decay_mask();
+    let mut first = None;
+    let mut last = f64::INFINITY;
+    for step in 1..=200 {
+        model.zero_grad();
+        let loss = model
+            .forward(inputs, Some(targets), batch, seq, 1.0 / n as f64)
+            .unwrap()
+            .unwrap();
+        first.get_or_insert(loss);
+        model.backward();
+        clip_grad_norm(&model.backend, &mut model.grads.tensors, 1.0);
+        optimizer.step(
+            &model.backend,
+            &mut model.params.tensors,
+            &model.grads.tensors,
+            &decay,
+            1e-3,
+        );
+        last = loss;
+        if loss < 0.1 {
+            eprintln!(
+                "loss {loss:.4} after {step} steps (from {:.3})",
+                first.unwrap()
+            );
+            break;
+        }
+    }
+    assert!(
+        (first.unwrap() - (4096f64).ln()).abs() < 0.5,
+        "initial loss {first:?}"
+    );
+    assert!(last < 0.1, "loss still {last} after 200 steps");
+}
