@@ -61,7 +61,7 @@ pub fn save(
     }
     let mut header_bytes = serde_json::to_vec(&Json::Object(header)).expect("JSON serializes");
     // The data starts 8-byte aligned, as the reference implementation pads it.
-    while (header_bytes.len() + 8) % 8 != 0 {
+    while !(header_bytes.len() + 8).is_multiple_of(8) {
         header_bytes.push(b' ');
     }
     let mut file = Vec::with_capacity(8 + header_bytes.len() + offset);
