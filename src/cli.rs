@@ -92,6 +92,20 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Show how a tokenizer splits a text: ids and pieces.
+    #[command(after_help = "Examples:\n  \
+        tinyllm tokenize --tokenizer runs/tinystories/default/artifacts/train_vocab \"Once upon a time\"\n  \
+        tinyllm tokenize --tokenizer tokenizer.json --ids-only \"Lily had 3 cats.\"")]
+    Tokenize {
+        /// A tokenizer.json, or a folder holding one (a train_vocab artifact).
+        #[arg(long, value_name = "PATH")]
+        tokenizer: PathBuf,
+        /// Print only the ids.
+        #[arg(long)]
+        ids_only: bool,
+        /// The text to tokenize.
+        text: String,
+    },
     /// Measure speed on this machine (figures, not tests).
     Bench {
         #[command(subcommand)]
@@ -402,6 +416,37 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Tokenize {
+            tokenizer,
+            ids_only,
+            text,
+        } => {
+            let path = if tokenizer.is_dir() {
+                tokenizer.join(crate::stages::train_vocab::TOKENIZER_JSON)
+            } else {
+                tokenizer
+            };
+            let tokenizer = crate::tokenizer::Tokenizer::load(&path)?;
+            let ids = tokenizer.encode(&text);
+            let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+            writeln!(out, "{}", list.join(" "))?;
+            if !ids_only {
+                let pieces: Vec<String> = ids
+                    .iter()
+                    .map(|&id| format!("{:?}", tokenizer.piece(id).unwrap_or("")))
+                    .collect();
+                writeln!(out, "{}", pieces.join(" "))?;
+                writeln!(
+                    out,
+                    "{} bytes, {} tokens ({:.2} bytes/token), vocab {}",
+                    text.len(),
+                    ids.len(),
+                    text.len() as f64 / ids.len().max(1) as f64,
+                    tokenizer.vocab_size()
+                )?;
+            }
+            Ok(())
+        }
         Command::Schema => {
             let schema = pipeline::spec::json_schema();
             writeln!(out, "{}", serde_json::to_string_pretty(&schema)?)?;

@@ -7,12 +7,16 @@
 //! - [`stages`]: one file per pipeline stage;
 //! - [`engine`]: the tensor engine: a backend trait and fused ops with their backward passes;
 //! - [`model`]: model presets and dimensions;
+//! - [`data`]: reading stories out of the corpus;
+//! - [`tokenizer`]: the BPE and character tokenizers;
 //! - [`cli`]: the command-line interface that the `tinyllm` binary wraps.
 
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod engine;
 pub mod fsutil;
 pub mod model;
 pub mod pipeline;
 pub mod stages;
+pub mod tokenizer;

@@ -81,8 +81,21 @@ impl StageId {
     pub fn key_config(self, spec: &PipelineSpec) -> Json {
         match self {
             StageId::Download => download_key_config(&spec.download),
-            StageId::TrainVocab => semantic(&spec.train_vocab),
-            StageId::Pretokenize => semantic(&spec.pretokenize),
+            StageId::TrainVocab => {
+                let c = &spec.corpus;
+                json!({
+                    "train_vocab": semantic(&spec.train_vocab),
+                    "corpus": {
+                        "train_files": c.train_files,
+                        "format": c.format,
+                        "separator": c.separator,
+                    },
+                })
+            }
+            StageId::Pretokenize => json!({
+                "pretokenize": semantic(&spec.pretokenize),
+                "corpus": spec.corpus,
+            }),
             StageId::Train => {
                 let m = &spec.model;
                 let dims = spec.model_dims().ok();

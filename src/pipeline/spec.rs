@@ -19,6 +19,8 @@ pub struct PipelineSpec {
     #[serde(default)]
     pub download: DownloadConfig,
     #[serde(default)]
+    pub corpus: CorpusConfig,
+    #[serde(default)]
     pub train_vocab: TrainVocabConfig,
     #[serde(default)]
     pub pretokenize: PretokenizeConfig,
@@ -184,7 +186,8 @@ impl Default for TrainVocabConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TextFormat {
-    /// JSON arrays of objects with a `story` field (the official shards), else text.
+    /// `.json` files as JSON shards; other files split by `separator` if they contain it, else
+    /// one story per line.
     Auto,
     /// JSON arrays of objects with a `story` field.
     Json,
@@ -194,31 +197,44 @@ pub enum TextFormat {
     Separator,
 }
 
+/// Which files of the downloaded corpus hold the text, and how stories are laid out in them.
+/// Read by both `train_vocab` (training files only) and `pretokenize`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorpusConfig {
+    /// Glob patterns (`*`, `?`; relative to the corpus folder) of the training files.
+    pub train_files: Vec<String>,
+    /// Glob patterns of the validation files; when empty, `pretokenize.val_fraction` of the
+    /// stories is held out instead.
+    pub val_files: Vec<String>,
+    pub format: TextFormat,
+    /// Story separator for `format = "separator"` (and for `auto` text files that contain it).
+    pub separator: String,
+}
+
+impl Default for CorpusConfig {
+    fn default() -> Self {
+        CorpusConfig {
+            train_files: vec!["*.json".to_string()],
+            val_files: vec!["TinyStories-valid.txt".to_string()],
+            format: TextFormat::Auto,
+            separator: "<|endoftext|>".to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PretokenizeConfig {
-    /// Glob patterns (relative to the corpus) of the training files.
-    pub train_files: Vec<String>,
-    /// Glob patterns of the validation files; when empty, `val_fraction` of the stories is held out.
-    pub val_files: Vec<String>,
-    /// Fraction of whole stories held out for validation when no validation files are given.
+    /// Fraction of whole stories held out for validation when `corpus.val_files` is empty.
     pub val_fraction: f64,
-    pub format: TextFormat,
-    /// Story separator for `format = "separator"`.
-    pub separator: String,
 }
 
 impl Section for PretokenizeConfig {}
 
 impl Default for PretokenizeConfig {
     fn default() -> Self {
-        PretokenizeConfig {
-            train_files: vec!["*.json".to_string()],
-            val_files: vec!["TinyStories-valid.txt".to_string()],
-            val_fraction: 0.01,
-            format: TextFormat::Auto,
-            separator: "<|endoftext|>".to_string(),
-        }
+        PretokenizeConfig { val_fraction: 0.01 }
     }
 }
 
@@ -483,16 +499,10 @@ impl PipelineSpec {
                 format!("{vocab} is above 65535: token ids are stored as u16"),
             );
         }
-        if self.train_vocab.kind == TokenizerKind::Bpe && vocab < 3 + 256 {
+        if vocab < crate::tokenizer::MIN_VOCAB {
             return fail(
                 "train_vocab.vocab_size",
                 format!("{vocab} is below 259, the 3 special tokens plus 256 byte-fallback tokens"),
-            );
-        }
-        if self.train_vocab.kind == TokenizerKind::Char && vocab < 4 {
-            return fail(
-                "train_vocab.vocab_size",
-                format!("{vocab} leaves no room for characters besides the 3 special tokens"),
             );
         }
         if self.train_vocab.max_train_bytes == 0 {
@@ -506,14 +516,15 @@ impl PipelineSpec {
                 format!("{} must be in [0, 1)", p.val_fraction),
             );
         }
-        if p.train_files.is_empty() {
+        let corpus = &self.corpus;
+        if corpus.train_files.is_empty() {
             return fail(
-                "pretokenize.train_files",
+                "corpus.train_files",
                 "must list at least one pattern".into(),
             );
         }
-        if p.format == TextFormat::Separator && p.separator.is_empty() {
-            return fail("pretokenize.separator", "must not be empty".into());
+        if corpus.format == TextFormat::Separator && corpus.separator.is_empty() {
+            return fail("corpus.separator", "must not be empty".into());
         }
 
         let dims = self.model_dims()?;

@@ -1,10 +1,13 @@
 //! The pipeline's stages, one file each, each a [`Stage`](crate::pipeline::Stage) implementation.
 
 pub mod download;
+pub mod train_vocab;
 
 use crate::pipeline::StageRegistry;
 
 /// The stages this build of tinyllm implements.
 pub fn builtin_registry() -> StageRegistry {
-    StageRegistry::new().with(download::Download)
+    StageRegistry::new()
+        .with(download::Download)
+        .with(train_vocab::TrainVocab)
 }

@@ -1,0 +1,352 @@
+//! Tokenizers: a byte-fallback BPE with SentencePiece-style `▁` word boundaries and single digits,
+//! or one token per character. Both keep Llama's layout of ids — `<unk>` 0, `<s>` 1, `</s>` 2,
+//! then the 256 byte tokens `<0x00>`…`<0xFF>` — and both are stored as a Hugging Face
+//! `tokenizer.json` (a BPE model; the character tokenizer simply has no merges).
+//!
+//! Every string round-trips: `decode(encode(s)) == s`. Spaces become `▁` on the way in, so a
+//! literal `▁` (U+2581) in the text is encoded as its three UTF-8 byte tokens instead, and the
+//! text gets a leading space (SentencePiece's "dummy prefix") that decoding takes off again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tokenizers::AddedToken;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder, Vocab};
+use tokenizers::models::{ModelWrapper, TrainerWrapper};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::sequence::Sequence;
+
+use crate::pipeline::spec::TokenizerKind;
+
+pub const UNK: u32 = 0;
+pub const BOS: u32 = 1;
+pub const EOS: u32 = 2;
+/// Id of the byte token `<0x00>`; byte `b` is `BYTE_BASE + b`.
+pub const BYTE_BASE: u32 = 3;
+/// The smallest vocabulary: 3 special tokens and 256 byte tokens.
+pub const MIN_VOCAB: usize = 3 + 256;
+const SPACE: char = '▁';
+const SPECIALS: [&str; 3] = ["<unk>", "<s>", "</s>"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("training the tokenizer failed: {0}")]
+    Training(String),
+    #[error("vocab_size {0} is below {MIN_VOCAB}, the 3 special tokens plus 256 byte tokens")]
+    VocabTooSmall(usize),
+    #[error("vocab_size {0} is above 65535: token ids are stored as u16")]
+    VocabTooLarge(usize),
+    #[error("no text to train the tokenizer on")]
+    NoText,
+    #[error("{}: not a tinyllm tokenizer: {reason}", path.display())]
+    NotOurs { path: PathBuf, reason: String },
+}
+
+/// A trained tokenizer.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pieces: Vec<String>,
+}
+
+impl Tokenizer {
+    /// Trains a tokenizer of `kind` with at most `vocab_size` tokens on `texts`.
+    pub fn train(
+        kind: TokenizerKind,
+        vocab_size: usize,
+        texts: &[String],
+    ) -> Result<Tokenizer, TokenizerError> {
+        if vocab_size < MIN_VOCAB {
+            return Err(TokenizerError::VocabTooSmall(vocab_size));
+        }
+        if vocab_size > 65_535 {
+            return Err(TokenizerError::VocabTooLarge(vocab_size));
+        }
+        if texts.iter().all(|t| t.is_empty()) {
+            return Err(TokenizerError::NoText);
+        }
+        let model = match kind {
+            TokenizerKind::Bpe => train_bpe(vocab_size, texts)?,
+            TokenizerKind::Char => char_model(vocab_size, texts)?,
+        };
+        Self::from_model(model)
+    }
+
+    fn from_model(model: BPE) -> Result<Tokenizer, TokenizerError> {
+        let mut inner = tokenizers::Tokenizer::new(ModelWrapper::BPE(model));
+        inner.with_pre_tokenizer(Some(pre_tokenizer()));
+        inner.add_special_tokens(&SPECIALS.map(|s| AddedToken::from(s, true)));
+        Self::wrap(inner).map_err(TokenizerError::Training)
+    }
+
+    /// Checks the id layout and caches the pieces.
+    fn wrap(inner: tokenizers::Tokenizer) -> Result<Tokenizer, String> {
+        let size = inner.get_vocab_size(true);
+        let mut pieces = vec![String::new(); size];
+        for (piece, id) in inner.get_vocab(true) {
+            let slot = pieces
+                .get_mut(id as usize)
+                .ok_or_else(|| format!("id {id} of {piece:?} is outside the vocabulary"))?;
+            *slot = piece;
+        }
+        for (id, expected) in SPECIALS.iter().enumerate() {
+            if pieces.get(id).map(String::as_str) != Some(*expected) {
+                return Err(format!("id {id} should be {expected}"));
+            }
+        }
+        for byte in 0..=255u32 {
+            if pieces.get((BYTE_BASE + byte) as usize) != Some(&byte_piece(byte as u8)) {
+                return Err(format!(
+                    "id {} should be {}",
+                    BYTE_BASE + byte,
+                    byte_piece(byte as u8)
+                ));
+            }
+        }
+        Ok(Tokenizer { inner, pieces })
+    }
+
+    /// Reads a `tokenizer.json` this module wrote.
+    pub fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::wrap(inner).map_err(|reason| TokenizerError::NotOurs {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    /// Writes `tokenizer.json` (atomically).
+    pub fn save(&self, path: &Path) -> Result<(), TokenizerError> {
+        let file = |message: String| TokenizerError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| file(e.to_string()))?;
+        crate::fsutil::write_atomic(path, json.as_bytes()).map_err(|e| file(e.to_string()))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// The piece of an id (`▁the`, `<0x0A>`, `<s>`).
+    pub fn piece(&self, id: u32) -> Option<&str> {
+        self.pieces.get(id as usize).map(String::as_str)
+    }
+
+    /// The ids of `text`, without BOS/EOS.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+        let prefixed = format!(" {text}");
+        for (i, segment) in prefixed.split(SPACE).enumerate() {
+            if i > 0 {
+                for &byte in SPACE.to_string().as_bytes() {
+                    ids.push(BYTE_BASE + byte as u32);
+                }
+            }
+            if segment.is_empty() {
+                continue;
+            }
+            let encoding = self
+                .inner
+                .encode(segment, false)
+                .expect("encoding text with a BPE model cannot fail");
+            ids.extend_from_slice(encoding.get_ids());
+        }
+        ids
+    }
+
+    /// The text of `ids`; special tokens are skipped, invalid UTF-8 becomes U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            if id < BYTE_BASE {
+                continue;
+            }
+            if id < BYTE_BASE + 256 {
+                bytes.push((id - BYTE_BASE) as u8);
+            } else if let Some(piece) = self.piece(id) {
+                for c in piece.chars() {
+                    let c = if c == SPACE { ' ' } else { c };
+                    let mut buf = [0u8; 4];
+                    bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        text.strip_prefix(' ').unwrap_or(&text).to_string()
+    }
+}
+
+fn byte_piece(byte: u8) -> String {
+    format!("<0x{byte:02X}>")
+}
+
+fn pre_tokenizer() -> PreTokenizerWrapper {
+    PreTokenizerWrapper::Sequence(Sequence::new(vec![
+        PreTokenizerWrapper::Metaspace(Metaspace::new(SPACE, PrependScheme::Never, true)),
+        PreTokenizerWrapper::Digits(Digits::new(true)),
+    ]))
+}
+
+/// The reserved tokens every vocabulary starts with, in id order.
+fn reserved_tokens() -> Vec<String> {
+    SPECIALS
+        .iter()
+        .map(|s| s.to_string())
+        .chain((0..=255u8).map(byte_piece))
+        .collect()
+}
+
+/// Texts as the model sees them: dummy prefix, spaces as `▁`, literal `▁` left out (it is
+/// encoded as bytes).
+fn training_texts(texts: &[String]) -> impl Iterator<Item = String> + '_ {
+    texts.iter().map(|t| format!(" {}", t.replace(SPACE, "")))
+}
+
+fn train_bpe(vocab_size: usize, texts: &[String]) -> Result<BPE, TokenizerError> {
+    let fail = |e: tokenizers::Error| TokenizerError::Training(e.to_string());
+    let trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(
+            reserved_tokens()
+                .into_iter()
+                .map(|t| AddedToken::from(t, true))
+                .collect(),
+        )
+        .limit_alphabet(1000)
+        .build();
+    let model = BPE::builder()
+        .byte_fallback(true)
+        .unk_token("<unk>".to_string())
+        .build()
+        .map_err(fail)?;
+    let mut tokenizer = tokenizers::Tokenizer::new(ModelWrapper::BPE(model));
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer()));
+    let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+    tokenizer
+        .train(&mut trainer, training_texts(texts))
+        .map_err(fail)?;
+    match tokenizer.get_model() {
+        ModelWrapper::BPE(bpe) => Ok(bpe.clone()),
+        _ => Err(TokenizerError::Training(
+            "training replaced the BPE model".into(),
+        )),
+    }
+}
+
+/// One token per character: the most frequent characters after the reserved tokens, no merges.
+fn char_model(vocab_size: usize, texts: &[String]) -> Result<BPE, TokenizerError> {
+    let mut counts: HashMap<char, u64> = HashMap::new();
+    for text in training_texts(texts) {
+        for c in text.chars() {
+            *counts.entry(if c == ' ' { SPACE } else { c }).or_default() += 1;
+        }
+    }
+    let mut chars: Vec<(char, u64)> = counts.into_iter().collect();
+    chars.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut vocab: Vec<String> = reserved_tokens();
+    for (c, _) in chars {
+        if vocab.len() >= vocab_size {
+            break;
+        }
+        let piece = c.to_string();
+        if !vocab.contains(&piece) {
+            vocab.push(piece);
+        }
+    }
+    let vocab: Vocab = vocab
+        .into_iter()
+        .enumerate()
+        .map(|(id, piece)| (piece, id as u32))
+        .collect();
+    BPE::builder()
+        .vocab_and_merges(vocab, Vec::new())
+        .byte_fallback(true)
+        .unk_token("<unk>".to_string())
+        .build()
+        .map_err(|e| TokenizerError::Training(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts() -> Vec<String> {
+        let story = "Once upon a time, there was a little cat named Tom. Tom liked to play with \
+                     his red ball. One day, the ball rolled under the big bed. Tom was sad.";
+        (0..50)
+            .map(|i| format!("{story} It was day {i}."))
+            .collect()
+    }
+
+    #[test]
+    fn layout_and_round_trip_for_both_kinds() {
+        for kind in [TokenizerKind::Bpe, TokenizerKind::Char] {
+            let tokenizer = Tokenizer::train(kind, 300, &texts()).unwrap();
+            assert!(tokenizer.vocab_size() <= 300);
+            assert_eq!(tokenizer.piece(BOS), Some("<s>"));
+            assert_eq!(tokenizer.piece(BYTE_BASE + 10), Some("<0x0A>"));
+            for text in [
+                "Once upon a time",
+                "  two  spaces ",
+                "猫 🐱\n\t\u{0}",
+                "a▁b ▁",
+                "",
+            ] {
+                assert_eq!(tokenizer.decode(&tokenizer.encode(text)), text, "{kind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bpe_merges_words_and_splits_digits() {
+        let tokenizer = Tokenizer::train(TokenizerKind::Bpe, 400, &texts()).unwrap();
+        let ids = tokenizer.encode("Tom was sad.");
+        assert!(ids.len() <= 5, "{ids:?}");
+        let digits = tokenizer.encode("day 42");
+        let pieces: Vec<&str> = digits
+            .iter()
+            .map(|&i| tokenizer.piece(i).unwrap())
+            .collect();
+        assert!(pieces.ends_with(&["4", "2"]), "{pieces:?}");
+    }
+
+    #[test]
+    fn save_and_load_give_the_same_ids() {
+        let tokenizer = Tokenizer::train(TokenizerKind::Bpe, 300, &texts()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        tokenizer.save(&path).unwrap();
+        let loaded = Tokenizer::load(&path).unwrap();
+        let text = "Once upon a time, Tom had 3 balls.";
+        assert_eq!(loaded.encode(text), tokenizer.encode(text));
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        assert!(matches!(
+            Tokenizer::train(TokenizerKind::Bpe, 100, &texts()),
+            Err(TokenizerError::VocabTooSmall(100))
+        ));
+        assert!(matches!(
+            Tokenizer::train(TokenizerKind::Char, 70_000, &texts()),
+            Err(TokenizerError::VocabTooLarge(70_000))
+        ));
+        assert!(matches!(
+            Tokenizer::train(TokenizerKind::Bpe, 300, &[String::new()]),
+            Err(TokenizerError::NoText)
+        ));
+    }
+}
