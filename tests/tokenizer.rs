@@ -39,6 +39,16 @@ proptest! {
     fn any_unicode_string_round_trips(text in any::<String>()) {
         for tokenizer in tokenizers() {
             prop_assert_eq!(tokenizer.decode(&tokenizer.encode(&text)), text.clone());
+            prop_assert_eq!(tokenizer.encode(&text), tokenizer.encode_reference(&text));
+        }
+    }
+
+    #[test]
+    fn fast_encoding_equals_the_hugging_face_pipeline(
+        text in "[\\p{Han}\\p{Emoji}\\x00-\\x1f ▁a-zA-Z0-9٣½.,]{0,60}"
+    ) {
+        for tokenizer in tokenizers() {
+            prop_assert_eq!(tokenizer.encode(&text), tokenizer.encode_reference(&text));
         }
     }
 
@@ -64,6 +74,7 @@ fn bpe_4096_on_train_head_compresses_valid_head() {
     let train_secs = started.elapsed().as_secs_f64();
     let valid = std::fs::read_to_string(shared.join("valid_head.txt")).unwrap();
     let ids = tokenizer.encode(&valid);
+    assert_eq!(ids, tokenizer.encode_reference(&valid));
     let bytes_per_token = valid.len() as f64 / ids.len() as f64;
     eprintln!(
         "BPE 4096: trained in {train_secs:.1} s, vocab {}, valid_head {bytes_per_token:.3} bytes/token",

@@ -1,3 +1,4 @@
-//! Reading the corpus: which files hold the text and how its stories are laid out.
+//! Data: reading stories out of the corpus, and loading token shards for training.
 
 pub mod corpus;
+pub mod loader;

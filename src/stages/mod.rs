@@ -1,6 +1,7 @@
 //! The pipeline's stages, one file each, each a [`Stage`](crate::pipeline::Stage) implementation.
 
 pub mod download;
+pub mod pretokenize;
 pub mod train_vocab;
 
 use crate::pipeline::StageRegistry;
@@ -10,4 +11,5 @@ pub fn builtin_registry() -> StageRegistry {
     StageRegistry::new()
         .with(download::Download)
         .with(train_vocab::TrainVocab)
+        .with(pretokenize::Pretokenize)
 }

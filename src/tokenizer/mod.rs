@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use tokenizers::AddedToken;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder, Vocab};
 use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, Model};
 
 use crate::pipeline::spec::TokenizerKind;
 
@@ -144,23 +144,69 @@ impl Tokenizer {
     }
 
     /// The ids of `text`, without BOS/EOS.
+    ///
+    /// Splits words the way the saved pre-tokenizer does (a piece starts at each `▁`; every
+    /// numeric character is a piece of its own) and hands each word to the BPE model, whose own
+    /// word cache makes the repeated words of a corpus cheap. Tests check the ids equal those of
+    /// the full Hugging Face pipeline.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 1);
         let prefixed = format!(" {text}");
         for (i, segment) in prefixed.split(SPACE).enumerate() {
             if i > 0 {
-                for &byte in SPACE.to_string().as_bytes() {
+                let mut buf = [0u8; 4];
+                for &byte in SPACE.encode_utf8(&mut buf).as_bytes() {
                     ids.push(BYTE_BASE + byte as u32);
                 }
             }
-            if segment.is_empty() {
-                continue;
+            let replaced = segment.replace(' ', "▁");
+            let mut start = 0;
+            for (at, c) in replaced.char_indices() {
+                if c == SPACE || c.is_numeric() {
+                    self.encode_word(&replaced[start..at], &mut ids);
+                    start = at;
+                }
+                if c.is_numeric() {
+                    let end = at + c.len_utf8();
+                    self.encode_word(&replaced[at..end], &mut ids);
+                    start = end;
+                }
             }
-            let encoding = self
-                .inner
-                .encode(segment, false)
-                .expect("encoding text with a BPE model cannot fail");
-            ids.extend_from_slice(encoding.get_ids());
+            self.encode_word(&replaced[start..], &mut ids);
+        }
+        ids
+    }
+
+    fn encode_word(&self, word: &str, ids: &mut Vec<u32>) {
+        if word.is_empty() {
+            return;
+        }
+        let tokens = self
+            .inner
+            .get_model()
+            .tokenize(word)
+            .expect("a byte-fallback BPE tokenizes any word");
+        ids.extend(tokens.iter().map(|t| t.id));
+    }
+
+    /// The ids the full Hugging Face pipeline gives (slower; for checking [`Tokenizer::encode`]).
+    pub fn encode_reference(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        let prefixed = format!(" {text}");
+        for (i, segment) in prefixed.split(SPACE).enumerate() {
+            if i > 0 {
+                let mut buf = [0u8; 4];
+                for &byte in SPACE.encode_utf8(&mut buf).as_bytes() {
+                    ids.push(BYTE_BASE + byte as u32);
+                }
+            }
+            if !segment.is_empty() {
+                let encoding = self
+                    .inner
+                    .encode(segment, false)
+                    .expect("encoding text with a BPE model cannot fail");
+                ids.extend_from_slice(encoding.get_ids());
+            }
         }
         ids
     }

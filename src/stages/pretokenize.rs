@@ -1,0 +1,307 @@
+//! The pretokenize stage: encodes every story of the corpus in parallel and writes little-endian
+//! `u16` token shards with BOS before each story (llama2.c's layout), one shard per input file
+//! and split.
+//!
+//! Output: `train/*.bin`, `val/*.bin`, and `shards.json` (per shard: file, split, tokens,
+//! stories, source text bytes). Validation is the corpus's own validation files when
+//! `corpus.val_files` is set, else `pretokenize.val_fraction` of whole stories, never windows of
+//! training text.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::corpus::{CorpusError, for_each_story, matching_files};
+use crate::pipeline::cache::Artifact;
+use crate::pipeline::{Stage, StageContext, StageFailure, StageId, StageReport};
+use crate::stages::download::Corpus;
+use crate::stages::train_vocab;
+use crate::tokenizer::{BOS, Tokenizer};
+
+pub const SHARDS_JSON: &str = "shards.json";
+/// Stories encoded together before their tokens are written out.
+const CHUNK_STORIES: usize = 4096;
+
+/// One token file, as `shards.json` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// Path relative to the artifact folder.
+    pub file: String,
+    pub split: Split,
+    pub tokens: u64,
+    pub stories: u64,
+    pub text_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Val,
+}
+
+/// The artifact's description of its shards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardSet {
+    pub vocab_size: usize,
+    pub shards: Vec<ShardInfo>,
+}
+
+/// A pretokenize artifact opened for reading.
+#[derive(Debug, Clone)]
+pub struct TokenShards {
+    pub dir: PathBuf,
+    pub set: ShardSet,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("{}: {reason}", path.display())]
+    Bad { path: PathBuf, reason: String },
+}
+
+impl TokenShards {
+    /// Opens the shards of an artifact and checks each file's size against `shards.json`.
+    pub fn open(artifact: &Artifact) -> Result<TokenShards, ShardError> {
+        Self::open_dir(&artifact.dir)
+    }
+
+    pub fn open_dir(dir: &Path) -> Result<TokenShards, ShardError> {
+        let path = dir.join(SHARDS_JSON);
+        let bad = |path: &Path, reason: String| ShardError::Bad {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = fs::read_to_string(&path).map_err(|e| bad(&path, e.to_string()))?;
+        let set: ShardSet = serde_json::from_str(&text)
+            .map_err(|e| bad(&path, format!("not a shard list: {e}")))?;
+        for shard in &set.shards {
+            let file = dir.join(&shard.file);
+            let size = fs::metadata(&file)
+                .map_err(|e| bad(&file, e.to_string()))?
+                .len();
+            if size != shard.tokens * 2 {
+                return Err(bad(
+                    &file,
+                    format!(
+                        "{size} bytes, but {SHARDS_JSON} says {} tokens ({} bytes)",
+                        shard.tokens,
+                        shard.tokens * 2
+                    ),
+                ));
+            }
+        }
+        Ok(TokenShards {
+            dir: dir.to_path_buf(),
+            set,
+        })
+    }
+
+    pub fn shards(&self, split: Split) -> impl Iterator<Item = &ShardInfo> {
+        self.set.shards.iter().filter(move |s| s.split == split)
+    }
+}
+
+/// The pretokenize stage.
+pub struct Pretokenize;
+
+impl Stage for Pretokenize {
+    fn id(&self) -> StageId {
+        StageId::Pretokenize
+    }
+
+    fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
+        let corpus_config = &cx.spec.corpus;
+        let corpus = Corpus::open(cx.input(StageId::Download)?)?;
+        let tokenizer = train_vocab::open(cx.input(StageId::TrainVocab)?)?;
+        let train_files = matching_files(
+            &corpus.files_dir,
+            &corpus_config.train_files,
+            "corpus.train_files",
+        )?;
+        let val_files = if corpus_config.val_files.is_empty() {
+            Vec::new()
+        } else {
+            matching_files(
+                &corpus.files_dir,
+                &corpus_config.val_files,
+                "corpus.val_files",
+            )?
+        };
+        let hold_out = if val_files.is_empty() {
+            cx.spec.pretokenize.val_fraction
+        } else {
+            0.0
+        };
+        fs::create_dir_all(cx.out_dir.join("train"))?;
+        fs::create_dir_all(cx.out_dir.join("val"))?;
+
+        let started = std::time::Instant::now();
+        let mut shards = Vec::new();
+        let mut held_out = ShardWriter::create(cx.out_dir, Split::Val, "heldout")?;
+        let mut story_index = 0u64;
+        for file in &train_files {
+            let mut writer = ShardWriter::create(cx.out_dir, Split::Train, &shard_name(file))?;
+            encode_file(&tokenizer, file, corpus_config, |tokens, text_bytes| {
+                // Whole stories go to validation by a fixed rule on their index, so the split
+                // does not depend on thread count or chunking.
+                let to_val = hold_out > 0.0 && held_out_story(story_index, hold_out);
+                story_index += 1;
+                let target = if to_val { &mut held_out } else { &mut writer };
+                target.push(tokens, text_bytes)
+            })?;
+            shards.push(writer.finish()?);
+        }
+        for file in &val_files {
+            let mut writer = ShardWriter::create(cx.out_dir, Split::Val, &shard_name(file))?;
+            encode_file(&tokenizer, file, corpus_config, |tokens, bytes| {
+                writer.push(tokens, bytes)
+            })?;
+            shards.push(writer.finish()?);
+        }
+        let held_out = held_out.finish()?;
+        if held_out.stories > 0 {
+            shards.push(held_out);
+        } else {
+            fs::remove_file(cx.out_dir.join(&held_out.file))?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+
+        let total = |split: Split, f: fn(&ShardInfo) -> u64| -> u64 {
+            shards.iter().filter(|s| s.split == split).map(f).sum()
+        };
+        let (train_tokens, val_tokens) = (
+            total(Split::Train, |s| s.tokens),
+            total(Split::Val, |s| s.tokens),
+        );
+        let text_bytes =
+            total(Split::Train, |s| s.text_bytes) + total(Split::Val, |s| s.text_bytes);
+        if train_tokens == 0 {
+            return Err(CorpusError::Empty {
+                files: train_files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into());
+        }
+        let set = ShardSet {
+            vocab_size: tokenizer.vocab_size(),
+            shards,
+        };
+        fs::write(
+            cx.out_dir.join(SHARDS_JSON),
+            serde_json::to_vec_pretty(&set).expect("shards serialize"),
+        )?;
+        let mut report = StageReport {
+            summary: format!(
+                "{train_tokens} train + {val_tokens} val tokens, {:.1} MB/s",
+                text_bytes as f64 / secs.max(1e-9) / 1e6
+            ),
+            ..Default::default()
+        };
+        for (name, value) in [
+            ("train_tokens", train_tokens as f64),
+            ("val_tokens", val_tokens as f64),
+            ("text_bytes", text_bytes as f64),
+            ("mb_per_sec", text_bytes as f64 / secs.max(1e-9) / 1e6),
+        ] {
+            report.metrics.insert(name.into(), value);
+        }
+        Ok(report)
+    }
+}
+
+/// `data00.json` → `data00`.
+fn shard_name(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "shard".into())
+}
+
+/// Whether story `index` is held out: a fixed hash of the index against the fraction.
+pub fn held_out_story(index: u64, fraction: f64) -> bool {
+    let mut x = index.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    ((x >> 11) as f64 / (1u64 << 53) as f64) < fraction
+}
+
+/// Encodes a file's stories in parallel, a chunk at a time, handing each story's tokens (BOS
+/// first) to `sink` in file order.
+pub fn encode_file(
+    tokenizer: &Tokenizer,
+    file: &Path,
+    config: &crate::pipeline::spec::CorpusConfig,
+    mut sink: impl FnMut(&[u32], u64) -> std::io::Result<()>,
+) -> Result<(), StageFailure> {
+    let mut stories = Vec::new();
+    for_each_story(file, config, |story| stories.push(story))?;
+    for chunk in stories.chunks(CHUNK_STORIES) {
+        let encoded: Vec<Vec<u32>> = chunk
+            .par_iter()
+            .map(|story| {
+                let mut ids = Vec::with_capacity(story.len() / 3 + 2);
+                ids.push(BOS);
+                ids.extend(tokenizer.encode(story));
+                ids
+            })
+            .collect();
+        for (ids, story) in encoded.iter().zip(chunk) {
+            sink(ids, story.len() as u64)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one shard of little-endian u16 tokens.
+struct ShardWriter {
+    out: BufWriter<File>,
+    info: ShardInfo,
+}
+
+impl ShardWriter {
+    fn create(dir: &Path, split: Split, name: &str) -> std::io::Result<ShardWriter> {
+        let relative = format!(
+            "{}/{name}.bin",
+            match split {
+                Split::Train => "train",
+                Split::Val => "val",
+            }
+        );
+        let out = BufWriter::with_capacity(1 << 20, File::create(dir.join(&relative))?);
+        Ok(ShardWriter {
+            out,
+            info: ShardInfo {
+                file: relative,
+                split,
+                tokens: 0,
+                stories: 0,
+                text_bytes: 0,
+            },
+        })
+    }
+
+    fn push(&mut self, tokens: &[u32], text_bytes: u64) -> std::io::Result<()> {
+        for &token in tokens {
+            let token = u16::try_from(token).map_err(|_| {
+                std::io::Error::other(format!("token id {token} does not fit in u16"))
+            })?;
+            self.out.write_all(&token.to_le_bytes())?;
+        }
+        self.info.tokens += tokens.len() as u64;
+        self.info.stories += 1;
+        self.info.text_bytes += text_bytes;
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<ShardInfo> {
+        self.out.flush()?;
+        Ok(self.info)
+    }
+}
