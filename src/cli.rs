@@ -115,6 +115,25 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Tokenizer training (seconds, peak memory) and pretokenize throughput (MB/s, tokens/s) on
+    /// a corpus built to a chosen size from text files.
+    #[command(after_help = "Example:\n  \
+        tinyllm bench data --text ../shared/data/tinystories/train_head.txt --mb 100")]
+    Data {
+        /// Text files with one story per line (repeatable).
+        #[arg(long, value_name = "FILE", required = true)]
+        text: Vec<PathBuf>,
+        /// Corpus size to build from them, in MB (stories repeat with variations).
+        #[arg(long, default_value_t = 100.0)]
+        mb: f64,
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Training step speed: median ms/step, tokens/s, GFLOP/s against the machine's matmul peak,
     /// peak memory.
     #[command(after_help = "Examples:\n  \
@@ -332,6 +351,48 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
             print_status(&loaded, &opts, registry, &mut out)
         }
         Command::Bench { command } => match command {
+            BenchCommand::Data {
+                text,
+                mb,
+                vocab_size,
+                threads,
+                json,
+            } => {
+                set_threads(threads)?;
+                if mb.is_nan() || mb <= 0.0 {
+                    bail!("--mb must be positive");
+                }
+                let figures = crate::bench::data::run(&crate::bench::data::DataBench {
+                    texts: text,
+                    target_bytes: (mb * 1e6) as u64,
+                    vocab_size,
+                })?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&figures)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "corpus {:.1} MB ({} stories), BPE vocab {}, {} threads",
+                        figures.corpus_mb, figures.stories, figures.vocab_size, figures.threads
+                    )?;
+                    writeln!(
+                        out,
+                        "  tokenizer training {:>9.1} s",
+                        figures.tokenizer_train_secs
+                    )?;
+                    if let Some(rss) = figures.peak_rss_after_training_mb {
+                        writeln!(out, "  peak RSS           {rss:>9.0} MB")?;
+                    }
+                    writeln!(
+                        out,
+                        "  pretokenize        {:>9.1} MB/s of text, {:.0} tokens/s ({:.2} bytes/token)",
+                        figures.pretokenize_mb_per_sec,
+                        figures.pretokenize_tokens_per_sec,
+                        figures.bytes_per_token
+                    )?;
+                }
+                Ok(())
+            }
             BenchCommand::Train {
                 preset,
                 dim,

@@ -1,6 +1,7 @@
 //! `tinyllm bench …`: figures, not tests. Each benchmark measures what it reports on this
 //! machine, in the same process, so ratios within one run are meaningful.
 
+pub mod data;
 pub mod train;
 
 use std::time::Instant;
