@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 
 use common::server::Server;
-use common::{Project, files_under, shared_tinystories};
+use common::{Project, error_line, files_under, run_builtin_until, shared_tinystories};
 use tinyllm::pipeline::runner::VariantResult;
 use tinyllm::pipeline::{RunError, StageId};
 
@@ -32,11 +32,7 @@ files = [{{ name = "TinyStories_sample.tar.gz", sha256 = "{sha256}", mirrors = [
 }
 
 fn download(project: &Project) -> Result<Vec<VariantResult>, RunError> {
-    let loaded = project.load(&[]);
-    let mut opts = project.options();
-    opts.until = Some(StageId::Download);
-    let mut out = Vec::new();
-    tinyllm::pipeline::run(&loaded, &common::test_registry(), &opts, &mut out)
+    run_builtin_until(project, StageId::Download)
 }
 
 fn assert_corpus_unpacked(result: &VariantResult) {
@@ -48,17 +44,6 @@ fn assert_corpus_unpacked(result: &VariantResult) {
         assert!(stories[0]["story"].is_string());
     }
     assert!(!files.join("TinyStories_sample.tar.gz").exists());
-}
-
-fn error_line(err: RunError) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 fn assert_nothing_cached(project: &Project) {
@@ -145,7 +130,7 @@ fn a_wrong_checksum_fails_and_leaves_nothing_behind() {
     let server = Server::start(fs::read(shared.join("TinyStories_sample.tar.gz")).unwrap());
     let wrong = "0".repeat(64);
     let project = project_with(&[server.url("/ok/TinyStories_sample.tar.gz")], &wrong);
-    let err = error_line(download(&project).unwrap_err());
+    let err = error_line(&download(&project).unwrap_err());
     assert!(err.contains("sha256 mismatch"), "{err}");
     assert!(err.contains(SAMPLE_SHA256), "{err}");
     assert_nothing_cached(&project);
@@ -162,7 +147,7 @@ fn a_tarball_with_a_parent_dir_entry_is_refused() {
     let sha = sha256_hex(&evil);
     let server = Server::start(evil);
     let project = project_with(&[server.url("/ok/TinyStories_sample.tar.gz")], &sha);
-    let err = error_line(download(&project).unwrap_err());
+    let err = error_line(&download(&project).unwrap_err());
     assert!(err.contains("refusing to unpack"), "{err}");
     assert!(err.contains("../evil"), "{err}");
     assert!(!project.path("evil").exists());
@@ -188,7 +173,7 @@ fn a_tarball_with_a_link_leaving_the_folder_is_refused() {
     let sha = sha256_hex(&archive);
     let server = Server::start(archive);
     let project = project_with(&[server.url("/ok/x.tar.gz")], &sha);
-    let err = error_line(download(&project).unwrap_err());
+    let err = error_line(&download(&project).unwrap_err());
     assert!(err.contains("links outside the folder"), "{err}");
     assert_nothing_cached(&project);
 }

@@ -6,24 +6,14 @@ mod common;
 
 use std::fs;
 
-use common::{Project, shared_tinystories};
+use common::{Project, run_builtin_until, shared_tinystories};
 use tinyllm::pipeline::StageId;
 use tinyllm::pipeline::runner::VariantResult;
 use tinyllm::stages::pretokenize::{Split, TokenShards};
 use tinyllm::tokenizer::{BOS, Tokenizer};
 
 fn run(project: &Project) -> Vec<VariantResult> {
-    let loaded = project.load(&[]);
-    let mut opts = project.options();
-    opts.until = Some(StageId::Pretokenize);
-    let mut out = Vec::new();
-    tinyllm::pipeline::run(
-        &loaded,
-        &tinyllm::stages::builtin_registry(),
-        &opts,
-        &mut out,
-    )
-    .unwrap()
+    run_builtin_until(project, StageId::Pretokenize).unwrap()
 }
 
 fn read_tokens(path: &std::path::Path) -> Vec<u32> {

@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 
-use common::{Project, files_under, shared_tinystories};
+use common::{Project, error_line, files_under, run_builtin_until, shared_tinystories};
 use tinyllm::pipeline::runner::VariantResult;
 use tinyllm::pipeline::{RunError, StageId};
 use tinyllm::tokenizer::Tokenizer;
@@ -23,27 +23,7 @@ fn project(extra: &str) -> Project {
 }
 
 fn run(project: &Project) -> Result<Vec<VariantResult>, RunError> {
-    let loaded = project.load(&[]);
-    let mut opts = project.options();
-    opts.until = Some(StageId::TrainVocab);
-    let mut out = Vec::new();
-    tinyllm::pipeline::run(
-        &loaded,
-        &tinyllm::stages::builtin_registry(),
-        &opts,
-        &mut out,
-    )
-}
-
-fn error_line(err: RunError) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
+    run_builtin_until(project, StageId::TrainVocab)
 }
 
 #[test]
@@ -114,7 +94,7 @@ fn a_corrupt_json_shard_is_named_with_its_position() {
         "[{\"story\": \"Hi.\"},\n {\"story\": ",
     )
     .unwrap();
-    let err = error_line(run(&project).unwrap_err());
+    let err = error_line(&run(&project).unwrap_err());
     assert!(err.contains("data00.json:2:"), "{err}");
     assert!(files_under(&project.cache().join("train_vocab")).is_empty());
 }
@@ -127,7 +107,7 @@ fn invalid_utf8_is_named_with_its_byte_offset() {
         b"Once upon a time\n\xc3\x28 bad",
     )
     .unwrap();
-    let err = error_line(run(&project).unwrap_err());
+    let err = error_line(&run(&project).unwrap_err());
     assert!(err.contains("a.txt: invalid UTF-8 at byte 17"), "{err}");
     assert!(files_under(&project.cache().join("train_vocab")).is_empty());
 }
@@ -136,13 +116,13 @@ fn invalid_utf8_is_named_with_its_byte_offset() {
 fn an_empty_corpus_is_an_error() {
     let project = project("");
     fs::write(project.path("corpus/a.txt"), "\n\n  \n").unwrap();
-    let err = error_line(run(&project).unwrap_err());
+    let err = error_line(&run(&project).unwrap_err());
     assert!(err.contains("hold no text"), "{err}");
     assert!(err.contains("a.txt"), "{err}");
 
     let project = self::project("");
     fs::write(project.path("corpus/notes.md"), "text").unwrap();
-    let err = error_line(run(&project).unwrap_err());
+    let err = error_line(&run(&project).unwrap_err());
     assert!(
         err.contains("no corpus file matches corpus.train_files"),
         "{err}"

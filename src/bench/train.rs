@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{measure_matmul_peak_gflops, median, peak_rss_bytes};
-use crate::engine::{AdamWOptimizer, Backend, Cpu, Rng, clip_grad_norm};
+use crate::engine::{AdamWOptimizer, Cpu, Rng, clip_grad_norm};
 use crate::model::shape::{Stories15M, Stories42M, Stories110M, Stories260K, Tutorial};
 use crate::model::{Llama, LlamaConfig, ModelDims, Preset, RuntimeShape, Shape, ShapeError};
 
@@ -107,7 +107,6 @@ fn measure<S: Shape>(shape: S, bench: &TrainBench) -> TrainFigures {
     let flops = train_step_flops(&dims, batch, seq);
     let peak = measure_matmul_peak_gflops();
     let achieved = flops / secs / 1e9;
-    let _ = model.backend.len(&model.params.tensors[0]);
     TrainFigures {
         model: bench
             .preset

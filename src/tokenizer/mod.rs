@@ -150,31 +150,22 @@ impl Tokenizer {
     /// word cache makes the repeated words of a corpus cheap. Tests check the ids equal those of
     /// the full Hugging Face pipeline.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let mut ids = Vec::with_capacity(text.len() / 3 + 1);
-        let prefixed = format!(" {text}");
-        for (i, segment) in prefixed.split(SPACE).enumerate() {
-            if i > 0 {
-                let mut buf = [0u8; 4];
-                for &byte in SPACE.encode_utf8(&mut buf).as_bytes() {
-                    ids.push(BYTE_BASE + byte as u32);
-                }
-            }
+        encode_segments(text, |segment, ids| {
             let replaced = segment.replace(' ', "▁");
             let mut start = 0;
             for (at, c) in replaced.char_indices() {
                 if c == SPACE || c.is_numeric() {
-                    self.encode_word(&replaced[start..at], &mut ids);
+                    self.encode_word(&replaced[start..at], ids);
                     start = at;
                 }
                 if c.is_numeric() {
                     let end = at + c.len_utf8();
-                    self.encode_word(&replaced[at..end], &mut ids);
+                    self.encode_word(&replaced[at..end], ids);
                     start = end;
                 }
             }
-            self.encode_word(&replaced[start..], &mut ids);
-        }
-        ids
+            self.encode_word(&replaced[start..], ids);
+        })
     }
 
     fn encode_word(&self, word: &str, ids: &mut Vec<u32>) {
@@ -191,24 +182,13 @@ impl Tokenizer {
 
     /// The ids the full Hugging Face pipeline gives (slower; for checking [`Tokenizer::encode`]).
     pub fn encode_reference(&self, text: &str) -> Vec<u32> {
-        let mut ids = Vec::new();
-        let prefixed = format!(" {text}");
-        for (i, segment) in prefixed.split(SPACE).enumerate() {
-            if i > 0 {
-                let mut buf = [0u8; 4];
-                for &byte in SPACE.encode_utf8(&mut buf).as_bytes() {
-                    ids.push(BYTE_BASE + byte as u32);
-                }
-            }
-            if !segment.is_empty() {
-                let encoding = self
-                    .inner
-                    .encode(segment, false)
-                    .expect("encoding text with a BPE model cannot fail");
-                ids.extend_from_slice(encoding.get_ids());
-            }
-        }
-        ids
+        encode_segments(text, |segment, ids| {
+            let encoding = self
+                .inner
+                .encode(segment, false)
+                .expect("encoding text with a BPE model cannot fail");
+            ids.extend_from_slice(encoding.get_ids());
+        })
     }
 
     /// The text of `ids`; special tokens are skipped, invalid UTF-8 becomes U+FFFD.
@@ -231,6 +211,25 @@ impl Tokenizer {
         let text = String::from_utf8_lossy(&bytes);
         text.strip_prefix(' ').unwrap_or(&text).to_string()
     }
+}
+
+/// Adds the dummy-prefix space, splits the text at literal `▁` characters (which become their
+/// three byte tokens) and lets `encode` append the ids of each non-empty segment.
+fn encode_segments(text: &str, mut encode: impl FnMut(&str, &mut Vec<u32>)) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+    let prefixed = format!(" {text}");
+    for (i, segment) in prefixed.split(SPACE).enumerate() {
+        if i > 0 {
+            let mut buf = [0u8; 4];
+            for &byte in SPACE.encode_utf8(&mut buf).as_bytes() {
+                ids.push(BYTE_BASE + byte as u32);
+            }
+        }
+        if !segment.is_empty() {
+            encode(segment, &mut ids);
+        }
+    }
+    ids
 }
 
 fn byte_piece(byte: u8) -> String {

@@ -176,6 +176,34 @@ max_iters = 10
     }
 }
 
+/// Runs the project's spec up to `until` with the stages tinyllm ships.
+pub fn run_builtin_until(
+    project: &Project,
+    until: StageId,
+) -> Result<Vec<VariantResult>, tinyllm::pipeline::RunError> {
+    let loaded = project.load(&[]);
+    let mut opts = project.options();
+    opts.until = Some(until);
+    tinyllm::pipeline::run(
+        &loaded,
+        &tinyllm::stages::builtin_registry(),
+        &opts,
+        &mut Vec::new(),
+    )
+}
+
+/// An error and its causes on one line, as the command line prints it.
+pub fn error_line(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
 /// The stages that ran (were built) in a variant's run.
 pub fn ran(result: &VariantResult) -> Vec<StageId> {
     result
