@@ -2,7 +2,7 @@
 //! clipping, AdamW) works end to end at full size. Slow in debug builds: `.ci/run` runs it in
 //! release with `--ignored`.
 
-use tinyllm::engine::{AdamWOptimizer, Cpu, Rng, clip_grad_norm};
+use tinyllm::engine::{AdamWOptimizer, Cpu, Rng};
 use tinyllm::model::shape::Tutorial;
 use tinyllm::model::{Llama, LlamaConfig};
 
@@ -16,25 +16,13 @@ fn tutorial_preset_overfits_one_batch() {
     let (inputs, targets) = (&stream[..n], &stream[1..]);
     let mut model = Llama::new(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), 1337);
     let mut optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
-    let decay = model.decay_mask();
     let mut first = None;
     let mut last = f64::INFINITY;
     for step in 1..=200 {
-        model.zero_grad();
-        let loss = model
-            .forward(inputs, Some(targets), batch, seq, 1.0 / n as f64)
-            .unwrap()
+        let (loss, _) = model
+            .train_step(&mut optimizer, inputs, targets, batch, seq, 1e-3, 1.0)
             .unwrap();
         first.get_or_insert(loss);
-        model.backward();
-        clip_grad_norm(&model.backend, &mut model.grads.tensors, 1.0);
-        optimizer.step(
-            &model.backend,
-            &mut model.params.tensors,
-            &model.grads.tensors,
-            &decay,
-            1e-3,
-        );
         last = loss;
         if loss < 0.1 {
             eprintln!(

@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{measure_matmul_peak_gflops, median, peak_rss_bytes};
-use crate::engine::{AdamWOptimizer, Cpu, Rng, clip_grad_norm};
+use crate::engine::{AdamWOptimizer, Cpu, Rng};
 use crate::model::shape::{Stories15M, Stories42M, Stories110M, Stories260K, Tutorial};
 use crate::model::{Llama, LlamaConfig, ModelDims, Preset, RuntimeShape, Shape, ShapeError};
 
@@ -74,7 +74,6 @@ fn measure<S: Shape>(shape: S, bench: &TrainBench) -> TrainFigures {
     let (batch, seq) = (bench.batch, bench.seq.min(dims.max_seq_len));
     let mut model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 1337);
     let mut optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
-    let decay = model.decay_mask();
     let mut rng = Rng::new(1);
     let n = batch * seq;
     let inputs: Vec<u32> = (0..n)
@@ -86,19 +85,9 @@ fn measure<S: Shape>(shape: S, bench: &TrainBench) -> TrainFigures {
     let mut times = Vec::with_capacity(bench.steps);
     for step in 0..bench.warmup_steps + bench.steps {
         let started = Instant::now();
-        model.zero_grad();
         model
-            .forward(&inputs, Some(&targets), batch, seq, 1.0 / n as f64)
+            .train_step(&mut optimizer, &inputs, &targets, batch, seq, 1e-4, 1.0)
             .expect("random tokens fit the model");
-        model.backward();
-        clip_grad_norm(&model.backend, &mut model.grads.tensors, 1.0);
-        optimizer.step(
-            &model.backend,
-            &mut model.params.tensors,
-            &model.grads.tensors,
-            &decay,
-            1e-4,
-        );
         if step >= bench.warmup_steps {
             times.push(started.elapsed().as_secs_f64());
         }
