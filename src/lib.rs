@@ -9,6 +9,7 @@
 //! - [`model`]: model presets and dimensions;
 //! - [`data`]: reading stories out of the corpus;
 //! - [`tokenizer`]: the BPE and character tokenizers;
+//! - [`train`]: the training loop and its parts (schedule, evaluation, checkpoints, metrics);
 //! - [`cli`]: the command-line interface that the `tinyllm` binary wraps.
 
 pub mod bench;
@@ -20,3 +21,4 @@ pub mod model;
 pub mod pipeline;
 pub mod stages;
 pub mod tokenizer;
+pub mod train;

@@ -93,3 +93,86 @@ fn shipped_pipeline_downloads_caches_verifies_and_cleans() {
     let empty = stdout(&tinyllm(&project, &["cache", "ls"]));
     assert!(empty.contains("no artifacts"), "{empty}");
 }
+
+#[test]
+#[ignore = "end-to-end: run by .ci/run in release mode"]
+fn the_ten_minute_pipeline_trains_the_tutorial_model_and_a_rerun_is_cached() {
+    if shared_tinystories().is_none() {
+        return;
+    }
+    let project = Project::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = project.path("cache");
+    let runs = project.path("runs");
+    let run = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_tinyllm"))
+            .current_dir(root)
+            .args([
+                "run",
+                "pipelines/tinystories-10min.toml",
+                "--until",
+                "train",
+            ])
+            .args([
+                "--set",
+                "train.max_iters=24",
+                "--set",
+                "train.warmup_iters=4",
+            ])
+            .args([
+                "--set",
+                "train.eval_interval=12",
+                "--set",
+                "train.eval_windows=24",
+            ])
+            .args(["--set", "train.checkpoint_interval=8"])
+            .arg("--cache")
+            .arg(&cache)
+            .arg("--runs")
+            .arg(&runs)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout(&output)
+    };
+    let first = run();
+    assert!(first.contains("train        ran"), "{first}");
+    let run_dir = runs.join("tinystories-10min/default");
+    let train = run_dir.join("artifacts/train");
+    for file in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "training.json",
+        "loss.svg",
+        "loss.png",
+    ] {
+        assert!(train.join(file).exists(), "{file} is missing");
+    }
+    let training: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(train.join("training.json")).unwrap()).unwrap();
+    assert_eq!(training["steps"], 24);
+    assert_eq!(training["tokens"], 24 * 8 * 256);
+    let bpb = training["final"]["val_bpb"].as_f64().unwrap();
+    assert!(bpb > 0.5 && bpb < 3.0, "{bpb}");
+    let losses: Vec<f64> = fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 24);
+    assert!(losses[23] < losses[0] - 1.0, "{losses:?}");
+    let report = fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(report.contains("artifacts/train/loss.svg"), "{report}");
+
+    let second = run();
+    assert!(second.contains("train        cached"), "{second}");
+    assert!(!second.contains(" ran "), "{second}");
+}

@@ -7,8 +7,7 @@ use serde::Serialize;
 
 use super::{measure_matmul_peak_gflops, median, peak_rss_bytes};
 use crate::engine::{AdamWOptimizer, Cpu, Rng};
-use crate::model::shape::{Stories15M, Stories42M, Stories110M, Stories260K, Tutorial};
-use crate::model::{Llama, LlamaConfig, ModelDims, Preset, RuntimeShape, Shape, ShapeError};
+use crate::model::{Llama, LlamaConfig, ModelDims, Preset, Shape, ShapeError};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -59,14 +58,9 @@ pub fn train_step_flops(dims: &ModelDims, batch: usize, seq: usize) -> f64 {
 }
 
 pub fn run(bench: &TrainBench) -> Result<TrainFigures, ShapeError> {
-    match bench.preset {
-        Some(Preset::Tutorial) => Ok(measure(Tutorial, bench)),
-        Some(Preset::Stories260K) => Ok(measure(Stories260K, bench)),
-        Some(Preset::Stories15M) => Ok(measure(Stories15M, bench)),
-        Some(Preset::Stories42M) => Ok(measure(Stories42M, bench)),
-        Some(Preset::Stories110M) => Ok(measure(Stories110M, bench)),
-        None => Ok(measure(RuntimeShape::new(bench.dims)?, bench)),
-    }
+    Ok(crate::with_shape!(bench.dims, |shape| measure(
+        shape, bench
+    )))
 }
 
 fn measure<S: Shape>(shape: S, bench: &TrainBench) -> TrainFigures {

@@ -111,6 +111,11 @@ impl Loader {
         self.windows.len()
     }
 
+    /// Every window of the shards in file order, regardless of the shuffle.
+    pub fn windows_in_file_order(&self) -> Vec<Window> {
+        self.windows.clone()
+    }
+
     /// This rank's windows in one epoch.
     pub fn rank_windows(&self) -> u64 {
         let n = self.windows.len();

@@ -702,6 +702,12 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         b.embedding_backward(&mut g[EMBED], &acts.inputs, &acts.d_resid, c);
     }
 
+    /// The per-token losses of the last forward pass with targets (`batch × seq`), on the host:
+    /// evaluation sums them to leave out padding rows.
+    pub fn token_losses(&self) -> Option<Vec<B::Float>> {
+        self.acts.as_ref().map(|a| self.backend.download(&a.losses))
+    }
+
     /// The logits of the last forward pass without targets (`batch × seq × vocab`), on the host.
     pub fn logits(&self) -> Option<Vec<B::Float>> {
         self.acts.as_ref().map(|a| self.backend.download(&a.logits))

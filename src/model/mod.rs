@@ -1,11 +1,13 @@
 //! The LLaMA2 model: named presets and their dimensions, type-level shapes, and the decoder's
 //! forward and backward passes on an engine backend.
 
+pub mod hf_config;
 mod llama;
 mod presets;
 pub mod safetensors;
 pub mod shape;
 
+pub use hf_config::HfConfig;
 pub use llama::{Llama, LlamaConfig, ModelError, ParamInfo, Params, param_layout};
 pub use presets::{ModelDims, Preset};
 pub use shape::{Dims, RuntimeShape, Shape, ShapeError};

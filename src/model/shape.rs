@@ -130,6 +130,45 @@ impl RuntimeShape {
     }
 }
 
+/// Runs `$body` with `$shape` bound to the compile-time type of the preset whose dimensions
+/// are `$dims`, or to a checked [`RuntimeShape`] for custom dimensions, so that the named
+/// presets get constant loop bounds. `?` on the [`ShapeError`] needs the enclosing function's
+/// error type to convert from it.
+#[macro_export]
+macro_rules! with_shape {
+    ($dims:expr, |$shape:ident| $body:expr) => {{
+        use $crate::model::Preset as __Preset;
+        use $crate::model::shape as __shape;
+        let dims: $crate::model::ModelDims = $dims;
+        match __Preset::ALL.into_iter().find(|p| p.dims() == dims) {
+            Some(__Preset::Tutorial) => {
+                let $shape = __shape::Tutorial;
+                $body
+            }
+            Some(__Preset::Stories260K) => {
+                let $shape = __shape::Stories260K;
+                $body
+            }
+            Some(__Preset::Stories15M) => {
+                let $shape = __shape::Stories15M;
+                $body
+            }
+            Some(__Preset::Stories42M) => {
+                let $shape = __shape::Stories42M;
+                $body
+            }
+            Some(__Preset::Stories110M) => {
+                let $shape = __shape::Stories110M;
+                $body
+            }
+            None => {
+                let $shape = __shape::RuntimeShape::new(dims)?;
+                $body
+            }
+        }
+    }};
+}
+
 impl Shape for RuntimeShape {
     fn dims(&self) -> ModelDims {
         self.0

@@ -137,3 +137,40 @@ fn bad_calls_are_errors_not_panics() {
         Err(ModelError::ParamCount { .. })
     ));
 }
+
+/// Gradient accumulation: two micro-batches of 2 sequences, each scaled by 1/(all tokens),
+/// leave the gradient of one batch of 4.
+#[test]
+fn accumulated_micro_batches_equal_one_big_batch() {
+    let dims = tiny_dims();
+    let shape = RuntimeShape::new(dims).unwrap();
+    let (seq, n) = (8, 4 * 8);
+    let inputs = tokens(n, dims.vocab_size, 5);
+    let targets = tokens(n, dims.vocab_size, 6);
+    let mut whole = Llama::new(Cpu::<f64>::new(), shape, LlamaConfig::default(), 7);
+    whole.zero_grad();
+    whole
+        .forward(&inputs, Some(&targets), 4, seq, 1.0 / n as f64)
+        .unwrap();
+    whole.backward();
+
+    let mut parts = Llama::new(Cpu::<f64>::new(), shape, LlamaConfig::default(), 7);
+    parts.zero_grad();
+    for half in [0..n / 2, n / 2..n] {
+        parts
+            .forward(
+                &inputs[half.clone()],
+                Some(&targets[half]),
+                2,
+                seq,
+                1.0 / n as f64,
+            )
+            .unwrap();
+        parts.backward();
+    }
+    for (a, b) in whole.grads.tensors.iter().zip(&parts.grads.tensors) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * (1.0 + x.abs()), "{x} vs {y}");
+        }
+    }
+}

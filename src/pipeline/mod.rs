@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod dag;
 pub mod overlay;
+pub mod report;
 pub mod runner;
 pub mod spec;
 pub mod stage;

@@ -13,6 +13,7 @@ use serde_json::json;
 use super::cache::{Artifact, Cache, CacheError, Lookup, Manifest, Verify, cache_key, now_unix};
 use super::dag::StageId;
 use super::overlay::{LoadedSpec, Variant};
+use super::report;
 use super::stage::{StageContext, StageFailure, StageRegistry};
 use crate::fsutil;
 
@@ -234,15 +235,17 @@ pub fn run(
             print_stage_line(out, &result)?;
             stage_results.push(result);
         }
-        if !opts.dry_run {
-            write_stage_record(&plan.run_dir, &stage_results)?;
-        }
-        results.push(VariantResult {
+        let result = VariantResult {
             name: plan.variant.name.clone(),
             overrides: plan.variant.overrides.clone(),
             run_dir: plan.run_dir.clone(),
             stages: stage_results,
-        });
+        };
+        if !opts.dry_run {
+            write_stage_record(&plan.run_dir, &result.stages)?;
+            report::write_variant_report(&result).map_err(run_folder_err(&plan.run_dir))?;
+        }
+        results.push(result);
     }
     if loaded.variants.len() > 1 {
         let table = sweep_table(&loaded.swept_keys, &results);
@@ -257,7 +260,19 @@ pub fn run(
                     source,
                 }
             })?;
-            writeln!(out, "table written to {}", csv_path.display())?;
+            let pipeline_dir = opts.runs_dir.join(pipeline);
+            report::write_sweep_report(&pipeline_dir, &table, &results).map_err(|e| {
+                RunError::RunFolder {
+                    path: pipeline_dir.clone(),
+                    source: io::Error::other(e),
+                }
+            })?;
+            writeln!(
+                out,
+                "table written to {}; plots and report in {}",
+                csv_path.display(),
+                pipeline_dir.join("report.md").display()
+            )?;
         }
     }
     Ok(results)

@@ -267,6 +267,7 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     pub norm_eps: f64,
     pub rope_theta: f64,
+    /// Kept for the tutorial's config; only 0.0 is supported (the engine has no dropout).
     pub dropout: f64,
 }
 
@@ -354,8 +355,11 @@ pub struct TrainConfig {
     pub beta2: f64,
     /// Global gradient-norm clip (0 disables it).
     pub grad_clip: f64,
-    /// Steps between validation passes.
+    /// Steps between validation passes (and one after the last step).
     pub eval_interval: usize,
+    /// Validation windows of `seq_len + 1` tokens per pass: every window of the split when it
+    /// has at most this many, else this many spread evenly over it (0: always all of them).
+    pub eval_windows: usize,
     /// Steps between checkpoints (a resumed run continues from the latest one).
     pub checkpoint_interval: usize,
     /// Checkpoints kept besides the best one.
@@ -386,6 +390,7 @@ impl Default for TrainConfig {
             beta2: 0.95,
             grad_clip: 1.0,
             eval_interval: 2000,
+            eval_windows: 512,
             checkpoint_interval: 2000,
             keep_checkpoints: 2,
             log_interval: 10,
@@ -593,8 +598,14 @@ impl PipelineSpec {
                 format!("{} must be positive", m.rope_theta),
             );
         }
-        if !(0.0..1.0).contains(&m.dropout) {
-            return fail("model.dropout", format!("{} must be in [0, 1)", m.dropout));
+        if m.dropout != 0.0 {
+            return fail(
+                "model.dropout",
+                format!(
+                    "{} is not supported: tinyllm's engine has no dropout (the tutorial trains with 0.0)",
+                    m.dropout
+                ),
+            );
         }
 
         let t = &self.train;

@@ -2,6 +2,7 @@
 
 pub mod download;
 pub mod pretokenize;
+pub mod train;
 pub mod train_vocab;
 
 use crate::pipeline::StageRegistry;
@@ -12,4 +13,5 @@ pub fn builtin_registry() -> StageRegistry {
         .with(download::Download)
         .with(train_vocab::TrainVocab)
         .with(pretokenize::Pretokenize)
+        .with(train::Train)
 }

@@ -1,0 +1,11 @@
+//! Training, as small separate parts the train stage puts together: the learning-rate
+//! schedule, validation, checkpoints, the metrics log, loss plots, and the loop itself.
+
+pub mod checkpoint;
+pub mod eval;
+pub mod metrics;
+pub mod plot;
+pub mod schedule;
+mod trainer;
+
+pub use trainer::{TrainError, TrainJob, TrainOutcome, train};
