@@ -106,6 +106,38 @@ enum Command {
         /// The text to tokenize.
         text: String,
     },
+    /// Generate text with a trained model (streamed as it is written).
+    #[command(after_help = "Examples:\n  \
+        tinyllm sample --checkpoint runs/tinystories/default/artifacts/train --prompt \"Once upon a time\"\n  \
+        tinyllm sample --checkpoint runs/tinystories/default --temperature 0 --max-new-tokens 100\n  \
+        tinyllm sample --checkpoint runs/tinystories/default --interactive\n\n\
+        The checkpoint is a train artifact (model.safetensors, config.json, tokenizer.json) or a\n\
+        run folder whose artifacts/train is one. Generation stops at the end of a story, after\n\
+        --max-new-tokens, or when the model's context is full.")]
+    Sample {
+        /// A train artifact folder, or a run folder holding one under artifacts/train.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: PathBuf,
+        /// The story's opening (default: none, a story from scratch).
+        #[arg(long, conflicts_with = "interactive")]
+        prompt: Option<String>,
+        /// 0 picks the most likely token every time.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        /// Sample only among the k most likely tokens (0: all).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Sample only among the most likely tokens whose probabilities reach p, in (0, 1].
+        #[arg(long, default_value_t = 0.9)]
+        top_p: f64,
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Read prompts from standard input, one per line, and continue each.
+        #[arg(long)]
+        interactive: bool,
+    },
     /// Measure speed on this machine (figures, not tests).
     Bench {
         #[command(subcommand)]
@@ -128,6 +160,28 @@ enum BenchCommand {
         mb: f64,
         #[arg(long, default_value_t = 4096)]
         vocab_size: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generation speed with the KV cache, batch 1: tokens/s (median of runs), time to the
+    /// first token, peak memory.
+    #[command(after_help = "Examples:\n  \
+        tinyllm bench generate --preset tutorial --new-tokens 256\n  \
+        tinyllm bench generate --checkpoint runs/tinystories/default --threads 2 --json")]
+    Generate {
+        /// A model preset with random weights (default: tutorial).
+        #[arg(long, value_name = "PRESET", value_parser = parse_preset, conflicts_with = "checkpoint")]
+        preset: Option<Preset>,
+        /// A trained model folder (a train artifact or a run folder) instead of a preset.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: Option<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        new_tokens: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -393,6 +447,80 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 }
                 Ok(())
             }
+            BenchCommand::Generate {
+                preset,
+                checkpoint,
+                new_tokens,
+                runs,
+                threads,
+                json,
+            } => {
+                set_threads(threads)?;
+                if new_tokens == 0 || runs == 0 {
+                    bail!("--new-tokens and --runs must be at least 1");
+                }
+                let bench = crate::bench::generate::GenerateBench { new_tokens, runs };
+                let figures = match checkpoint {
+                    Some(checkpoint) => {
+                        let dir = train_folder(&checkpoint);
+                        let folder = crate::generate::folder::ModelFolder::open(&dir)?;
+                        let llama = folder.config.llama_config();
+                        crate::with_shape!(folder.config.tinyllm.dims, |shape| {
+                            let model = crate::model::Llama::load_safetensors(
+                                crate::engine::Cpu::<f32>::new(),
+                                shape,
+                                llama,
+                                &folder.weights(),
+                            )?;
+                            crate::bench::generate::measure(
+                                &model,
+                                dir.display().to_string(),
+                                &bench,
+                            )?
+                        })
+                    }
+                    None => {
+                        let preset = preset.unwrap_or(Preset::Tutorial);
+                        crate::with_shape!(preset.dims(), |shape| {
+                            let model = crate::bench::generate::random_model(shape);
+                            crate::bench::generate::measure(
+                                &model,
+                                preset.name().to_string(),
+                                &bench,
+                            )?
+                        })
+                    }
+                };
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&figures)?)?;
+                } else {
+                    let runs: Vec<String> = figures
+                        .tokens_per_sec_runs
+                        .iter()
+                        .map(|t| format!("{t:.0}"))
+                        .collect();
+                    writeln!(
+                        out,
+                        "model {} ({:.2} M params), batch 1, {} new tokens, {} threads, {} runs",
+                        figures.model,
+                        figures.params as f64 / 1e6,
+                        figures.new_tokens,
+                        figures.threads,
+                        figures.runs
+                    )?;
+                    writeln!(
+                        out,
+                        "  {:.0} tokens/s (median; runs: {}), first token in {:.1} ms, peak RSS {}",
+                        figures.median_tokens_per_sec,
+                        runs.join(", "),
+                        figures.median_first_token_ms,
+                        figures
+                            .peak_rss_mb
+                            .map_or("unknown".to_string(), |mb| format!("{mb:.0} MB"))
+                    )?;
+                }
+                Ok(())
+            }
             BenchCommand::Train {
                 preset,
                 dim,
@@ -507,6 +635,27 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 )?;
             }
             Ok(())
+        }
+        Command::Sample {
+            checkpoint,
+            prompt,
+            temperature,
+            top_k,
+            top_p,
+            max_new_tokens,
+            seed,
+            interactive,
+        } => {
+            let options = crate::generate::GenerateOptions {
+                sampling: crate::generate::Sampling {
+                    temperature,
+                    top_k,
+                    top_p,
+                },
+                max_new_tokens,
+                seed,
+            };
+            sample_command(&checkpoint, prompt, interactive, &options, &mut out)
         }
         Command::Schema => {
             let schema = pipeline::spec::json_schema();
@@ -717,4 +866,95 @@ fn referenced_artifacts(runs: &Path) -> Result<HashSet<PathBuf>> {
         }
     }
     Ok(keep)
+}
+
+/// `tinyllm sample`: checks the options and the model folder, then generates for the prompt or
+/// for each line of standard input.
+fn sample_command(
+    checkpoint: &Path,
+    prompt: Option<String>,
+    interactive: bool,
+    options: &crate::generate::GenerateOptions,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use crate::generate::{Stop, folder::ModelFolder, generate};
+    let sampling = &options.sampling;
+    if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
+        bail!("--top-p {} must be in (0, 1]", sampling.top_p);
+    }
+    if sampling.temperature.is_nan() || sampling.temperature < 0.0 {
+        bail!("--temperature {} must be 0 or more", sampling.temperature);
+    }
+    if prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        bail!(
+            "--prompt is empty; give the story's opening, or leave --prompt out to start from nothing"
+        );
+    }
+    let dir = train_folder(checkpoint);
+    let folder = ModelFolder::open(&dir)?;
+    let dims = folder.config.tinyllm.dims;
+    let llama = folder.config.llama_config();
+    crate::with_shape!(dims, |shape| {
+        let model = crate::model::Llama::load_safetensors(
+            crate::engine::Cpu::<f32>::new(),
+            shape,
+            llama,
+            &folder.weights(),
+        )?;
+        let mut decoder = model.decoder();
+        let mut continue_prompt = |prompt: &str, out: &mut dyn Write| -> Result<()> {
+            write!(out, "{prompt}")?;
+            let mut failed = None;
+            let generation = generate(
+                &model,
+                &mut decoder,
+                &folder.tokenizer,
+                prompt,
+                options,
+                |piece| {
+                    if let Err(e) = write!(out, "{piece}").and_then(|()| out.flush()) {
+                        failed.get_or_insert(e);
+                    }
+                },
+            )?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            writeln!(out)?;
+            let stop = match generation.stop {
+                Stop::EndOfStory => "the end of the story",
+                Stop::MaxNewTokens => "--max-new-tokens",
+                Stop::ContextFull => "the end of the model's context",
+            };
+            eprintln!(
+                "[{} tokens in {:.2} s, {:.0} tokens/s; stopped at {stop}]",
+                generation.tokens.len(),
+                generation.secs,
+                generation.tokens.len() as f64 / generation.secs.max(1e-9)
+            );
+            Ok(())
+        };
+        if interactive {
+            eprintln!(
+                "one prompt per line; an empty line starts a story from nothing; end with Ctrl-D"
+            );
+            for line in std::io::stdin().lines() {
+                let line = line.context("reading standard input")?;
+                continue_prompt(line.trim_end(), out)?;
+            }
+            Ok(())
+        } else {
+            continue_prompt(prompt.as_deref().unwrap_or(""), out)
+        }
+    })
+}
+
+/// A train artifact given directly, or the one a run folder links under `artifacts/train`.
+fn train_folder(checkpoint: &Path) -> PathBuf {
+    let nested = checkpoint.join("artifacts").join(StageId::Train.name());
+    if nested.is_dir() {
+        nested
+    } else {
+        checkpoint.to_path_buf()
+    }
 }

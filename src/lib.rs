@@ -17,6 +17,7 @@ pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod fsutil;
+pub mod generate;
 pub mod model;
 pub mod pipeline;
 pub mod stages;

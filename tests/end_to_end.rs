@@ -125,7 +125,12 @@ fn the_ten_minute_pipeline_trains_the_tutorial_model_and_a_rerun_is_cached() {
                 "--set",
                 "train.eval_windows=24",
             ])
-            .args(["--set", "train.checkpoint_interval=8"])
+            .args([
+                "--set",
+                "train.checkpoint_interval=8",
+                "--set",
+                "train.log_interval=1",
+            ])
             .arg("--cache")
             .arg(&cache)
             .arg("--runs")

@@ -2,6 +2,7 @@
 //! machine, in the same process, so ratios within one run are meaningful.
 
 pub mod data;
+pub mod generate;
 pub mod train;
 
 use std::time::Instant;

@@ -4,8 +4,10 @@
 //!
 //! Each epoch visits every window exactly once; rank `r` of `w` takes the windows at positions
 //! `r, r + w, r + 2w, …` of the epoch's permutation, so ranks never share a window and together
-//! cover the epoch. The position ([`LoaderState`]) is two numbers, saved with a checkpoint and
-//! restored exactly.
+//! cover the epoch. Epoch 0 cuts the shards at multiples of `seq_len`; every later epoch shifts
+//! the cuts by an offset drawn from (seed, epoch), so a model that sees the data several times
+//! does not see the same sequences again (the tokens near a cut get other context). The
+//! position ([`LoaderState`]) is two numbers, saved with a checkpoint and restored exactly.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,7 @@ pub struct Window {
 
 pub struct Loader {
     shards: Vec<Mmap>,
+    /// The current epoch's windows, in file order.
     windows: Vec<Window>,
     seq_len: usize,
     seed: u64,
@@ -67,31 +70,13 @@ impl Loader {
         if rank >= world {
             return Err(LoaderError::BadRank { rank, world });
         }
-        let mut shards = Vec::new();
-        let mut windows = Vec::new();
-        let mut total = 0;
-        for (index, path) in paths.iter().enumerate() {
-            let map = map_shard(path)?;
-            let tokens = map.len() / 2;
-            total += tokens;
-            // Windows of seq_len + 1 tokens starting every seq_len tokens: each token is a target
-            // once, and the last token of a window is the first input of the next.
-            let count = tokens.saturating_sub(1) / seq_len;
-            windows.extend((0..count).map(|i| Window {
-                shard: index as u32,
-                start: (i * seq_len) as u64,
-            }));
-            shards.push(map);
-        }
-        if windows.is_empty() {
-            return Err(LoaderError::TooShort {
-                window: seq_len + 1,
-                tokens: total,
-            });
-        }
+        let shards = paths
+            .iter()
+            .map(|path| map_shard(path))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut loader = Loader {
             shards,
-            windows,
+            windows: Vec::new(),
             seq_len,
             seed,
             rank,
@@ -103,20 +88,51 @@ impl Loader {
             order: Vec::new(),
         };
         loader.shuffle();
+        if loader.windows.is_empty() {
+            return Err(LoaderError::TooShort {
+                window: seq_len + 1,
+                tokens: loader.shards.iter().map(|s| s.len() / 2).sum(),
+            });
+        }
         Ok(loader)
     }
 
-    /// Windows in one epoch, over all ranks.
+    /// Windows of `seq_len + 1` tokens starting every `seq_len` tokens from `offset`: each token
+    /// after the offset is a target once, and the last token of a window is the first input of
+    /// the next.
+    fn cut(&self, offset: usize) -> Vec<Window> {
+        let mut windows = Vec::new();
+        for (index, shard) in self.shards.iter().enumerate() {
+            let tokens = shard.len() / 2;
+            let count = tokens.saturating_sub(1 + offset) / self.seq_len;
+            windows.extend((0..count).map(|i| Window {
+                shard: index as u32,
+                start: (offset + i * self.seq_len) as u64,
+            }));
+        }
+        windows
+    }
+
+    /// Where epoch `epoch` cuts the shards: 0 for the first, a seeded offset after.
+    fn epoch_offset(&self, epoch: u64) -> usize {
+        if epoch == 0 {
+            return 0;
+        }
+        let mut rng = Rng::new(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x0FF5E7);
+        rng.below(self.seq_len as u64) as usize
+    }
+
+    /// Windows in the current epoch, over all ranks.
     pub fn windows_per_epoch(&self) -> usize {
         self.windows.len()
     }
 
-    /// Every window of the shards in file order, regardless of the shuffle.
+    /// The current epoch's windows in file order, regardless of the shuffle.
     pub fn windows_in_file_order(&self) -> Vec<Window> {
         self.windows.clone()
     }
 
-    /// This rank's windows in one epoch.
+    /// This rank's windows in the current epoch.
     pub fn rank_windows(&self) -> u64 {
         let n = self.windows.len();
         ((n - self.rank).div_ceil(self.world)) as u64
@@ -135,7 +151,13 @@ impl Loader {
         }
     }
 
+    /// Cuts the current epoch's windows and draws its order.
     fn shuffle(&mut self) {
+        self.windows = self.cut(self.epoch_offset(self.state.epoch));
+        if self.windows.is_empty() {
+            // Shards barely longer than a window have none at some offsets.
+            self.windows = self.cut(0);
+        }
         let mut rng = Rng::new(self.seed ^ self.state.epoch.wrapping_mul(0xA076_1D64_78BD_642F));
         self.order = (0..self.windows.len() as u32).collect();
         for i in (1..self.order.len()).rev() {
@@ -144,16 +166,18 @@ impl Loader {
         }
     }
 
-    /// The next window of this rank, moving into the next epoch when this one is used up.
+    /// The next window of this rank; after the last one of an epoch the loader moves into the
+    /// next epoch, so a saved state never points past an epoch's end.
     pub fn next_window(&mut self) -> Window {
+        let position = self.rank + self.state.cursor as usize * self.world;
+        let window = self.windows[self.order[position] as usize];
+        self.state.cursor += 1;
         if self.state.cursor >= self.rank_windows() {
             self.state.epoch += 1;
             self.state.cursor = 0;
             self.shuffle();
         }
-        let position = self.rank + self.state.cursor as usize * self.world;
-        self.state.cursor += 1;
-        self.windows[self.order[position] as usize]
+        window
     }
 
     /// Fills `inputs` and `targets` (each `batch × seq_len`) with the next `batch` windows.
@@ -222,14 +246,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = shards(dir.path(), &[100, 57, 9]);
         let mut loader = Loader::open(&paths, 8, 3, 0, 1).unwrap();
-        let n = loader.windows_per_epoch();
-        assert_eq!(n, 99 / 8 + 56 / 8 + 8 / 8);
-        for _epoch in 0..3 {
+        assert_eq!(loader.windows_per_epoch(), 99 / 8 + 56 / 8 + 8 / 8);
+        let mut epochs = Vec::new();
+        for epoch in 0..4 {
+            assert_eq!(loader.state().epoch, epoch);
+            let all: HashSet<Window> = loader.windows_in_file_order().into_iter().collect();
+            let n = loader.windows_per_epoch();
             let seen: Vec<Window> = (0..n).map(|_| loader.next_window()).collect();
             let unique: HashSet<Window> = seen.iter().copied().collect();
-            assert_eq!(unique.len(), n);
+            assert_eq!(unique, all, "epoch {epoch} visits each of its windows once");
+            epochs.push(unique);
         }
-        assert_eq!(loader.state().epoch, 2);
+        assert_eq!(loader.state().epoch, 4);
+        // Later epochs cut the shards elsewhere.
+        assert!(epochs[1..].iter().any(|e| e != &epochs[0]));
     }
 
     #[test]

@@ -139,6 +139,34 @@ pub trait Backend: Send + Sync {
         theta: f64,
     );
 
+    /// Rotates one token's heads (a single row) as position `position`: the decoding step.
+    fn rope_forward_at(
+        &self,
+        x: &mut Self::Buf,
+        position: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    );
+
+    /// Attention of one token's query heads over the first `len` positions of a key/value cache
+    /// (`[positions, kv_heads, head_dim]`): the decoding step with a KV cache.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        len: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    );
+
+    /// Copies `src` into `dst` starting at element `offset` (a row of a cache).
+    fn write_at(&self, dst: &mut Self::Buf, offset: usize, src: &Self::Buf);
+
     /// Causal grouped-query attention; keeps the probabilities in `probs` (`batch × heads × seq × seq`).
     fn attention_forward(
         &self,

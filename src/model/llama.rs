@@ -42,19 +42,19 @@ impl ParamInfo {
 }
 
 /// Where each tensor sits in the parameter list.
-const EMBED: usize = 0;
-const PER_LAYER: usize = 9;
-const ATTN_NORM: usize = 0;
-const WQ: usize = 1;
-const WK: usize = 2;
-const WV: usize = 3;
-const WO: usize = 4;
-const FFN_NORM: usize = 5;
-const W_GATE: usize = 6;
-const W_UP: usize = 7;
-const W_DOWN: usize = 8;
+pub(super) const EMBED: usize = 0;
+pub(super) const PER_LAYER: usize = 9;
+pub(super) const ATTN_NORM: usize = 0;
+pub(super) const WQ: usize = 1;
+pub(super) const WK: usize = 2;
+pub(super) const WV: usize = 3;
+pub(super) const WO: usize = 4;
+pub(super) const FFN_NORM: usize = 5;
+pub(super) const W_GATE: usize = 6;
+pub(super) const W_UP: usize = 7;
+pub(super) const W_DOWN: usize = 8;
 
-fn layer_index(layer: usize, which: usize) -> usize {
+pub(super) fn layer_index(layer: usize, which: usize) -> usize {
     1 + layer * PER_LAYER + which
 }
 
@@ -372,7 +372,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         Ok((loss, norm))
     }
 
-    fn output_index(&self) -> usize {
+    pub(super) fn output_index(&self) -> usize {
         if self.config.tie_embeddings {
             EMBED
         } else {
@@ -380,7 +380,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         }
     }
 
-    fn final_norm_index(&self) -> usize {
+    pub(super) fn final_norm_index(&self) -> usize {
         1 + self.dims().n_layers * PER_LAYER
     }
 

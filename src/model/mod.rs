@@ -1,12 +1,14 @@
 //! The LLaMA2 model: named presets and their dimensions, type-level shapes, and the decoder's
 //! forward and backward passes on an engine backend.
 
+mod decode;
 pub mod hf_config;
 mod llama;
 mod presets;
 pub mod safetensors;
 pub mod shape;
 
+pub use decode::Decoder;
 pub use hf_config::HfConfig;
 pub use llama::{Llama, LlamaConfig, ModelError, ParamInfo, Params, param_layout};
 pub use presets::{ModelDims, Preset};

@@ -174,3 +174,70 @@ fn accumulated_micro_batches_equal_one_big_batch() {
         }
     }
 }
+
+/// The KV-cache decoder gives the logits of a full forward pass at every position, and greedy
+/// decoding with it picks exactly the tokens a no-cache reference picks, for 200 tokens.
+#[test]
+fn kv_cache_decoding_matches_the_full_forward_for_200_greedy_tokens() {
+    let dims = ModelDims {
+        max_seq_len: 256,
+        ..tiny_dims()
+    };
+    let shape = RuntimeShape::new(dims).unwrap();
+    let config = LlamaConfig::default();
+    let mut model = Llama::new(Cpu::<f64>::new(), shape, config, 21);
+    // Larger weights than the 0.02 init, so the greedy path is not a constant.
+    let mut rng = crate::engine::Rng::new(22);
+    for (info, tensor) in model.layout.iter().zip(model.params.tensors.iter_mut()) {
+        if info.shape.len() == 2 {
+            tensor.iter_mut().for_each(|x| *x = 0.5 * rng.normal());
+        }
+    }
+    let argmax = |row: &[f64]| {
+        (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap() as u32
+    };
+    let v = dims.vocab_size;
+
+    let mut decoder = model.decoder();
+    let mut cached = vec![1u32];
+    let mut logits = model.decode_step(&mut decoder, 1).unwrap();
+    for _ in 0..200 {
+        let next = argmax(&logits);
+        cached.push(next);
+        logits = model.decode_step(&mut decoder, next).unwrap();
+    }
+
+    let mut reference = vec![1u32];
+    for step in 0..200 {
+        let seq = reference.len();
+        model.forward(&reference, None, 1, seq, 1.0).unwrap();
+        let all = model.logits().unwrap();
+        if step == 0 || step == 199 {
+            // The decoder's logits at this position equal the full pass's last row.
+            let mut check = model.decoder();
+            let mut last = Vec::new();
+            for &t in &reference {
+                last = model.decode_step(&mut check, t).unwrap();
+            }
+            for (a, b) in last.iter().zip(&all[(seq - 1) * v..]) {
+                assert!((a - b).abs() < 1e-10, "{a} vs {b}");
+            }
+        }
+        reference.push(argmax(&all[(seq - 1) * v..]));
+    }
+    assert_eq!(cached, reference);
+    assert!(
+        cached
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1,
+        "a continuation that moves: {cached:?}"
+    );
+    assert!(matches!(
+        model.decode_step(&mut decoder, 99),
+        Err(ModelError::TokenOutOfRange { .. })
+    ));
+}

@@ -71,7 +71,8 @@ impl StageId {
             StageId::Download => 1,
             StageId::TrainVocab => 1,
             StageId::Pretokenize => 1,
-            StageId::Train => 1,
+            // 2: later epochs cut the token shards at other offsets.
+            StageId::Train => 2,
             StageId::Sample => 1,
         }
     }

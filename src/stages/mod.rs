@@ -2,6 +2,7 @@
 
 pub mod download;
 pub mod pretokenize;
+pub mod sample;
 pub mod train;
 pub mod train_vocab;
 
@@ -14,4 +15,5 @@ pub fn builtin_registry() -> StageRegistry {
         .with(train_vocab::TrainVocab)
         .with(pretokenize::Pretokenize)
         .with(train::Train)
+        .with(sample::Sample)
 }

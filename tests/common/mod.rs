@@ -232,3 +232,75 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     tinyllm::fsutil::list_files(dir).unwrap()
 }
+
+/// Simple made-up stories, enough text for a few hundred training windows.
+pub fn synthetic_stories(count: usize) -> String {
+    let names = ["Tom", "Lily", "Ben", "Mia", "Sam", "Anna"];
+    let things = ["ball", "cat", "kite", "cake", "tree", "boat", "dog"];
+    let moods = ["happy", "sad", "sleepy", "brave", "kind"];
+    let mut seed = 12345u64;
+    let mut pick = |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n
+    };
+    (0..count)
+        .map(|_| {
+            let (name, thing, mood) = (names[pick(6)], things[pick(7)], moods[pick(5)]);
+            let other = things[pick(7)];
+            format!(
+                "{name} had a {thing}. The {thing} was {mood}. {name} played with the {thing} and a {other}. They were {mood} all day.\n"
+            )
+        })
+        .collect()
+}
+
+/// A project whose corpus is `synthetic_stories` and whose model takes milliseconds per step,
+/// with `train` settings appended to its `[train]` table.
+pub fn training_project(train: &str) -> Project {
+    let project = Project::new();
+    let corpus = project.path("stories.txt");
+    fs::write(&corpus, synthetic_stories(1500)).unwrap();
+    let spec = format!(
+        r#"[pipeline]
+name = "test"
+
+[download]
+files = [{{ name = "stories.txt", mirrors = ["{}"] }}]
+
+[corpus]
+train_files = ["stories.txt"]
+val_files = []
+
+[pretokenize]
+val_fraction = 0.05
+
+[train_vocab]
+vocab_size = 300
+
+[model]
+dim = 64
+n_layers = 2
+n_heads = 4
+n_kv_heads = 2
+max_seq_len = 32
+
+[sample]
+prompts = ["Tom had a", "Lily"]
+max_new_tokens = 20
+
+[train]
+seq_len = 32
+batch_size = 8
+grad_accum_steps = 2
+warmup_iters = 5
+log_interval = 1
+eval_windows = 16
+{train}
+"#,
+        corpus.display()
+    );
+    fs::write(project.spec_path(), spec).unwrap();
+    project
+}

@@ -252,9 +252,89 @@ pub fn backward<T: Float>(
         });
 }
 
+/// One query row (a single new token's heads) against the first `len` rows of a key/value
+/// cache (`[positions, kv_heads, head_dim]`): the decoding step with a KV cache. One task per
+/// head.
+#[allow(clippy::too_many_arguments)]
+pub fn decode<T: Float>(
+    out: &mut [T],
+    q: &[T],
+    k_cache: &[T],
+    v_cache: &[T],
+    len: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) {
+    let group = heads / kv_heads;
+    let kv_width = kv_heads * head_dim;
+    let scale = T::from_f64(1.0 / (head_dim as f64).sqrt());
+    out.par_chunks_mut(head_dim)
+        .enumerate()
+        .for_each(|(h, out)| {
+            let q = &q[h * head_dim..(h + 1) * head_dim];
+            let kv = (h / group) * head_dim;
+            let mut scores: Vec<T> = (0..len)
+                .map(|t| {
+                    let k = &k_cache[t * kv_width + kv..t * kv_width + kv + head_dim];
+                    q.iter().zip(k).fold(T::zero(), |acc, (a, b)| acc + *a * *b) * scale
+                })
+                .collect();
+            let max = scores.iter().copied().fold(T::neg_infinity(), T::max);
+            let mut sum = T::zero();
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            out.fill(T::zero());
+            for (t, p) in scores.iter().enumerate() {
+                let weight = *p / sum;
+                let v = &v_cache[t * kv_width + kv..t * kv_width + kv + head_dim];
+                for (o, x) in out.iter_mut().zip(v) {
+                    *o += weight * *x;
+                }
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_each_position_equals_the_causal_forward() {
+        let s = AttentionShape {
+            batch: 1,
+            seq: 6,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let q = crate::engine::cpu::random(s.seq * s.heads * s.head_dim, 11);
+        let k = crate::engine::cpu::random(s.seq * s.kv_heads * s.head_dim, 12);
+        let v = crate::engine::cpu::random(s.seq * s.kv_heads * s.head_dim, 13);
+        let mut out = vec![0.0; q.len()];
+        let mut probs = vec![0.0; s.heads * s.seq * s.seq];
+        forward(&mut out, &mut probs, &q, &k, &v, s);
+        let width = s.heads * s.head_dim;
+        for pos in 0..s.seq {
+            let mut row = vec![0.0; width];
+            let q_row = &q[pos * width..(pos + 1) * width];
+            decode(
+                &mut row,
+                q_row,
+                &k,
+                &v,
+                pos + 1,
+                s.heads,
+                s.kv_heads,
+                s.head_dim,
+            );
+            for (a, b) in row.iter().zip(&out[pos * width..(pos + 1) * width]) {
+                assert!((a - b).abs() < 1e-12, "position {pos}: {a} vs {b}");
+            }
+        }
+    }
     use crate::engine::cpu::gradcheck::check_gradients;
     use crate::engine::cpu::{dot as dot_all, random};
 

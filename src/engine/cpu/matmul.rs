@@ -1,6 +1,7 @@
 //! `out = inp · wᵀ` through the `gemm` crate; transposes are strides, not copies.
 
 use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
 
 use crate::engine::Float;
 
@@ -65,11 +66,33 @@ pub(crate) unsafe fn gemm_serial<T: Float>(
     }
 }
 
+/// Up to this many input rows (decoding: one token), `forward` computes dot products split over
+/// the output rows instead of calling `gemm`, whose threads only split many-row products.
+const MATVEC_ROWS: usize = 4;
+
+/// `out[r, o] = inp[r] · w[o]` for a few rows `r`, parallel over blocks of outputs.
+fn matvec<T: Float>(out: &mut [T], inp: &[T], w: &[T], ic: usize, oc: usize) {
+    let threads = rayon::current_num_threads();
+    let block = oc.div_ceil(threads * 2).max(16);
+    for (x, out) in inp.chunks_exact(ic).zip(out.chunks_exact_mut(oc)) {
+        out.par_chunks_mut(block).enumerate().for_each(|(b, outs)| {
+            for (j, o) in outs.iter_mut().enumerate() {
+                let row = (b * block + j) * ic;
+                *o = T::dot(x, &w[row..row + ic]);
+            }
+        });
+    }
+}
+
 /// `out[n, oc] = Σ_ic inp[n, ic] · w[oc, ic]`.
 pub fn forward<T: Float>(out: &mut [T], inp: &[T], w: &[T], ic: usize, oc: usize) {
     let n = inp.len() / ic;
     assert_eq!(out.len(), n * oc);
     assert_eq!(w.len(), oc * ic);
+    if n <= MATVEC_ROWS {
+        matvec(out, inp, w, ic, oc);
+        return;
+    }
     // SAFETY: the asserts above bound every index gemm touches: dst n×oc (row stride oc), lhs
     // n×ic (row stride ic), rhs ic×oc read from w[oc, ic] (row stride 1, column stride ic).
     unsafe {
@@ -168,15 +191,17 @@ mod tests {
 
     #[test]
     fn forward_matches_naive_loops() {
-        let (n, ic, oc) = (5, 7, 3);
-        let inp = random(n * ic, 1);
-        let w = random(oc * ic, 2);
-        let mut out = vec![0.0; n * oc];
-        forward(&mut out, &inp, &w, ic, oc);
-        for r in 0..n {
-            for o in 0..oc {
-                let expected: f64 = (0..ic).map(|i| inp[r * ic + i] * w[o * ic + i]).sum();
-                assert!((out[r * oc + o] - expected).abs() < 1e-12);
+        // 5 rows go through gemm, 1 and 2 rows through the matrix-vector path.
+        for (n, ic, oc) in [(5, 7, 3), (1, 37, 70), (2, 19, 5)] {
+            let inp = random(n * ic, 1);
+            let w = random(oc * ic, 2);
+            let mut out = vec![0.0; n * oc];
+            forward(&mut out, &inp, &w, ic, oc);
+            for r in 0..n {
+                for o in 0..oc {
+                    let expected: f64 = (0..ic).map(|i| inp[r * ic + i] * w[o * ic + i]).sum();
+                    assert!((out[r * oc + o] - expected).abs() < 1e-12);
+                }
             }
         }
     }

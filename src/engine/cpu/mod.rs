@@ -134,6 +134,35 @@ impl<T: Float> Backend for Cpu<T> {
         rope::backward(dx, seq, heads, head_dim, theta);
     }
 
+    fn rope_forward_at(
+        &self,
+        x: &mut Vec<T>,
+        position: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) {
+        rope::forward_at(x, position, heads, head_dim, theta);
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut Vec<T>,
+        q: &Vec<T>,
+        k_cache: &Vec<T>,
+        v_cache: &Vec<T>,
+        len: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) {
+        attention::decode(out, q, k_cache, v_cache, len, heads, kv_heads, head_dim);
+    }
+
+    fn write_at(&self, dst: &mut Vec<T>, offset: usize, src: &Vec<T>) {
+        dst[offset..offset + src.len()].copy_from_slice(src);
+    }
+
     fn attention_forward(
         &self,
         out: &mut Vec<T>,

@@ -8,10 +8,18 @@ use crate::engine::Float;
 
 const MAX_HALF: usize = 256;
 
-/// Rotates rows of `heads × head_dim` in place; the row's position is its index mod `seq`.
-/// `sign = -1` applies the inverse rotation (the backward pass). One task per position computes
-/// its angles once and rotates that position's row in every sequence of the batch.
-fn rotate<T: Float>(x: &mut [T], seq: usize, heads: usize, head_dim: usize, theta: f64, sign: f64) {
+/// Rotates rows of `heads × head_dim` in place; the row's position is `start` plus its index mod
+/// `seq`. `sign = -1` applies the inverse rotation (the backward pass). One task per position
+/// computes its angles once and rotates that position's row in every sequence of the batch.
+fn rotate<T: Float>(
+    x: &mut [T],
+    start: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    theta: f64,
+    sign: f64,
+) {
     let half = head_dim / 2;
     assert!(
         head_dim.is_multiple_of(2) && half <= MAX_HALF,
@@ -30,7 +38,7 @@ fn rotate<T: Float>(x: &mut [T], seq: usize, heads: usize, head_dim: usize, thet
         let mut cos = [T::zero(); MAX_HALF];
         let mut sin = [T::zero(); MAX_HALF];
         for d in 0..half {
-            let (s, c) = (pos as f64 * inv_freq[d]).sin_cos();
+            let (s, c) = ((start + pos) as f64 * inv_freq[d]).sin_cos();
             cos[d] = T::from_f64(c);
             sin[d] = T::from_f64(sign * s);
         }
@@ -50,12 +58,23 @@ fn rotate<T: Float>(x: &mut [T], seq: usize, heads: usize, head_dim: usize, thet
 }
 
 pub fn forward<T: Float>(x: &mut [T], seq: usize, heads: usize, head_dim: usize, theta: f64) {
-    rotate(x, seq, heads, head_dim, theta, 1.0);
+    rotate(x, 0, seq, heads, head_dim, theta, 1.0);
+}
+
+/// Rotates one row (a single token's heads) as position `position`: the decoding step.
+pub fn forward_at<T: Float>(
+    x: &mut [T],
+    position: usize,
+    heads: usize,
+    head_dim: usize,
+    theta: f64,
+) {
+    rotate(x, position, 1, heads, head_dim, theta, 1.0);
 }
 
 /// The rotation is orthogonal, so its backward pass is the inverse rotation.
 pub fn backward<T: Float>(dx: &mut [T], seq: usize, heads: usize, head_dim: usize, theta: f64) {
-    rotate(dx, seq, heads, head_dim, theta, -1.0);
+    rotate(dx, 0, seq, heads, head_dim, theta, -1.0);
 }
 
 #[cfg(test)]
@@ -77,6 +96,20 @@ mod tests {
         let mut dx = upstream.clone();
         backward(&mut dx, seq, heads, head_dim, 10000.0);
         check_gradients(&[x], &[dx], loss);
+    }
+
+    #[test]
+    fn a_row_rotated_at_its_position_equals_the_sequence_rotation() {
+        let (seq, heads, head_dim) = (5, 2, 8);
+        let x = random(seq * heads * head_dim, 3);
+        let mut whole = x.clone();
+        forward(&mut whole, seq, heads, head_dim, 10000.0);
+        let width = heads * head_dim;
+        for pos in 0..seq {
+            let mut row = x[pos * width..(pos + 1) * width].to_vec();
+            forward_at(&mut row, pos, heads, head_dim, 10000.0);
+            assert_eq!(row, whole[pos * width..(pos + 1) * width]);
+        }
     }
 
     #[test]

@@ -1,0 +1,81 @@
+//! `tinyllm bench generate`: the speed of KV-cache generation, batch 1, from BOS: tokens per
+//! second over the new tokens (median of runs), time to the first token, peak memory.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{median, peak_rss_bytes};
+use crate::engine::{Cpu, Rng};
+use crate::generate::sampler::{Sampling, sample};
+use crate::model::{Llama, LlamaConfig, Shape};
+use crate::tokenizer::BOS;
+
+/// What to measure: a random model of some dimensions, or a trained one.
+pub struct GenerateBench {
+    pub new_tokens: usize,
+    pub runs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateFigures {
+    pub model: String,
+    pub params: usize,
+    pub threads: usize,
+    pub new_tokens: usize,
+    pub runs: usize,
+    /// Tokens per second of each run.
+    pub tokens_per_sec_runs: Vec<f64>,
+    pub median_tokens_per_sec: f64,
+    pub median_first_token_ms: f64,
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// Times `bench.runs` generations of `bench.new_tokens` tokens (every token sampled at
+/// temperature 1, none taken as a stop) with `model`.
+pub fn measure<S: Shape>(
+    model: &Llama<S, Cpu<f32>>,
+    name: String,
+    bench: &GenerateBench,
+) -> Result<GenerateFigures, crate::model::ModelError> {
+    let sampling = Sampling {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let mut decoder = model.decoder();
+    let new_tokens = bench.new_tokens.min(decoder.capacity() - 1);
+    let mut speeds = Vec::new();
+    let mut first = Vec::new();
+    for run in 0..bench.runs {
+        let mut rng = Rng::new(run as u64);
+        decoder.reset();
+        let started = Instant::now();
+        let mut token = BOS;
+        for i in 0..new_tokens {
+            let logits = model.decode_step(&mut decoder, token)?;
+            token = sample(&logits, &sampling, &mut rng);
+            if i == 0 {
+                first.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        speeds.push(new_tokens as f64 / started.elapsed().as_secs_f64());
+    }
+    let median_tokens_per_sec = median(&mut speeds.clone());
+    Ok(GenerateFigures {
+        model: name,
+        params: model.num_params(),
+        threads: rayon::current_num_threads(),
+        new_tokens,
+        runs: bench.runs,
+        tokens_per_sec_runs: speeds,
+        median_tokens_per_sec,
+        median_first_token_ms: median(&mut first),
+        peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
+    })
+}
+
+/// A model of a preset's (or custom) shape with llama2.c's random initialisation.
+pub fn random_model<S: Shape>(shape: S) -> Llama<S, Cpu<f32>> {
+    Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 1337)
+}

@@ -1,0 +1,75 @@
+//! A trained model's folder — `config.json`, `model.safetensors`, `tokenizer.json`, as the train
+//! stage writes it — opened for generation, with every part checked against the others.
+
+use std::path::{Path, PathBuf};
+
+use crate::model::HfConfig;
+use crate::tokenizer::Tokenizer;
+
+pub const CONFIG_JSON: &str = "config.json";
+pub const WEIGHTS: &str = "model.safetensors";
+pub const TOKENIZER_JSON: &str = "tokenizer.json";
+
+/// The checked parts of a model folder; the weights are read when the typed model is built.
+pub struct ModelFolder {
+    pub dir: PathBuf,
+    pub config: HfConfig,
+    pub tokenizer: Tokenizer,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    #[error("{}: not a model folder: {} missing (a train artifact, e.g. runs/<pipeline>/<variant>/artifacts/train, has them)", dir.display(), missing.join(", "))]
+    Missing { dir: PathBuf, missing: Vec<String> },
+    #[error("{0}")]
+    Config(#[from] crate::model::hf_config::HfConfigError),
+    #[error("{}: {reason}", path.display())]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error(
+        "{}: the tokenizer has {tokenizer} tokens but the model's vocab_size is {model}",
+        dir.display()
+    )]
+    VocabMismatch {
+        dir: PathBuf,
+        tokenizer: usize,
+        model: usize,
+    },
+}
+
+impl ModelFolder {
+    pub fn open(dir: &Path) -> Result<ModelFolder, FolderError> {
+        let missing: Vec<String> = [CONFIG_JSON, WEIGHTS, TOKENIZER_JSON]
+            .iter()
+            .filter(|name| !dir.join(name).is_file())
+            .map(|name| name.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(FolderError::Missing {
+                dir: dir.to_path_buf(),
+                missing,
+            });
+        }
+        let config = HfConfig::load(&dir.join(CONFIG_JSON))?;
+        let tokenizer_path = dir.join(TOKENIZER_JSON);
+        let tokenizer = Tokenizer::load(&tokenizer_path).map_err(|e| FolderError::Tokenizer {
+            path: tokenizer_path,
+            reason: e.to_string(),
+        })?;
+        if tokenizer.vocab_size() != config.tinyllm.dims.vocab_size {
+            return Err(FolderError::VocabMismatch {
+                dir: dir.to_path_buf(),
+                tokenizer: tokenizer.vocab_size(),
+                model: config.tinyllm.dims.vocab_size,
+            });
+        }
+        Ok(ModelFolder {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+        })
+    }
+
+    pub fn weights(&self) -> PathBuf {
+        self.dir.join(WEIGHTS)
+    }
+}

@@ -1,0 +1,130 @@
+//! Text generation: a prompt through the KV-cache decoder, then one sampled token at a time,
+//! streamed as text, until the end of a story (EOS, or BOS: the start of the next one),
+//! `max_new_tokens`, or the end of the model's context.
+//!
+//! A prompt longer than the context is an error rather than silently cut: the model never saw
+//! positions past `max_seq_len`, and dropping the prompt's start would change what it means.
+
+pub mod folder;
+pub mod sampler;
+
+use std::time::Instant;
+
+use crate::engine::{Backend, Rng};
+use crate::model::{Decoder, Llama, ModelError, Shape};
+use crate::tokenizer::{BOS, EOS, Tokenizer};
+pub use sampler::Sampling;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerateOptions {
+    pub sampling: Sampling,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The model ended the story (EOS) or began the next one (BOS).
+    EndOfStory,
+    MaxNewTokens,
+    /// The model's context (`max_seq_len` positions) is full.
+    ContextFull,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub prompt_tokens: usize,
+    /// The new tokens (without the stop token).
+    pub tokens: Vec<u32>,
+    /// The text of the new tokens, as it continues the prompt.
+    pub text: String,
+    pub stop: Stop,
+    /// From the call to the first new token.
+    pub first_token_secs: f64,
+    pub secs: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(
+        "the prompt is {tokens} tokens (with BOS) but the model's context is {max}; shorten it"
+    )]
+    PromptTooLong { tokens: usize, max: usize },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Continues `prompt` (BOS alone when it is empty), calling `on_text` with each new piece of
+/// text as soon as it is whole UTF-8.
+pub fn generate<S: Shape, B: Backend<Float = f32>>(
+    model: &Llama<S, B>,
+    decoder: &mut Decoder<B>,
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    options: &GenerateOptions,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation, GenerateError> {
+    let started = Instant::now();
+    let mut ids = vec![BOS];
+    if !prompt.is_empty() {
+        ids.extend(tokenizer.encode(prompt));
+    }
+    if ids.len() >= decoder.capacity() {
+        return Err(GenerateError::PromptTooLong {
+            tokens: ids.len(),
+            max: decoder.capacity(),
+        });
+    }
+    decoder.reset();
+    let mut logits = Vec::new();
+    for &token in &ids {
+        logits = model.decode_step(decoder, token)?;
+    }
+    let prompt_tokens = ids.len();
+    let prompt_text = tokenizer.decode(&ids);
+    let mut emitted = 0;
+    let mut rng = Rng::new(options.seed);
+    let mut first_token_secs = None;
+    let mut stop = Stop::MaxNewTokens;
+    for _ in 0..options.max_new_tokens {
+        let next = sampler::sample(&logits, &options.sampling, &mut rng);
+        first_token_secs.get_or_insert(started.elapsed().as_secs_f64());
+        if next == EOS || next == BOS {
+            stop = Stop::EndOfStory;
+            break;
+        }
+        ids.push(next);
+        let full = tokenizer.decode(&ids);
+        if let Some(new) = full.strip_prefix(prompt_text.as_str())
+            && !new.ends_with('\u{FFFD}')
+            && let Some(piece) = new.get(emitted..)
+            && !piece.is_empty()
+        {
+            on_text(piece);
+            emitted = new.len();
+        }
+        if decoder.len() == decoder.capacity() {
+            stop = Stop::ContextFull;
+            break;
+        }
+        logits = model.decode_step(decoder, next)?;
+    }
+    let tokens = ids[prompt_tokens..].to_vec();
+    let full = tokenizer.decode(&ids);
+    let text = full
+        .strip_prefix(prompt_text.as_str())
+        .map_or_else(|| tokenizer.decode(&tokens), str::to_string);
+    if let Some(rest) = text.get(emitted..).filter(|rest| !rest.is_empty()) {
+        on_text(rest);
+    }
+    Ok(Generation {
+        prompt_tokens,
+        tokens,
+        text,
+        stop,
+        first_token_secs: first_token_secs.unwrap_or(0.0),
+        secs: started.elapsed().as_secs_f64(),
+    })
+}

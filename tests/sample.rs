@@ -1,0 +1,158 @@
+//! The sample stage and `tinyllm sample`: stories in the run folder, the same text for the same
+//! seed, and one-line errors for bad checkpoints and options.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{Project, training_project};
+
+fn tinyllm(args: &[&str], dir: Option<&Path>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tinyllm"));
+    command.args(args);
+    if let Some(dir) = dir {
+        command.arg("--checkpoint").arg(dir);
+    }
+    command.output().unwrap()
+}
+
+fn run_pipeline(project: &Project) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_tinyllm"))
+        .arg("run")
+        .arg(project.spec_path())
+        .arg("--cache")
+        .arg(project.cache())
+        .arg("--runs")
+        .arg(project.runs())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn trained() -> Project {
+    let project = training_project("lr = 3e-3\nmax_iters = 40\neval_interval = 40\n");
+    let first = run_pipeline(&project);
+    assert!(first.contains("sample       ran"), "{first}");
+    project
+}
+
+fn error_line(output: &Output) -> String {
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn the_pipeline_writes_samples_and_sample_reproduces_them() {
+    let project = trained();
+    let run_dir = project.runs().join("test/default");
+    let samples = fs::read_to_string(run_dir.join("samples.md")).unwrap();
+    assert!(samples.contains("## \"Tom had a\", sample 1"), "{samples}");
+    let json: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(run_dir.join("artifacts/sample/samples.json")).unwrap(),
+    )
+    .unwrap();
+    let all = json["samples"].as_array().unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .any(|s| !s["text"].as_str().unwrap().trim().is_empty())
+    );
+
+    let again = run_pipeline(&project);
+    assert!(again.contains("sample       cached"), "{again}");
+    assert!(!again.contains(" ran "), "{again}");
+
+    let sample = |seed: &str| {
+        let output = tinyllm(
+            &[
+                "sample",
+                "--prompt",
+                "Tom had a",
+                "--seed",
+                seed,
+                "--max-new-tokens",
+                "12",
+            ],
+            Some(&run_dir),
+        );
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let first = sample("3");
+    assert!(first.starts_with("Tom had a"), "{first}");
+    assert_eq!(first, sample("3"));
+    // The stage's first sample used seed 42 with the spec's settings (top-p 0.9, temperature 1).
+    let stage_text = all[0]["text"].as_str().unwrap();
+    let output = tinyllm(
+        &[
+            "sample",
+            "--prompt",
+            "Tom had a",
+            "--seed",
+            "42",
+            "--max-new-tokens",
+            "20",
+        ],
+        Some(&run_dir.join("artifacts/train")),
+    );
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        format!("Tom had a{stage_text}\n")
+    );
+}
+
+#[test]
+fn bad_checkpoints_and_options_are_one_line_errors() {
+    let project = trained();
+    let model = project.runs().join("test/default/artifacts/train");
+    let copy = project.path("copy");
+    fs::create_dir_all(&copy).unwrap();
+    for name in ["model.safetensors", "config.json", "tokenizer.json"] {
+        fs::copy(model.join(name), copy.join(name)).unwrap();
+    }
+    let prompt = ["sample", "--prompt", "Tom"];
+
+    let line = error_line(&tinyllm(&["sample", "--prompt", ""], Some(&copy)));
+    assert!(line.contains("--prompt is empty"), "{line}");
+    for top_p in ["0", "1.5"] {
+        let line = error_line(&tinyllm(&["sample", "--top-p", top_p], Some(&copy)));
+        assert!(line.contains("must be in (0, 1]"), "{line}");
+    }
+
+    let config_path = copy.join("config.json");
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&config_path).unwrap()).unwrap();
+    // A config that is consistent in itself but not with the weights.
+    let mut wider = config.clone();
+    wider["hidden_size"] = 128.into();
+    wider["tinyllm"]["dims"]["dim"] = 128.into();
+    wider["intermediate_size"] = 352.into();
+    fs::write(&config_path, wider.to_string()).unwrap();
+    let line = error_line(&tinyllm(&prompt, Some(&copy)));
+    assert!(line.contains("has shape"), "{line}");
+    // A tokenizer that does not match the model's vocabulary.
+    let mut vocab = config.clone();
+    vocab["vocab_size"] = 400.into();
+    vocab["tinyllm"]["dims"]["vocab_size"] = 400.into();
+    fs::write(&config_path, vocab.to_string()).unwrap();
+    let line = error_line(&tinyllm(&prompt, Some(&copy)));
+    assert!(
+        line.contains("the tokenizer has 300 tokens but the model's vocab_size is 400"),
+        "{line}"
+    );
+    fs::remove_file(&config_path).unwrap();
+    let line = error_line(&tinyllm(&prompt, Some(&copy)));
+    assert!(line.contains("config.json missing"), "{line}");
+}
