@@ -138,6 +138,37 @@ enum Command {
         #[arg(long)]
         interactive: bool,
     },
+    /// How well a trained model predicts a text: loss in nats/token and bits/byte, and with
+    /// --json the ids and every position's logits.
+    #[command(after_help = "Example:\n  \
+        tinyllm score --checkpoint runs/tinystories/default --text \"Once upon a time there was a cat.\"")]
+    Score {
+        /// A train artifact folder, or a run folder holding one under artifacts/train.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: PathBuf,
+        /// The text (BOS is put before it).
+        #[arg(long)]
+        text: String,
+        /// Print ids, losses and logits as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a trained model in another format (hf: a folder transformers loads).
+    #[command(after_help = "Examples:\n  \
+        tinyllm export --checkpoint runs/tinystories/default --format hf --out tinystories-hf\n\n\
+        Then, in Python: AutoModelForCausalLM.from_pretrained(\"tinystories-hf\") and\n\
+        AutoTokenizer.from_pretrained(\"tinystories-hf\").")]
+    Export {
+        /// A train artifact folder, or a run folder holding one under artifacts/train.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: PathBuf,
+        /// The format: hf (Hugging Face transformers).
+        #[arg(long, value_parser = ["hf"])]
+        format: String,
+        /// The folder to write (must not exist, or be empty).
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
     /// Measure speed on this machine (figures, not tests).
     Bench {
         #[command(subcommand)]
@@ -657,6 +688,27 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
             };
             sample_command(&checkpoint, prompt, interactive, &options, &mut out)
         }
+        Command::Score {
+            checkpoint,
+            text,
+            json,
+        } => score_command(&train_folder(&checkpoint), &text, json, &mut out),
+        Command::Export {
+            checkpoint,
+            format,
+            out: path,
+        } => {
+            match format.as_str() {
+                "hf" => crate::export::hf::export(&train_folder(&checkpoint), &path)?,
+                other => bail!("unknown export format `{other}`; formats: hf"),
+            }
+            writeln!(
+                out,
+                "wrote {} (Hugging Face: model.safetensors, config.json, generation_config.json, tokenizer.json, tokenizer_config.json)",
+                path.display()
+            )?;
+            Ok(())
+        }
         Command::Schema => {
             let schema = pipeline::spec::json_schema();
             writeln!(out, "{}", serde_json::to_string_pretty(&schema)?)?;
@@ -957,4 +1009,64 @@ fn train_folder(checkpoint: &Path) -> PathBuf {
     } else {
         checkpoint.to_path_buf()
     }
+}
+
+/// `tinyllm score`: one forward pass over BOS + the text's tokens.
+fn score_command(dir: &Path, text: &str, json: bool, out: &mut dyn Write) -> Result<()> {
+    let folder = crate::generate::folder::ModelFolder::open(dir)?;
+    let dims = folder.config.tinyllm.dims;
+    let mut ids = vec![crate::tokenizer::BOS];
+    ids.extend(folder.tokenizer.encode(text));
+    if ids.len() < 2 {
+        bail!("--text is empty; give a text to score");
+    }
+    if ids.len() > dims.max_seq_len {
+        bail!(
+            "the text is {} tokens with BOS; the model's context is {}",
+            ids.len(),
+            dims.max_seq_len
+        );
+    }
+    let llama = folder.config.llama_config();
+    let logits: Vec<f32> = crate::with_shape!(dims, |shape| {
+        let mut model = crate::model::Llama::load_safetensors(
+            crate::engine::Cpu::<f32>::new(),
+            shape,
+            llama,
+            &folder.weights(),
+        )?;
+        model.forward(&ids, None, 1, ids.len(), 1.0)?;
+        model.logits().expect("a forward pass keeps its logits")
+    });
+    let v = dims.vocab_size;
+    let losses: Vec<f64> = (0..ids.len() - 1)
+        .map(|t| {
+            let row = &logits[t * v..(t + 1) * v];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+            max + sum.ln() - row[ids[t + 1] as usize] as f64
+        })
+        .collect();
+    let loss = losses.iter().sum::<f64>() / losses.len() as f64;
+    let bits_per_byte =
+        losses.iter().sum::<f64>() / std::f64::consts::LN_2 / text.len().max(1) as f64;
+    if json {
+        let rows: Vec<&[f32]> = logits.chunks(v).collect();
+        let value = serde_json::json!({
+            "ids": ids,
+            "losses": losses,
+            "loss": loss,
+            "bits_per_byte": bits_per_byte,
+            "logits": rows,
+        });
+        writeln!(out, "{}", serde_json::to_string(&value)?)?;
+    } else {
+        writeln!(
+            out,
+            "{} tokens: {loss:.4} nats/token (perplexity {:.2}), {bits_per_byte:.4} bits/byte",
+            losses.len(),
+            loss.exp()
+        )?;
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod export;
 pub mod fsutil;
 pub mod generate;
 pub mod model;

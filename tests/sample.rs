@@ -74,6 +74,20 @@ fn the_pipeline_writes_samples_and_sample_reproduces_them() {
     assert!(again.contains("sample       cached"), "{again}");
     assert!(!again.contains(" ran "), "{again}");
 
+    let score = tinyllm(
+        &["score", "--text", "Tom had a cat.", "--json"],
+        Some(&run_dir),
+    );
+    assert!(score.status.success(), "{score:?}");
+    let score: serde_json::Value = serde_json::from_slice(&score.stdout).unwrap();
+    let ids = score["ids"].as_array().unwrap();
+    assert_eq!(ids[0], 1, "BOS first");
+    assert_eq!(score["losses"].as_array().unwrap().len(), ids.len() - 1);
+    assert_eq!(score["logits"].as_array().unwrap().len(), ids.len());
+    assert_eq!(score["logits"][0].as_array().unwrap().len(), 300);
+    let loss = score["loss"].as_f64().unwrap();
+    assert!(loss > 0.0 && loss < 300f64.ln() + 1.0, "{loss}");
+
     let sample = |seed: &str| {
         let output = tinyllm(
             &[
@@ -155,4 +169,69 @@ fn bad_checkpoints_and_options_are_one_line_errors() {
     fs::remove_file(&config_path).unwrap();
     let line = error_line(&tinyllm(&prompt, Some(&copy)));
     assert!(line.contains("config.json missing"), "{line}");
+}
+
+#[test]
+fn export_writes_a_hugging_face_folder_and_refuses_bad_input() {
+    let project = trained();
+    let run_dir = project.runs().join("test/default");
+    let out = project.path("hf");
+    let output = tinyllm(
+        &["export", "--format", "hf", "--out", out.to_str().unwrap()],
+        Some(&run_dir),
+    );
+    assert!(output.status.success(), "{output:?}");
+    for name in [
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        assert!(out.join(name).is_file(), "{name} is missing");
+    }
+    let weights = fs::read(out.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&weights[8..8 + header_len]).unwrap();
+    assert_eq!(header["__metadata__"]["format"], "pt");
+    assert!(header["model.embed_tokens.weight"].is_object());
+    let tokenizer: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("tokenizer.json")).unwrap()).unwrap();
+    assert_eq!(tokenizer["normalizer"]["type"], "Prepend");
+    assert_eq!(
+        tokenizer["post_processor"]["special_tokens"]["<s>"]["ids"][0],
+        1
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(config["hidden_size"], 64);
+
+    // The folder now exists and is not empty: refused, left as it was.
+    let again = tinyllm(
+        &["export", "--format", "hf", "--out", out.to_str().unwrap()],
+        Some(&run_dir),
+    );
+    let line = error_line(&again);
+    assert!(
+        line.contains("already exists and is not an empty folder"),
+        "{line}"
+    );
+    assert!(out.join("model.safetensors").is_file());
+
+    let empty = project.path("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let line = error_line(&tinyllm(
+        &[
+            "export",
+            "--format",
+            "hf",
+            "--out",
+            project.path("x").to_str().unwrap(),
+        ],
+        Some(&empty),
+    ));
+    assert!(line.contains("not a model folder"), "{line}");
+    assert!(!project.path("x").exists());
 }

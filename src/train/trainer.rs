@@ -370,7 +370,9 @@ fn progress_bar(total: u64, position: u64, quiet: bool) -> ProgressBar {
 
 /// Writes the weights with Hugging Face names and their `config.json`.
 fn write_model<S: Shape>(model: &Llama<S, Cpu<f32>>, dir: &Path) -> Result<(), TrainError> {
-    model.save_safetensors(&dir.join(MODEL_FILE), &BTreeMap::new())?;
+    // transformers refuses safetensors files without this metadata.
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    model.save_safetensors(&dir.join(MODEL_FILE), &metadata)?;
     HfConfig::new(model.dims(), &model.config).save(&dir.join(CONFIG_FILE))?;
     Ok(())
 }
