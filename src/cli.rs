@@ -495,14 +495,8 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                     Some(checkpoint) => {
                         let dir = train_folder(&checkpoint);
                         let folder = crate::generate::folder::ModelFolder::open(&dir)?;
-                        let llama = folder.config.llama_config();
-                        crate::with_shape!(folder.config.tinyllm.dims, |shape| {
-                            let model = crate::model::Llama::load_safetensors(
-                                crate::engine::Cpu::<f32>::new(),
-                                shape,
-                                llama,
-                                &folder.weights(),
-                            )?;
+                        crate::with_shape!(folder.dims(), |shape| {
+                            let model = folder.load(shape)?;
                             crate::bench::generate::measure(
                                 &model,
                                 dir.display().to_string(),
@@ -944,15 +938,8 @@ fn sample_command(
     }
     let dir = train_folder(checkpoint);
     let folder = ModelFolder::open(&dir)?;
-    let dims = folder.config.tinyllm.dims;
-    let llama = folder.config.llama_config();
-    crate::with_shape!(dims, |shape| {
-        let model = crate::model::Llama::load_safetensors(
-            crate::engine::Cpu::<f32>::new(),
-            shape,
-            llama,
-            &folder.weights(),
-        )?;
+    crate::with_shape!(folder.dims(), |shape| {
+        let model = folder.load(shape)?;
         let mut decoder = model.decoder();
         let mut continue_prompt = |prompt: &str, out: &mut dyn Write| -> Result<()> {
             write!(out, "{prompt}")?;
@@ -1027,14 +1014,8 @@ fn score_command(dir: &Path, text: &str, json: bool, out: &mut dyn Write) -> Res
             dims.max_seq_len
         );
     }
-    let llama = folder.config.llama_config();
     let logits: Vec<f32> = crate::with_shape!(dims, |shape| {
-        let mut model = crate::model::Llama::load_safetensors(
-            crate::engine::Cpu::<f32>::new(),
-            shape,
-            llama,
-            &folder.weights(),
-        )?;
+        let mut model = folder.load(shape)?;
         model.forward(&ids, None, 1, ids.len(), 1.0)?;
         model.logits().expect("a forward pass keeps its logits")
     });

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::HfConfig;
+use crate::engine::Cpu;
+use crate::model::safetensors::SafetensorsError;
+use crate::model::{HfConfig, Llama, ModelDims, Shape};
 use crate::tokenizer::Tokenizer;
 
 pub const CONFIG_JSON: &str = "config.json";
@@ -71,5 +73,20 @@ impl ModelFolder {
 
     pub fn weights(&self) -> PathBuf {
         self.dir.join(WEIGHTS)
+    }
+
+    /// The model's dimensions (pick the typed shape with [`crate::with_shape!`]).
+    pub fn dims(&self) -> ModelDims {
+        self.config.tinyllm.dims
+    }
+
+    /// The model on the CPU, every tensor's shape checked against `config.json`.
+    pub fn load<S: Shape>(&self, shape: S) -> Result<Llama<S, Cpu<f32>>, SafetensorsError> {
+        Llama::load_safetensors(
+            Cpu::<f32>::new(),
+            shape,
+            self.config.llama_config(),
+            &self.weights(),
+        )
     }
 }

@@ -11,11 +11,9 @@ use std::io::Write as _;
 
 use serde_json::json;
 
-use crate::engine::Cpu;
 use crate::fsutil;
 use crate::generate::folder::ModelFolder;
 use crate::generate::{GenerateOptions, Sampling, Stop, generate};
-use crate::model::Llama;
 use crate::pipeline::{Stage, StageContext, StageFailure, StageId, StageReport};
 
 pub const SAMPLES_MD: &str = "samples.md";
@@ -31,8 +29,6 @@ impl Stage for Sample {
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
         let cfg = &cx.spec.sample;
         let folder = ModelFolder::open(&cx.input(StageId::Train)?.dir)?;
-        let dims = folder.config.tinyllm.dims;
-        let llama = folder.config.llama_config();
         let options = |i: usize| GenerateOptions {
             sampling: Sampling {
                 temperature: cfg.temperature,
@@ -51,9 +47,8 @@ impl Stage for Sample {
         let mut records = Vec::new();
         let (mut new_tokens, mut secs) = (0usize, 0.0f64);
         let stdout = std::io::stdout();
-        crate::with_shape!(dims, |shape| {
-            let model =
-                Llama::load_safetensors(Cpu::<f32>::new(), shape, llama, &folder.weights())?;
+        crate::with_shape!(folder.dims(), |shape| {
+            let model = folder.load(shape)?;
             let mut decoder = model.decoder();
             for prompt in &cfg.prompts {
                 for i in 0..cfg.num_samples {

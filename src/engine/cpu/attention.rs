@@ -269,8 +269,10 @@ pub fn decode<T: Float>(
     let group = heads / kv_heads;
     let kv_width = kv_heads * head_dim;
     let scale = T::from_f64(1.0 / (head_dim as f64).sqrt());
+    let per_task = heads.div_ceil(rayon::current_num_threads());
     out.par_chunks_mut(head_dim)
         .enumerate()
+        .with_min_len(per_task)
         .for_each(|(h, out)| {
             let q = &q[h * head_dim..(h + 1) * head_dim];
             let kv = (h / group) * head_dim;

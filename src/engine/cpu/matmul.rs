@@ -73,7 +73,7 @@ const MATVEC_ROWS: usize = 4;
 /// `out[r, o] = inp[r] · w[o]` for a few rows `r`, parallel over blocks of outputs.
 fn matvec<T: Float>(out: &mut [T], inp: &[T], w: &[T], ic: usize, oc: usize) {
     let threads = rayon::current_num_threads();
-    let block = oc.div_ceil(threads * 2).max(16);
+    let block = oc.div_ceil(threads).max(16);
     for (x, out) in inp.chunks_exact(ic).zip(out.chunks_exact_mut(oc)) {
         out.par_chunks_mut(block).enumerate().for_each(|(b, outs)| {
             for (j, o) in outs.iter_mut().enumerate() {
