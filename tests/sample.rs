@@ -19,15 +19,7 @@ fn tinyllm(args: &[&str], dir: Option<&Path>) -> Output {
 }
 
 fn run_pipeline(project: &Project) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_tinyllm"))
-        .arg("run")
-        .arg(project.spec_path())
-        .arg("--cache")
-        .arg(project.cache())
-        .arg("--runs")
-        .arg(project.runs())
-        .output()
-        .unwrap();
+    let output = project.run_command(&[]).output().unwrap();
     assert!(
         output.status.success(),
         "{}",

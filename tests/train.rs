@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{Project, error_line, files_under, run_builtin_until, training_project};
@@ -15,18 +15,9 @@ use tinyllm::stages::train::Train;
 use tinyllm::train::checkpoint;
 
 fn tinyllm(project: &Project, extra: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tinyllm"));
-    command
-        .arg("run")
-        .arg(project.spec_path())
-        .args(["--until", "train", "--cache"])
-        .arg(project.cache())
-        .arg("--runs")
-        .arg(project.runs())
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
+    let mut args = vec!["--until", "train"];
+    args.extend_from_slice(extra);
+    project.run_command(&args)
 }
 
 fn run_to_end(project: &Project, extra: &[&str]) -> Output {

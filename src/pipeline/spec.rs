@@ -291,6 +291,15 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
+    /// The model's settings besides its shape.
+    pub fn llama_config(&self) -> crate::model::LlamaConfig {
+        crate::model::LlamaConfig {
+            norm_eps: self.norm_eps,
+            rope_theta: self.rope_theta,
+            tie_embeddings: self.tie_embeddings,
+        }
+    }
+
     /// The model's dimensions: the preset (default `tutorial`) with explicit fields on top. With
     /// an explicit preset, a field that disagrees with it is an error naming both.
     pub fn resolve(&self, tokenizer_vocab: usize) -> Result<ModelDims, (String, String)> {

@@ -86,11 +86,7 @@ impl Stage for Train {
         .map_err(|e| format!("validation split: {e}"))?;
         let job = TrainJob {
             config: cfg.clone(),
-            llama: crate::model::LlamaConfig {
-                norm_eps: spec.model.norm_eps,
-                rope_theta: spec.model.rope_theta,
-                tie_embeddings: spec.model.tie_embeddings,
-            },
+            llama: spec.model.llama_config(),
             train_shards: train_paths,
             eval,
             checkpoints_dir: cx.scratch_dir.join("checkpoints"),

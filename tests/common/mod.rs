@@ -160,6 +160,23 @@ max_iters = 10
         command
     }
 
+    /// The `tinyllm` binary running this project's spec with its cache and runs folders, output
+    /// captured.
+    pub fn run_command(&self, extra: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tinyllm"));
+        command
+            .arg("run")
+            .arg(self.spec_path())
+            .arg("--cache")
+            .arg(self.cache())
+            .arg("--runs")
+            .arg(self.runs())
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    }
+
     /// Loads the spec with `sets` and runs it with the test registry.
     pub fn run(&self, sets: &[&str]) -> Vec<VariantResult> {
         let loaded = self.load(sets);
