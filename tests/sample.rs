@@ -4,46 +4,8 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{Project, training_project};
-
-fn tinyllm(args: &[&str], dir: Option<&Path>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tinyllm"));
-    command.args(args);
-    if let Some(dir) = dir {
-        command.arg("--checkpoint").arg(dir);
-    }
-    command.output().unwrap()
-}
-
-fn run_pipeline(project: &Project) -> String {
-    let output = project.run_command(&[]).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn trained() -> Project {
-    let project = training_project("lr = 3e-3\nmax_iters = 40\neval_interval = 40\n");
-    let first = run_pipeline(&project);
-    assert!(first.contains("sample       ran"), "{first}");
-    project
-}
-
-fn error_line(output: &Output) -> String {
-    assert_eq!(output.status.code(), Some(1), "{output:?}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    lines[0].to_string()
-}
+use common::{one_error_line as error_line, tinyllm, trained_project as trained};
 
 #[test]
 fn the_pipeline_writes_samples_and_sample_reproduces_them() {
@@ -62,7 +24,9 @@ fn the_pipeline_writes_samples_and_sample_reproduces_them() {
             .any(|s| !s["text"].as_str().unwrap().trim().is_empty())
     );
 
-    let again = run_pipeline(&project);
+    let output = project.run_command(&[]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let again = String::from_utf8_lossy(&output.stdout);
     assert!(again.contains("sample       cached"), "{again}");
     assert!(!again.contains(" ran "), "{again}");
 
@@ -161,69 +125,4 @@ fn bad_checkpoints_and_options_are_one_line_errors() {
     fs::remove_file(&config_path).unwrap();
     let line = error_line(&tinyllm(&prompt, Some(&copy)));
     assert!(line.contains("config.json missing"), "{line}");
-}
-
-#[test]
-fn export_writes_a_hugging_face_folder_and_refuses_bad_input() {
-    let project = trained();
-    let run_dir = project.runs().join("test/default");
-    let out = project.path("hf");
-    let output = tinyllm(
-        &["export", "--format", "hf", "--out", out.to_str().unwrap()],
-        Some(&run_dir),
-    );
-    assert!(output.status.success(), "{output:?}");
-    for name in [
-        "model.safetensors",
-        "config.json",
-        "generation_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ] {
-        assert!(out.join(name).is_file(), "{name} is missing");
-    }
-    let weights = fs::read(out.join("model.safetensors")).unwrap();
-    let header_len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&weights[8..8 + header_len]).unwrap();
-    assert_eq!(header["__metadata__"]["format"], "pt");
-    assert!(header["model.embed_tokens.weight"].is_object());
-    let tokenizer: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(out.join("tokenizer.json")).unwrap()).unwrap();
-    assert_eq!(tokenizer["normalizer"]["type"], "Prepend");
-    assert_eq!(
-        tokenizer["post_processor"]["special_tokens"]["<s>"]["ids"][0],
-        1
-    );
-    let config: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
-    assert_eq!(config["hidden_size"], 64);
-
-    // The folder now exists and is not empty: refused, left as it was.
-    let again = tinyllm(
-        &["export", "--format", "hf", "--out", out.to_str().unwrap()],
-        Some(&run_dir),
-    );
-    let line = error_line(&again);
-    assert!(
-        line.contains("already exists and is not an empty folder"),
-        "{line}"
-    );
-    assert!(out.join("model.safetensors").is_file());
-
-    let empty = project.path("empty");
-    fs::create_dir_all(&empty).unwrap();
-    let line = error_line(&tinyllm(
-        &[
-            "export",
-            "--format",
-            "hf",
-            "--out",
-            project.path("x").to_str().unwrap(),
-        ],
-        Some(&empty),
-    ));
-    assert!(line.contains("not a model folder"), "{line}");
-    assert!(!project.path("x").exists());
 }

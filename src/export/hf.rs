@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde_json::{Value as Json, json};
 
-use super::ExportError;
+use super::{ExportError, check_out, io_error, write_folder};
 use crate::fsutil;
 use crate::generate::folder::{ModelFolder, TOKENIZER_JSON};
 use crate::model::param_layout;
@@ -24,37 +24,18 @@ use crate::tokenizer::{BOS, EOS};
 /// exist or be empty). Every tensor's shape is checked against `config.json` first.
 pub fn export(from: &Path, out: &Path) -> Result<(), ExportError> {
     let folder = ModelFolder::open(from)?;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ExportError::Io { path, source }
-    };
-    if out.exists() && std::fs::read_dir(out).map_err(io(out))?.next().is_some() {
-        return Err(ExportError::OutExists {
-            path: out.to_path_buf(),
-        });
-    }
+    check_out(out)?;
     let dims = folder.config.tinyllm.dims;
     let layout = param_layout(&dims, &folder.config.llama_config());
     let tensors = safetensors::load(&folder.weights(), &layout)?;
-    // Built in a temporary sibling folder and renamed, so `out` is complete or absent.
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = out
-        .file_name()
-        .map_or("export".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = parent.join(format!(".{name}.tmp-{}", fsutil::unique_suffix()));
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let written = (|| {
+    write_folder(out, |tmp| {
         let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         safetensors::save(&tmp.join("model.safetensors"), &layout, &tensors, &metadata)?;
         folder.config.save(&tmp.join("config.json"))?;
         let write_json = |name: &str, value: &Json| {
             let path = tmp.join(name);
             let text = serde_json::to_vec_pretty(value).expect("JSON serializes");
-            fsutil::write_atomic(&path, &text).map_err(io(&path))
+            fsutil::write_atomic(&path, &text).map_err(io_error(&path))
         };
         write_json(
             "generation_config.json",
@@ -67,7 +48,7 @@ pub fn export(from: &Path, out: &Path) -> Result<(), ExportError> {
             }),
         )?;
         let source = from.join(TOKENIZER_JSON);
-        let text = std::fs::read_to_string(&source).map_err(io(&source))?;
+        let text = std::fs::read_to_string(&source).map_err(io_error(&source))?;
         let tokenizer: Json = serde_json::from_str(&text).map_err(|e| ExportError::Tokenizer {
             path: source.clone(),
             reason: e.to_string(),
@@ -88,21 +69,7 @@ pub fn export(from: &Path, out: &Path) -> Result<(), ExportError> {
             "special_tokens_map.json",
             &json!({ "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>" }),
         )
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if out.exists() {
-        std::fs::remove_dir(out).map_err(io(out))?;
-    }
-    std::fs::rename(&tmp, out).map_err(io(out))
-}
-
-impl From<crate::model::hf_config::HfConfigError> for ExportError {
-    fn from(e: crate::model::hf_config::HfConfigError) -> Self {
-        ExportError::Folder(e.into())
-    }
+    })
 }
 
 /// tinyllm's `tokenizer.json` with the dummy prefix, decoder and BOS post-processor added.

@@ -191,6 +191,43 @@ impl Tokenizer {
         })
     }
 
+    /// A score per id for encoders that repeatedly merge the adjacent pair whose joined piece
+    /// scores highest (SentencePiece, llama2.c's `run.c`): the piece made by the r-th merge
+    /// scores `-r`, so earlier merges win as they do in BPE. Pieces no merge makes (special,
+    /// byte and single-character tokens) score 0, as SentencePiece gives them.
+    pub fn merge_scores(&self) -> Vec<f32> {
+        let mut scores = vec![0.0f32; self.pieces.len()];
+        let json: serde_json::Value = match self.inner.to_string(false) {
+            Ok(text) => serde_json::from_str(&text).unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        let ids: HashMap<&str, usize> = self
+            .pieces
+            .iter()
+            .enumerate()
+            .map(|(id, piece)| (piece.as_str(), id))
+            .collect();
+        let merges = json["model"]["merges"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (rank, merge) in merges.iter().enumerate() {
+            // Newer `tokenizers` write a merge as `["a", "b"]`, older ones as `"a b"`.
+            let joined = match merge {
+                serde_json::Value::Array(pair) => pair
+                    .iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .collect::<String>(),
+                serde_json::Value::String(pair) => pair.replacen(' ', "", 1),
+                _ => continue,
+            };
+            if let Some(&id) = ids.get(joined.as_str()) {
+                scores[id] = -(rank as f32);
+            }
+        }
+        scores
+    }
+
     /// The text of `ids`; special tokens are skipped, invalid UTF-8 becomes U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> String {
         let mut bytes = Vec::with_capacity(ids.len() * 4);
@@ -366,6 +403,30 @@ mod tests {
             .map(|&i| tokenizer.piece(i).unwrap())
             .collect();
         assert!(pieces.ends_with(&["4", "2"]), "{pieces:?}");
+    }
+
+    #[test]
+    fn merge_scores_rank_every_merged_piece_by_its_merge() {
+        let tokenizer = Tokenizer::train(TokenizerKind::Bpe, 300, &texts()).unwrap();
+        let scores = tokenizer.merge_scores();
+        assert_eq!(scores.len(), tokenizer.vocab_size());
+        assert_eq!(scores[BOS as usize], 0.0);
+        // Every multi-character piece is made by a merge, each by a different one.
+        let mut merged: Vec<f32> = (MIN_VOCAB..tokenizer.vocab_size())
+            .filter(|&id| tokenizer.piece(id as u32).unwrap().chars().count() > 1)
+            .map(|id| scores[id])
+            .collect();
+        assert!(merged.len() > 10);
+        assert!(merged.contains(&0.0), "the first merge scores 0");
+        merged.sort_by(f32::total_cmp);
+        merged.dedup();
+        assert_eq!(
+            merged.len() as f32,
+            -merged[0] + 1.0,
+            "ranks 0, -1, … without gaps"
+        );
+        let char_tokenizer = Tokenizer::train(TokenizerKind::Char, 300, &texts()).unwrap();
+        assert!(char_tokenizer.merge_scores().iter().all(|&s| s == 0.0));
     }
 
     #[test]

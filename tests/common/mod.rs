@@ -321,3 +321,39 @@ eval_windows = 16
     fs::write(project.spec_path(), spec).unwrap();
     project
 }
+
+/// Runs the `tinyllm` binary with `args`, then `--checkpoint DIR` when a folder is given.
+pub fn tinyllm(args: &[&str], checkpoint: Option<&Path>) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tinyllm"));
+    command.args(args);
+    if let Some(dir) = checkpoint {
+        command.arg("--checkpoint").arg(dir);
+    }
+    command.output().unwrap()
+}
+
+/// A project whose whole pipeline ran once: 40 steps of a 64-wide model on synthetic stories,
+/// its run folder at `runs/test/default`.
+pub fn trained_project() -> Project {
+    let project = training_project("lr = 3e-3\nmax_iters = 40\neval_interval = 40\n");
+    let output = project.run_command(&[]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("sample       ran"), "{stdout}");
+    project
+}
+
+/// The one line a failed command printed: exit code 1, `error: …`, no panic.
+pub fn one_error_line(output: &std::process::Output) -> String {
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    lines[0].to_string()
+}
