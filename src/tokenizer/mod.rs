@@ -407,7 +407,7 @@ mod tests {
 
     #[test]
     fn merge_scores_rank_every_merged_piece_by_its_merge() {
-        let tokenizer = Tokenizer::train(TokenizerKind::Bpe, 300, &texts()).unwrap();
+        let tokenizer = Tokenizer::train(TokenizerKind::Bpe, 400, &texts()).unwrap();
         let scores = tokenizer.merge_scores();
         assert_eq!(scores.len(), tokenizer.vocab_size());
         assert_eq!(scores[BOS as usize], 0.0);
