@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::fsutil::human_bytes;
 use crate::model::{ModelDims, Preset};
 use crate::pipeline::runner::{self, PlanState};
+use crate::pipeline::spec::Device;
 use crate::pipeline::{self, Cache, LoadedSpec, SpecSources, StageId, StageRegistry};
 
 const DEFAULT_CACHE: &str = ".tinyllm/cache";
@@ -229,9 +230,10 @@ enum BenchCommand {
     /// peak memory.
     #[command(after_help = "Examples:\n  \
         tinyllm bench train --preset tutorial --batch 8 --seq 256\n  \
+        tinyllm bench train --preset stories110M --device cuda\n  \
         tinyllm bench train --dim 128 --n-layers 4 --n-heads 4 --n-kv-heads 2 --vocab-size 512 --threads 1 --json")]
     Train {
-        /// A model preset (tutorial, stories260K, stories15M, stories42M, stories110M).
+        /// A model preset (tutorial, stories260K, stories15M, stories42M, stories110M, quickstart).
         #[arg(long, value_name = "PRESET", value_parser = parse_preset, conflicts_with = "dim")]
         preset: Option<Preset>,
         /// Custom dimensions instead of a preset.
@@ -258,6 +260,9 @@ enum BenchCommand {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// cpu, cuda or cuda:N (a build with --features cuda).
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        device: Device,
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -310,6 +315,10 @@ struct SpecArgs {
     /// Sweep a key over values: train.lr=1e-3,5e-4 (repeatable: the cartesian product runs).
     #[arg(long, value_name = "KEY=V1,V2,...")]
     sweep: Vec<String>,
+    /// Train on this device: cpu, cuda or cuda:N (the same as --set train.device=…; CUDA
+    /// needs a build with --features cuda).
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+    device: Option<Device>,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +329,10 @@ struct FolderArgs {
     /// Run folders [default: the spec's pipeline.runs_dir, else runs].
     #[arg(long, value_name = "DIR")]
     runs: Option<PathBuf>,
+}
+
+fn parse_device(name: &str) -> Result<Device, String> {
+    name.parse()
 }
 
 fn parse_stage(name: &str) -> Result<StageId, String> {
@@ -564,6 +577,7 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 seq,
                 steps,
                 threads,
+                device,
                 json,
             } => {
                 set_threads(threads)?;
@@ -597,6 +611,7 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                     seq,
                     warmup_steps: 2,
                     steps,
+                    device,
                 };
                 let figures = crate::bench::train::run(&bench)?;
                 if json {
@@ -604,11 +619,12 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 } else {
                     writeln!(
                         out,
-                        "model {} ({:.2} M params), batch {} × seq {}, {} threads, {} steps",
+                        "model {} ({:.2} M params), batch {} × seq {}, {}, {} threads, {} steps",
                         figures.model,
                         figures.params as f64 / 1e6,
                         figures.batch,
                         figures.seq,
+                        figures.device,
                         figures.threads,
                         figures.steps
                     )?;
@@ -629,6 +645,13 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                         figures.matmul_peak_gflops,
                         100.0 * figures.fraction_of_peak
                     )?;
+                    if let (Some(peak), Some(mfu)) = (figures.bf16_peak_gflops, figures.mfu_bf16) {
+                        writeln!(
+                            out,
+                            "  bf16 peak        {peak:>10.1} GFLOP/s (MFU {:.1}%)",
+                            100.0 * mfu
+                        )?;
+                    }
                     if let Some(rss) = figures.peak_rss_mb {
                         writeln!(out, "  peak RSS         {rss:>10.0} MB")?;
                     }
@@ -770,7 +793,12 @@ fn load_spec(args: &SpecArgs) -> Result<LoadedSpec> {
     let sources = SpecSources {
         spec: args.spec.clone(),
         overlays: args.overlay.clone(),
-        sets: args.set.clone(),
+        sets: args
+            .set
+            .iter()
+            .cloned()
+            .chain(args.device.map(|d| format!("train.device=\"{d}\"")))
+            .collect(),
         sweeps: args.sweep.clone(),
     };
     Ok(pipeline::load(&sources)?)

@@ -7,6 +7,8 @@ pub mod train;
 
 use std::time::Instant;
 
+use crate::engine::{Backend, Cpu};
+
 /// The median of some timings.
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -28,21 +30,25 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The machine's f32 matmul throughput through the engine's matmul (GFLOP/s, best of a few
-/// square multiplications of size 1024), to compare a model's achieved figure against.
-pub fn measure_matmul_peak_gflops() -> f64 {
-    use crate::engine::{Backend, Cpu};
-    let cpu = Cpu::<f32>::new();
-    let n = 1024;
-    let a = cpu.upload(&vec![0.5f32; n * n]);
-    let w = cpu.upload(&vec![0.25f32; n * n]);
-    let mut out = cpu.zeros(n * n);
+/// The f32 matmul throughput of `backend` (GFLOP/s, best of a few square multiplications of
+/// size `n`: 1024 on the CPU, 4096 on a GPU), to compare a model's achieved figure against.
+pub fn matmul_peak_gflops<B: Backend<Float = f32>>(backend: &B, n: usize) -> f64 {
+    let a = backend.upload(&vec![0.5f32; n * n]);
+    let w = backend.upload(&vec![0.25f32; n * n]);
+    let mut out = backend.zeros(n * n);
     let mut best = 0.0f64;
     for _ in 0..6 {
+        backend.synchronize();
         let started = Instant::now();
-        cpu.matmul_forward(&mut out, &a, &w, n, n);
+        backend.matmul_forward(&mut out, &a, &w, n, n);
+        backend.synchronize();
         let secs = started.elapsed().as_secs_f64();
         best = best.max(2.0 * (n * n * n) as f64 / secs / 1e9);
     }
     best
+}
+
+/// [`matmul_peak_gflops`] of the CPU backend.
+pub fn measure_matmul_peak_gflops() -> f64 {
+    matmul_peak_gflops(&Cpu::<f32>::new(), 1024)
 }

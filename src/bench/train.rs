@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{measure_matmul_peak_gflops, median, peak_rss_bytes};
-use crate::engine::{AdamWOptimizer, Cpu, Rng};
+use super::{matmul_peak_gflops, median, peak_rss_bytes};
+use crate::engine::{AdamWOptimizer, Backend, Cpu, Rng};
 use crate::model::{Llama, LlamaConfig, ModelDims, Preset, Shape, ShapeError};
+use crate::pipeline::spec::Device;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -19,12 +20,15 @@ pub struct TrainBench {
     pub seq: usize,
     pub warmup_steps: usize,
     pub steps: usize,
+    pub device: Device,
 }
 
 /// The figures `bench train` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainFigures {
     pub model: String,
+    /// `cpu`, or the GPU's name.
+    pub device: String,
     pub params: usize,
     pub batch: usize,
     pub seq: usize,
@@ -36,7 +40,23 @@ pub struct TrainFigures {
     pub achieved_gflops: f64,
     pub matmul_peak_gflops: f64,
     pub fraction_of_peak: f64,
+    /// A GPU's nominal bf16 peak, when known, and the achieved fraction of it (MFU).
+    pub bf16_peak_gflops: Option<f64>,
+    pub mfu_bf16: Option<f64>,
     pub peak_rss_mb: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] crate::engine::cuda::CudaError),
+    #[error(
+        "--device cuda: this tinyllm was built without CUDA; rebuild with `cargo build --release --features cuda`"
+    )]
+    NoCudaBuild,
 }
 
 /// Floating-point operations of one training step (forward + backward = 3 × forward), counting
@@ -57,16 +77,39 @@ pub fn train_step_flops(dims: &ModelDims, batch: usize, seq: usize) -> f64 {
     3.0 * (matmul + attention)
 }
 
-pub fn run(bench: &TrainBench) -> Result<TrainFigures, ShapeError> {
-    Ok(crate::with_shape!(bench.dims, |shape| measure(
-        shape, bench
-    )))
+pub fn run(bench: &TrainBench) -> Result<TrainFigures, BenchError> {
+    crate::with_shape!(bench.dims, |shape| match bench.device {
+        Device::Cpu => Ok(measure(
+            Cpu::<f32>::new(),
+            "cpu".into(),
+            None,
+            1024,
+            shape,
+            bench
+        )),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => {
+            let gpu = crate::engine::Cuda::new(ordinal)?;
+            let (name, bf16) = (gpu.device_name().to_string(), gpu.bf16_peak_gflops());
+            Ok(measure(gpu, name, bf16, 4096, shape, bench))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(BenchError::NoCudaBuild),
+    })
 }
 
-fn measure<S: Shape>(shape: S, bench: &TrainBench) -> TrainFigures {
+fn measure<S: Shape, B: Backend<Float = f32>>(
+    backend: B,
+    device: String,
+    bf16_peak_gflops: Option<f64>,
+    peak_size: usize,
+    shape: S,
+    bench: &TrainBench,
+) -> TrainFigures {
     let dims = shape.dims();
     let (batch, seq) = (bench.batch, bench.seq.min(dims.max_seq_len));
-    let mut model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 1337);
+    let peak = matmul_peak_gflops(&backend, peak_size);
+    let mut model = Llama::new(backend, shape, LlamaConfig::default(), 1337);
     let mut optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
     let mut rng = Rng::new(1);
     let n = batch * seq;
@@ -88,9 +131,9 @@ fn measure<S: Shape>(shape: S, bench: &TrainBench) -> TrainFigures {
     }
     let secs = median(&mut times);
     let flops = train_step_flops(&dims, batch, seq);
-    let peak = measure_matmul_peak_gflops();
     let achieved = flops / secs / 1e9;
     TrainFigures {
+        device,
         model: bench
             .preset
             .map_or_else(|| format!("{dims:?}"), |p| p.name().to_string()),
@@ -105,6 +148,8 @@ fn measure<S: Shape>(shape: S, bench: &TrainBench) -> TrainFigures {
         achieved_gflops: achieved,
         matmul_peak_gflops: peak,
         fraction_of_peak: achieved / peak,
+        mfu_bf16: bf16_peak_gflops.map(|p| achieved / p),
+        bf16_peak_gflops,
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
     }
 }

@@ -6,11 +6,15 @@
 //! gradient buffers, so the caller zeroes them once per optimizer step.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod float;
 pub mod optimizer;
 mod rng;
 
 pub use cpu::Cpu;
+#[cfg(feature = "cuda")]
+pub use cuda::Cuda;
 pub use float::Float;
 pub use optimizer::{AdamWOptimizer, clip_grad_norm};
 pub use rng::Rng;
@@ -47,6 +51,9 @@ pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
     /// A buffer of token ids in the backend's memory.
     type Tokens: Send + Sync;
+
+    /// Waits until the ops queued so far have finished (a GPU's are asynchronous); for timing.
+    fn synchronize(&self) {}
 
     fn zeros(&self, len: usize) -> Self::Buf;
     fn upload(&self, data: &[Self::Float]) -> Self::Buf;

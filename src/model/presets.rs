@@ -30,7 +30,7 @@ impl ModelDims {
     }
 }
 
-/// The model presets: the tutorial's model and llama2.c's published ones.
+/// The model presets: the tutorial's model, llama2.c's published ones, and the quickstart's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {
@@ -48,15 +48,18 @@ pub enum Preset {
     /// llama2.c's `stories110M`: dim 768, 12 layers, 12 heads, vocab 32000, seq 1024.
     #[serde(rename = "stories110M")]
     Stories110M,
+    /// The quickstart's model: dim 128, 4 layers, 4 heads, 2 kv heads, vocab 2048, seq 256.
+    Quickstart,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 5] = [
+    pub const ALL: [Preset; 6] = [
         Preset::Tutorial,
         Preset::Stories260K,
         Preset::Stories15M,
         Preset::Stories42M,
         Preset::Stories110M,
+        Preset::Quickstart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Preset {
             Preset::Stories15M => "stories15M",
             Preset::Stories42M => "stories42M",
             Preset::Stories110M => "stories110M",
+            Preset::Quickstart => "quickstart",
         }
     }
 
@@ -77,6 +81,7 @@ impl Preset {
             Preset::Stories15M => (288, 6, 6, 6, 32000, 32, 256),
             Preset::Stories42M => (512, 8, 8, 8, 32000, 32, 1024),
             Preset::Stories110M => (768, 12, 12, 12, 32000, 32, 1024),
+            Preset::Quickstart => (128, 4, 4, 2, 2048, 32, 256),
         };
         ModelDims {
             dim,

@@ -80,6 +80,10 @@ preset_type!(
     /// llama2.c's `stories110M`.
     Stories110M = Stories110M: 768, 12, 12, 12, 32000, 32, 1024
 );
+preset_type!(
+    /// The quickstart's model (`pipelines/quickstart.toml`).
+    Quickstart = Quickstart: 128, 4, 4, 2, 2048, 32, 256
+);
 
 /// A shape chosen at run time (a spec's custom dimensions), valid by construction.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -161,6 +165,10 @@ macro_rules! with_shape {
                 let $shape = __shape::Stories110M;
                 $body
             }
+            Some(__Preset::Quickstart) => {
+                let $shape = __shape::Quickstart;
+                $body
+            }
             None => {
                 let $shape = __shape::RuntimeShape::new(dims)?;
                 $body
@@ -189,6 +197,7 @@ mod tests {
         check::<Stories15M>();
         check::<Stories42M>();
         check::<Stories110M>();
+        check::<Quickstart>();
     }
 
     #[test]

@@ -336,11 +336,54 @@ impl ModelConfig {
 // ---------------------------------------------------------------------------------------------
 // train
 
+/// Where the model trains: `"cpu"`, `"cuda"` (the first GPU) or `"cuda:N"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
 pub enum Device {
     Cpu,
-    Cuda,
+    /// An NVIDIA GPU by its CUDA ordinal (needs a build with `--features cuda`).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Device, String> {
+        match text {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => text
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    format!("{text:?} is not a device: use \"cpu\", \"cuda\" or \"cuda:N\"")
+                }),
+        }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+    fn try_from(text: String) -> Result<Device, String> {
+        text.parse()
+    }
+}
+
+impl From<Device> for String {
+    fn from(device: Device) -> String {
+        device.to_string()
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(0) => f.write_str("cuda"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -380,8 +423,14 @@ pub struct TrainConfig {
 }
 
 impl Section for TrainConfig {
-    const NON_SEMANTIC: &'static [&'static str] =
-        &["checkpoint_interval", "keep_checkpoints", "log_interval"];
+    /// The device changes the last bits of a result, not what it is (like the thread count):
+    /// a run cached or checkpointed on one device is reused or resumed on another.
+    const NON_SEMANTIC: &'static [&'static str] = &[
+        "checkpoint_interval",
+        "keep_checkpoints",
+        "log_interval",
+        "device",
+    ];
 }
 
 impl Default for TrainConfig {
@@ -710,4 +759,26 @@ impl PipelineSpec {
 /// The JSON Schema of a pipeline spec, as `tinyllm schema` prints it.
 pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(PipelineSpec)).expect("a schema serializes to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Device;
+
+    #[test]
+    fn devices_parse_and_print_back() {
+        for (text, device) in [
+            ("cpu", Device::Cpu),
+            ("cuda", Device::Cuda(0)),
+            ("cuda:3", Device::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<Device>(), Ok(device));
+            assert_eq!(device.to_string(), text);
+        }
+        assert_eq!("cuda:0".parse::<Device>(), Ok(Device::Cuda(0)));
+        for bad in ["gpu", "cuda:", "cuda:x", "CPU"] {
+            let error = bad.parse::<Device>().unwrap_err();
+            assert!(error.contains("is not a device"), "{error}");
+        }
+    }
 }

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use crate::fsutil;
-use crate::pipeline::spec::Device;
 use crate::pipeline::{Stage, StageContext, StageFailure, StageId, StageReport};
 use crate::stages::pretokenize::{Split, TokenShards};
 use crate::stages::train_vocab::{self, TOKENIZER_JSON};
@@ -31,12 +30,6 @@ impl Stage for Train {
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
         let spec = cx.spec;
         let cfg = &spec.train;
-        if cfg.device != Device::Cpu {
-            return Err(
-                "train.device = \"cuda\": this build of tinyllm has no CUDA backend; use \"cpu\""
-                    .into(),
-            );
-        }
         let vocab_artifact = cx.input(StageId::TrainVocab)?;
         let tokenizer = train_vocab::open(vocab_artifact)?;
         let shards = TokenShards::open(cx.input(StageId::Pretokenize)?)?;

@@ -23,6 +23,7 @@ use crate::fsutil;
 use crate::model::hf_config::{HfConfig, HfConfigError};
 use crate::model::safetensors::{self, SafetensorsError};
 use crate::model::{Llama, LlamaConfig, ModelError, ParamInfo, Shape};
+use crate::pipeline::spec::Device;
 use crate::pipeline::spec::TrainConfig;
 
 /// Everything a training run reads.
@@ -80,6 +81,13 @@ pub enum TrainError {
         lr: f64,
         last_good: String,
     },
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(crate::engine::cuda::CudaError),
+    #[error(
+        "train.device asks for CUDA, but this tinyllm was built without it: rebuild with `cargo build --release --features cuda`, or set train.device = \"cpu\""
+    )]
+    NoCudaBuild,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -89,13 +97,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// The model and optimizer of one run on the CPU backend.
-struct Run<S: Shape> {
-    model: Llama<S, Cpu<f32>>,
-    optimizer: AdamWOptimizer<Cpu<f32>>,
+/// The model and optimizer of one run, on the backend `B`.
+struct Run<S: Shape, B: Backend<Float = f32>> {
+    model: Llama<S, B>,
+    optimizer: AdamWOptimizer<B>,
 }
 
-impl<S: Shape> Run<S> {
+impl<S: Shape, B: Backend<Float = f32>> Run<S, B> {
     /// Zeroes the gradients and sums those of `accum` micro-batches into them, each scaled so
     /// the sum is the gradient of the mean loss over all their tokens. Returns that mean loss
     /// (stopping early once it is not finite).
@@ -129,8 +137,8 @@ impl<S: Shape> Run<S> {
 
 /// A fresh state, or the newest good checkpoint loaded into `run` and `loader` (reporting the
 /// damaged ones it skipped). Returns the state, the log so far and the checkpoint used.
-fn start_or_resume<S: Shape>(
-    run: &mut Run<S>,
+fn start_or_resume<S: Shape, B: Backend<Float = f32>>(
+    run: &mut Run<S, B>,
     loader: &mut Loader,
     checkpoints: &Checkpoints,
 ) -> Result<(TrainingState, Vec<MetricRecord>, Option<Checkpoint>), TrainError> {
@@ -179,8 +187,26 @@ pub fn train<S: Shape>(
     job: &TrainJob,
     out_dir: &Path,
 ) -> Result<TrainOutcome, TrainError> {
+    match job.config.device {
+        Device::Cpu => train_on(Cpu::<f32>::new(), shape, job, out_dir),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => {
+            let backend = crate::engine::Cuda::new(ordinal).map_err(TrainError::Cuda)?;
+            train_on(backend, shape, job, out_dir)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(TrainError::NoCudaBuild),
+    }
+}
+
+fn train_on<S: Shape, B: Backend<Float = f32>>(
+    backend: B,
+    shape: S,
+    job: &TrainJob,
+    out_dir: &Path,
+) -> Result<TrainOutcome, TrainError> {
     let cfg = &job.config;
-    let model = Llama::new(Cpu::<f32>::new(), shape, job.llama, cfg.seed);
+    let model = Llama::new(backend, shape, job.llama, cfg.seed);
     let optimizer = AdamWOptimizer::new(
         &model.backend,
         &model.params.tensors,
@@ -369,7 +395,10 @@ fn progress_bar(total: u64, position: u64, quiet: bool) -> ProgressBar {
 }
 
 /// Writes the weights with Hugging Face names and their `config.json`.
-fn write_model<S: Shape>(model: &Llama<S, Cpu<f32>>, dir: &Path) -> Result<(), TrainError> {
+fn write_model<S: Shape, B: Backend<Float = f32>>(
+    model: &Llama<S, B>,
+    dir: &Path,
+) -> Result<(), TrainError> {
     // transformers refuses safetensors files without this metadata.
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     model.save_safetensors(&dir.join(MODEL_FILE), &metadata)?;
@@ -390,8 +419,8 @@ fn moment_layout(layout: &[ParamInfo]) -> Vec<ParamInfo> {
         .collect()
 }
 
-fn save_checkpoint<S: Shape>(
-    run: &Run<S>,
+fn save_checkpoint<S: Shape, B: Backend<Float = f32>>(
+    run: &Run<S, B>,
     checkpoints: &Checkpoints,
     state: &TrainingState,
     log: &MetricsLog,
@@ -421,18 +450,19 @@ fn save_checkpoint<S: Shape>(
 }
 
 /// Loads a verified checkpoint into `run`.
-fn restore<S: Shape>(
-    run: &mut Run<S>,
+fn restore<S: Shape, B: Backend<Float = f32>>(
+    run: &mut Run<S, B>,
     checkpoint: &Checkpoint,
 ) -> Result<(TrainingState, Vec<MetricRecord>), TrainError> {
     let dir = &checkpoint.dir;
-    let backend = run.model.backend;
     let params = safetensors::load(&dir.join(MODEL_FILE), &run.model.layout)?;
-    for (tensor, values) in run.model.params.tensors.iter_mut().zip(&params) {
-        backend.upload_into(tensor, values);
-    }
     let moments = safetensors::load(&dir.join(OPTIMIZER_FILE), &moment_layout(&run.model.layout))?;
     let n = run.model.layout.len();
+    let model = &mut run.model;
+    let backend = &model.backend;
+    for (tensor, values) in model.params.tensors.iter_mut().zip(&params) {
+        backend.upload_into(tensor, values);
+    }
     for (i, moment) in moments.iter().enumerate() {
         let target = if i < n {
             &mut run.optimizer.m[i]

@@ -1,0 +1,401 @@
+// The CUDA backend's kernels: one per op of the CPU backend (src/engine/cpu/), same layouts and
+// the same formulas, in f32. Compiled at run time by NVRTC (src/engine/cuda/mod.rs); matmuls go
+// to cuBLAS instead. Forward kernels overwrite their outputs, backward kernels accumulate (+=)
+// into the gradients, as the Backend trait asks.
+//
+// Row kernels run one block of BLOCK threads per row and reduce through shared memory, so their
+// sums are in a fixed order (the same bits on every run).
+
+#define BLOCK 256
+// NVRTC has no <math.h>: negative infinity from its bits.
+#define NEG_INF __int_as_float(0xff800000)
+
+// Sum of `value` over the block; every thread gets the result. `shared` holds BLOCK floats.
+__device__ float block_sum(float value, float* shared) {
+    shared[threadIdx.x] = value;
+    __syncthreads();
+    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) {
+            shared[threadIdx.x] += shared[threadIdx.x + stride];
+        }
+        __syncthreads();
+    }
+    float total = shared[0];
+    __syncthreads();
+    return total;
+}
+
+__device__ float block_max(float value, float* shared) {
+    shared[threadIdx.x] = value;
+    __syncthreads();
+    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) {
+            shared[threadIdx.x] = fmaxf(shared[threadIdx.x], shared[threadIdx.x + stride]);
+        }
+        __syncthreads();
+    }
+    float total = shared[0];
+    __syncthreads();
+    return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise
+
+extern "C" __global__ void add(float* out, const float* a, const float* b, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = a[i] + b[i];
+}
+
+extern "C" __global__ void add_assign(float* acc, const float* x, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) acc[i] += x[i];
+}
+
+extern "C" __global__ void scale(float* buf, float factor, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) buf[i] *= factor;
+}
+
+// out = silu(gate) * up
+extern "C" __global__ void swiglu_forward(float* out, const float* gate, const float* up,
+                                          long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float g = gate[i];
+        float sig = 1.0f / (1.0f + expf(-g));
+        out[i] = g * sig * up[i];
+    }
+}
+
+extern "C" __global__ void swiglu_backward(float* dgate, float* dup, const float* dout,
+                                           const float* gate, const float* up, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float g = gate[i];
+        float sig = 1.0f / (1.0f + expf(-g));
+        float silu = g * sig;
+        dup[i] += dout[i] * silu;
+        dgate[i] += dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+    }
+}
+
+// One AdamW step (decoupled weight decay); corrections are 1 - beta^step.
+extern "C" __global__ void adamw(float* param, const float* grad, float* m, float* v, float lr,
+                                 float beta1, float beta2, float eps, float decay,
+                                 float correction1, float correction2, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float g = grad[i];
+        float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        float m_hat = mi / correction1;
+        float v_hat = vi / correction2;
+        param[i] = param[i] * decay - lr * m_hat / (sqrtf(v_hat) + eps);
+    }
+}
+
+// Σ x (squares = 0) or Σ x² (squares = 1) in f64, by one block of BLOCK threads in a fixed order.
+extern "C" __global__ void sum_f64(double* out, const float* x, long long n, int squares) {
+    __shared__ double shared[BLOCK];
+    double acc = 0.0;
+    for (long long i = threadIdx.x; i < n; i += BLOCK) {
+        double value = (double)x[i];
+        acc += squares ? value * value : value;
+    }
+    shared[threadIdx.x] = acc;
+    __syncthreads();
+    for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = shared[0];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding
+
+// out[r] = table[tokens[r]]; one block per row.
+extern "C" __global__ void embedding_forward(float* out, const unsigned int* tokens,
+                                             const float* table, int c) {
+    long long r = blockIdx.x;
+    const float* row = table + (long long)tokens[r] * c;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) out[r * c + j] = row[j];
+}
+
+// dtable[tokens[r]] += dout[r]. One thread per column walks every row in order, so rows with the
+// same token add up in a fixed order.
+extern "C" __global__ void embedding_backward(float* dtable, const unsigned int* tokens,
+                                              const float* dout, int rows, int c) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= c) return;
+    for (int r = 0; r < rows; r++) {
+        dtable[(long long)tokens[r] * c + j] += dout[(long long)r * c + j];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w,
+                                           int c, float eps) {
+    __shared__ float shared[BLOCK];
+    long long r = blockIdx.x;
+    const float* xr = x + r * c;
+    float acc = 0.0f;
+    for (int j = threadIdx.x; j < c; j += BLOCK) acc += xr[j] * xr[j];
+    float mean_square = block_sum(acc, shared) / (float)c;
+    float inv = 1.0f / sqrtf(mean_square + eps);
+    if (threadIdx.x == 0) rstd[r] = inv;
+    for (int j = threadIdx.x; j < c; j += BLOCK) out[r * c + j] = xr[j] * inv * w[j];
+}
+
+// dx += r·g − r³/c · x · Σ(g·x) with g = dout·w; one block per row.
+extern "C" __global__ void rmsnorm_backward_dx(float* dx, const float* dout, const float* x,
+                                               const float* w, const float* rstd, int c) {
+    __shared__ float shared[BLOCK];
+    long long r = blockIdx.x;
+    const float* xr = x + r * c;
+    const float* dr = dout + r * c;
+    float acc = 0.0f;
+    for (int j = threadIdx.x; j < c; j += BLOCK) acc += dr[j] * w[j] * xr[j];
+    float gx = block_sum(acc, shared);
+    float inv = rstd[r];
+    float k = inv * inv * inv * gx / (float)c;
+    for (int j = threadIdx.x; j < c; j += BLOCK) dx[r * c + j] += inv * dr[j] * w[j] - k * xr[j];
+}
+
+// dw += Σ_rows dout·x·r; one thread per column, rows in order.
+extern "C" __global__ void rmsnorm_backward_dw(float* dw, const float* dout, const float* x,
+                                               const float* rstd, int rows, int c) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= c) return;
+    float acc = 0.0f;
+    for (int r = 0; r < rows; r++) {
+        long long at = (long long)r * c + j;
+        acc += dout[at] * x[at] * rstd[r];
+    }
+    dw[j] += acc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embeddings, Hugging Face's rotate_half layout: element d pairs with d + head_dim/2,
+// rotated by position · theta^(-2d/head_dim). Row r is at position start + r mod seq; sign -1
+// rotates back (the backward pass). One thread per (row, head, pair).
+
+extern "C" __global__ void rope(float* x, long long rows, int seq, int start, int heads,
+                                int head_dim, double theta, float sign) {
+    int half = head_dim / 2;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long total = rows * heads * half;
+    if (i >= total) return;
+    int d = (int)(i % half);
+    long long head_row = i / half;
+    long long row = head_row / heads;
+    long long position = start + row % seq;
+    double inv_freq = 1.0 / pow(theta, (double)(2 * d) / (double)head_dim);
+    double angle = (double)position * inv_freq;
+    float cos_a = (float)cos(angle);
+    float sin_a = sign * (float)sin(angle);
+    float* head = x + head_row * head_dim;
+    float a = head[d];
+    float b = head[d + half];
+    head[d] = a * cos_a - b * sin_a;
+    head[d + half] = b * cos_a + a * sin_a;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal grouped-query attention. q, out: [batch, seq, heads, head_dim]; k, v: [batch, seq,
+// kv_heads, head_dim]; probs: [batch, heads, seq, seq] with zeros above the diagonal.
+
+// Scores and softmax of one query row: one block per (batch, head, t).
+extern "C" __global__ void attention_probs(float* probs, const float* q, const float* k, int seq,
+                                           int heads, int kv_heads, int head_dim, float scale) {
+    __shared__ float shared[BLOCK];
+    int t = blockIdx.x % seq;
+    int h = (blockIdx.x / seq) % heads;
+    int b = blockIdx.x / (seq * heads);
+    int g = h / (heads / kv_heads);
+    const float* qr = q + (((long long)b * seq + t) * heads + h) * head_dim;
+    float* row = probs + (((long long)b * heads + h) * seq + t) * seq;
+    float local_max = NEG_INF;
+    for (int t2 = threadIdx.x; t2 <= t; t2 += BLOCK) {
+        const float* kr = k + (((long long)b * seq + t2) * kv_heads + g) * head_dim;
+        float dot = 0.0f;
+        for (int d = 0; d < head_dim; d++) dot += qr[d] * kr[d];
+        dot *= scale;
+        row[t2] = dot;
+        local_max = fmaxf(local_max, dot);
+    }
+    float max = block_max(local_max, shared);
+    float local_sum = 0.0f;
+    for (int t2 = threadIdx.x; t2 <= t; t2 += BLOCK) {
+        float e = expf(row[t2] - max);
+        row[t2] = e;
+        local_sum += e;
+    }
+    float inv = 1.0f / block_sum(local_sum, shared);
+    for (int t2 = threadIdx.x; t2 < seq; t2 += BLOCK) {
+        row[t2] = t2 <= t ? row[t2] * inv : 0.0f;
+    }
+}
+
+// out[b, t, h, :] = Σ_t2 probs[b, h, t, t2] · v[b, t2, g, :]; one block per (batch, t, head).
+extern "C" __global__ void attention_values(float* out, const float* probs, const float* v,
+                                            int seq, int heads, int kv_heads, int head_dim) {
+    int h = blockIdx.x % heads;
+    int t = (blockIdx.x / heads) % seq;
+    int b = blockIdx.x / (heads * seq);
+    int g = h / (heads / kv_heads);
+    const float* row = probs + (((long long)b * heads + h) * seq + t) * seq;
+    float* o = out + (((long long)b * seq + t) * heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int t2 = 0; t2 <= t; t2++) {
+            acc += row[t2] * v[(((long long)b * seq + t2) * kv_heads + g) * head_dim + d];
+        }
+        o[d] = acc;
+    }
+}
+
+// Backward, step 1: the gradient of the scores of one query row into `dscores` (the size of
+// probs): dP = dout·vᵀ, then dS = P ⊙ (dP − Σ P ⊙ dP). One block per (batch, head, t).
+extern "C" __global__ void attention_dscores(float* dscores, const float* dout,
+                                             const float* probs, const float* v, int seq,
+                                             int heads, int kv_heads, int head_dim) {
+    __shared__ float shared[BLOCK];
+    int t = blockIdx.x % seq;
+    int h = (blockIdx.x / seq) % heads;
+    int b = blockIdx.x / (seq * heads);
+    int g = h / (heads / kv_heads);
+    const float* dr = dout + (((long long)b * seq + t) * heads + h) * head_dim;
+    long long row_at = (((long long)b * heads + h) * seq + t) * seq;
+    const float* p = probs + row_at;
+    float* ds = dscores + row_at;
+    float local = 0.0f;
+    for (int t2 = threadIdx.x; t2 <= t; t2 += BLOCK) {
+        const float* vr = v + (((long long)b * seq + t2) * kv_heads + g) * head_dim;
+        float dp = 0.0f;
+        for (int d = 0; d < head_dim; d++) dp += dr[d] * vr[d];
+        ds[t2] = dp;
+        local += p[t2] * dp;
+    }
+    float weighted = block_sum(local, shared);
+    for (int t2 = threadIdx.x; t2 < seq; t2 += BLOCK) {
+        ds[t2] = t2 <= t ? p[t2] * (ds[t2] - weighted) : 0.0f;
+    }
+}
+
+// Backward, step 2: dq[b, t, h, :] += scale · Σ_t2 dS[b, h, t, t2] · k[b, t2, g, :]; one block per
+// (batch, t, head).
+extern "C" __global__ void attention_dq(float* dq, const float* dscores, const float* k, int seq,
+                                        int heads, int kv_heads, int head_dim, float scale) {
+    int h = blockIdx.x % heads;
+    int t = (blockIdx.x / heads) % seq;
+    int b = blockIdx.x / (heads * seq);
+    int g = h / (heads / kv_heads);
+    const float* ds = dscores + (((long long)b * heads + h) * seq + t) * seq;
+    float* o = dq + (((long long)b * seq + t) * heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int t2 = 0; t2 <= t; t2++) {
+            acc += ds[t2] * k[(((long long)b * seq + t2) * kv_heads + g) * head_dim + d];
+        }
+        o[d] += scale * acc;
+    }
+}
+
+// Backward, step 3: for kv head g at position t2, summed over its query heads and the positions
+// t ≥ t2 that see it: dk += scale · Σ dS · q, dv += Σ P · dout. One block per (batch, t2, g).
+extern "C" __global__ void attention_dkv(float* dk, float* dv, const float* dscores,
+                                         const float* probs, const float* q, const float* dout,
+                                         int seq, int heads, int kv_heads, int head_dim,
+                                         float scale) {
+    int g = blockIdx.x % kv_heads;
+    int t2 = (blockIdx.x / kv_heads) % seq;
+    int b = blockIdx.x / (kv_heads * seq);
+    int group = heads / kv_heads;
+    long long kv_at = (((long long)b * seq + t2) * kv_heads + g) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc_k = 0.0f;
+        float acc_v = 0.0f;
+        for (int h = g * group; h < (g + 1) * group; h++) {
+            for (int t = t2; t < seq; t++) {
+                long long p_at = (((long long)b * heads + h) * seq + t) * seq + t2;
+                long long q_at = (((long long)b * seq + t) * heads + h) * head_dim + d;
+                acc_k += dscores[p_at] * q[q_at];
+                acc_v += probs[p_at] * dout[q_at];
+            }
+        }
+        dk[kv_at + d] += scale * acc_k;
+        dv[kv_at + d] += acc_v;
+    }
+}
+
+// One token's query heads over the first `len` positions of a [positions, kv_heads, head_dim]
+// cache (decoding). One block per head; `len` floats of dynamic shared memory.
+extern "C" __global__ void attention_decode(float* out, const float* q, const float* k_cache,
+                                            const float* v_cache, int len, int heads,
+                                            int kv_heads, int head_dim, float scale) {
+    extern __shared__ float scores[];
+    __shared__ float shared[BLOCK];
+    int h = blockIdx.x;
+    int g = h / (heads / kv_heads);
+    const float* qh = q + (long long)h * head_dim;
+    float local_max = NEG_INF;
+    for (int t = threadIdx.x; t < len; t += BLOCK) {
+        const float* kr = k_cache + ((long long)t * kv_heads + g) * head_dim;
+        float dot = 0.0f;
+        for (int d = 0; d < head_dim; d++) dot += qh[d] * kr[d];
+        dot *= scale;
+        scores[t] = dot;
+        local_max = fmaxf(local_max, dot);
+    }
+    float max = block_max(local_max, shared);
+    float local_sum = 0.0f;
+    for (int t = threadIdx.x; t < len; t += BLOCK) {
+        float e = expf(scores[t] - max);
+        scores[t] = e;
+        local_sum += e;
+    }
+    float inv = 1.0f / block_sum(local_sum, shared);
+    for (int d = threadIdx.x; d < head_dim; d += BLOCK) {
+        float acc = 0.0f;
+        for (int t = 0; t < len; t++) {
+            acc += scores[t] * v_cache[((long long)t * kv_heads + g) * head_dim + d];
+        }
+        out[(long long)h * head_dim + d] = acc * inv;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy fused with softmax: losses[r] = logsumexp(row) − row[target]; the row becomes
+// (softmax − onehot(target)) · grad_scale. One block per row.
+
+extern "C" __global__ void cross_entropy_fused(float* losses, float* logits,
+                                               const unsigned int* targets, int vocab,
+                                               float grad_scale) {
+    __shared__ float shared[BLOCK];
+    long long r = blockIdx.x;
+    float* row = logits + r * vocab;
+    unsigned int target = targets[r];
+    float target_logit = row[target];
+    float local_max = NEG_INF;
+    for (int j = threadIdx.x; j < vocab; j += BLOCK) local_max = fmaxf(local_max, row[j]);
+    float max = block_max(local_max, shared);
+    float local_sum = 0.0f;
+    for (int j = threadIdx.x; j < vocab; j += BLOCK) {
+        float e = expf(row[j] - max);
+        row[j] = e;
+        local_sum += e;
+    }
+    float sum = block_sum(local_sum, shared);
+    if (threadIdx.x == 0) losses[r] = max + logf(sum) - target_logit;
+    float inv = grad_scale / sum;
+    for (int j = threadIdx.x; j < vocab; j += BLOCK) {
+        float g = row[j] * inv;
+        row[j] = j == (int)target ? g - grad_scale : g;
+    }
+}

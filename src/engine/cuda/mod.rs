@@ -1,0 +1,783 @@
+//! The CUDA backend (cargo feature `cuda`): the same [`Backend`] ops as the CPU's, on an NVIDIA
+//! GPU through `cudarc`. Matmuls go to cuBLAS; every other op is a kernel of `kernels.cu`, which
+//! is embedded in the binary and compiled by NVRTC once per process.
+//!
+//! The CUDA libraries are loaded when a [`Cuda`] is made, not linked: a binary built with the
+//! feature still runs its CPU path on a machine without a driver, and asking it for CUDA there is
+//! a one-line error. Buffers are `f32`; shapes follow the CPU backend (`src/engine/cpu/`), and
+//! `tests.rs` checks each op against it.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+
+use super::{AdamW, AttentionShape, Backend};
+
+/// The kernels' CUDA C source.
+pub const KERNELS_CU: &str = include_str!("kernels.cu");
+
+/// Every kernel of [`KERNELS_CU`], loaded when a [`Cuda`] is made.
+pub const KERNEL_NAMES: [&str; 20] = [
+    "add",
+    "add_assign",
+    "scale",
+    "swiglu_forward",
+    "swiglu_backward",
+    "adamw",
+    "sum_f64",
+    "embedding_forward",
+    "embedding_backward",
+    "rmsnorm_forward",
+    "rmsnorm_backward_dx",
+    "rmsnorm_backward_dw",
+    "rope",
+    "attention_probs",
+    "attention_values",
+    "attention_dscores",
+    "attention_dq",
+    "attention_dkv",
+    "attention_decode",
+    "cross_entropy_fused",
+];
+
+/// Threads per block of the row kernels (`BLOCK` in `kernels.cu`).
+const BLOCK: u32 = 256;
+/// Threads per block of the kernels that loop over a head's dimensions.
+const HEAD_BLOCK: u32 = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    #[error(
+        "CUDA was asked for, but no NVIDIA driver was found (libcuda.so); use --device cpu, or install the driver"
+    )]
+    NoDriver,
+    #[error(
+        "NVRTC (libnvrtc.so) was not found: install the CUDA toolkit, or `pip install nvidia-cuda-nvrtc` and add its nvidia/cu13/lib folder to LD_LIBRARY_PATH"
+    )]
+    NoNvrtc,
+    #[error("cuBLAS (libcublas.so) was not found: install the CUDA toolkit's cuBLAS")]
+    NoCublas,
+    #[error("there is no CUDA device {ordinal}: this machine has {count}")]
+    NoDevice { ordinal: usize, count: i32 },
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    #[error("cuBLAS: {0}")]
+    Blas(#[from] cudarc::cublas::result::CublasError),
+    #[error("NVRTC could not compile the kernels:\n{0}")]
+    Compile(String),
+}
+
+/// Compiles CUDA C `source` with NVRTC into PTX; a failure carries NVRTC's log.
+pub fn compile(source: &str) -> Result<Ptx, CudaError> {
+    // SAFETY: only probes for the shared library; nothing from it is called.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::NoNvrtc);
+    }
+    let options = CompileOptions {
+        name: Some("kernels.cu".into()),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(source, options).map_err(|e| match e {
+        CompileError::CompileError { log, .. } => {
+            CudaError::Compile(log.to_string_lossy().trim_end().to_string())
+        }
+        other => CudaError::Compile(other.to_string()),
+    })
+}
+
+/// The PTX of [`KERNELS_CU`], compiled by the first [`Cuda`] of the process.
+fn kernels_ptx() -> Result<String, CudaError> {
+    static PTX: OnceLock<String> = OnceLock::new();
+    if let Some(ptx) = PTX.get() {
+        return Ok(ptx.clone());
+    }
+    let ptx = compile(KERNELS_CU)?.to_src();
+    Ok(PTX.get_or_init(|| ptx).clone())
+}
+
+/// An NVIDIA GPU as a [`Backend`].
+pub struct Cuda {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    name: String,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cuda").field("name", &self.name).finish()
+    }
+}
+
+impl Cuda {
+    /// Opens device `ordinal`, compiles (once per process) and loads the kernels.
+    pub fn new(ordinal: usize) -> Result<Cuda, CudaError> {
+        // SAFETY: these only probe for the shared libraries.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(CudaError::NoDriver);
+        }
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CudaError::NoCublas);
+        }
+        let count = CudaContext::device_count()?;
+        if ordinal >= count.max(0) as usize {
+            return Err(CudaError::NoDevice { ordinal, count });
+        }
+        let context = CudaContext::new(ordinal)?;
+        let stream = context.default_stream();
+        let module = context.load_module(Ptx::from_src(kernels_ptx()?))?;
+        let mut functions = HashMap::new();
+        for name in KERNEL_NAMES {
+            functions.insert(name, module.load_function(name)?);
+        }
+        let blas = CudaBlas::new(stream.clone())?;
+        let name = context.name()?;
+        Ok(Cuda {
+            stream,
+            blas,
+            functions,
+            name,
+        })
+    }
+
+    /// The device's name, as the driver reports it.
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The nominal dense bf16 tensor-core peak of the device in GFLOP/s, for the GPUs whose
+    /// data sheets we know (None otherwise): what MFU is usually measured against.
+    pub fn bf16_peak_gflops(&self) -> Option<f64> {
+        let name = self.name.to_ascii_uppercase();
+        let table: [(&str, f64); 6] = [
+            ("H200", 989_000.0),
+            ("H100", 989_000.0),
+            ("A100", 312_000.0),
+            ("L40S", 362_000.0),
+            ("A10G", 70_000.0),
+            ("RTX 4090", 165_000.0),
+        ];
+        table
+            .iter()
+            .find(|(model, _)| name.contains(model))
+            .map(|&(_, peak)| peak)
+    }
+
+    fn function(&self, name: &str) -> &CudaFunction {
+        &self.functions[name]
+    }
+
+    fn gemm(
+        &self,
+        config: GemmConfig<f32>,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        c: &mut CudaSlice<f32>,
+    ) {
+        // SAFETY: the callers derive m, n, k and the leading dimensions from the buffers' shapes
+        // (the Backend contract), so cuBLAS stays inside them.
+        unsafe { self.blas.gemm(config, a, b, c) }.expect("cuBLAS sgemm failed");
+    }
+}
+
+/// Launches kernel `$name` with `$config` and the arguments in order (buffers as `&`/`&mut`,
+/// scalars as references to locals).
+macro_rules! launch {
+    ($self:expr, $name:literal, $config:expr, $($arg:expr),+ $(,)?) => {{
+        let config: LaunchConfig = $config;
+        let mut builder = $self.stream.launch_builder($self.function($name));
+        $( builder.arg($arg); )+
+        // SAFETY: the arguments match the kernel's signature in kernels.cu in type and order,
+        // and the grid only reaches indices inside the buffers, whose lengths the Backend
+        // contract fixes from the same shapes.
+        unsafe { builder.launch(config) }
+            .unwrap_or_else(|e| panic!("CUDA kernel {} failed: {e}", $name));
+    }};
+}
+
+fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig::for_num_elems(n as u32)
+}
+
+fn blocks(count: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (count as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn columns(c: usize) -> LaunchConfig {
+    blocks(c.div_ceil(BLOCK as usize), BLOCK)
+}
+
+const N: cublasOperation_t = cublasOperation_t::CUBLAS_OP_N;
+const T: cublasOperation_t = cublasOperation_t::CUBLAS_OP_T;
+
+impl Backend for Cuda {
+    type Float = f32;
+    type Buf = CudaSlice<f32>;
+    type Tokens = CudaSlice<u32>;
+
+    fn synchronize(&self) {
+        self.stream
+            .synchronize()
+            .expect("CUDA stream synchronize failed");
+    }
+
+    fn zeros(&self, len: usize) -> CudaSlice<f32> {
+        self.stream
+            .alloc_zeros(len)
+            .expect("CUDA allocation failed")
+    }
+    fn upload(&self, data: &[f32]) -> CudaSlice<f32> {
+        self.stream.clone_htod(data).expect("CUDA upload failed")
+    }
+    fn download(&self, buf: &CudaSlice<f32>) -> Vec<f32> {
+        self.stream.clone_dtoh(buf).expect("CUDA download failed")
+    }
+    fn upload_into(&self, buf: &mut CudaSlice<f32>, data: &[f32]) {
+        assert_eq!(buf.len(), data.len());
+        self.stream
+            .memcpy_htod(data, buf)
+            .expect("CUDA upload failed");
+    }
+    fn upload_tokens(&self, tokens: &mut CudaSlice<u32>, data: &[u32]) {
+        assert_eq!(tokens.len(), data.len());
+        self.stream
+            .memcpy_htod(data, tokens)
+            .expect("CUDA upload failed");
+    }
+    fn tokens(&self, len: usize) -> CudaSlice<u32> {
+        self.stream
+            .alloc_zeros(len)
+            .expect("CUDA allocation failed")
+    }
+    fn len(&self, buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+    fn fill_zero(&self, buf: &mut CudaSlice<f32>) {
+        self.stream.memset_zeros(buf).expect("CUDA memset failed");
+    }
+    fn copy(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>) {
+        assert_eq!(dst.len(), src.len());
+        self.stream.memcpy_dtod(src, dst).expect("CUDA copy failed");
+    }
+
+    fn embedding_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        tokens: &CudaSlice<u32>,
+        table: &CudaSlice<f32>,
+        c: usize,
+    ) {
+        let c = c as i32;
+        launch!(
+            self,
+            "embedding_forward",
+            blocks(tokens.len(), BLOCK),
+            out,
+            tokens,
+            table,
+            &c
+        );
+    }
+    fn embedding_backward(
+        &self,
+        dtable: &mut CudaSlice<f32>,
+        tokens: &CudaSlice<u32>,
+        dout: &CudaSlice<f32>,
+        c: usize,
+    ) {
+        let (rows, width) = (tokens.len() as i32, c as i32);
+        launch!(
+            self,
+            "embedding_backward",
+            columns(c),
+            dtable,
+            tokens,
+            dout,
+            &rows,
+            &width
+        );
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        rstd: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        c: usize,
+        eps: f64,
+    ) {
+        let rows = x.len() / c;
+        let (c, eps) = (c as i32, eps as f32);
+        launch!(
+            self,
+            "rmsnorm_forward",
+            blocks(rows, BLOCK),
+            out,
+            rstd,
+            x,
+            w,
+            &c,
+            &eps
+        );
+    }
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        rstd: &CudaSlice<f32>,
+        c: usize,
+    ) {
+        let rows = x.len() / c;
+        let (rows_i, width) = (rows as i32, c as i32);
+        launch!(
+            self,
+            "rmsnorm_backward_dx",
+            blocks(rows, BLOCK),
+            dx,
+            dout,
+            x,
+            w,
+            rstd,
+            &width
+        );
+        launch!(
+            self,
+            "rmsnorm_backward_dw",
+            columns(c),
+            dw,
+            dout,
+            x,
+            rstd,
+            &rows_i,
+            &width
+        );
+    }
+
+    // Row-major buffers are column-major transposes: out[n, oc] = inp[n, ic] · w[oc, ic]ᵀ is,
+    // column-major, outᵀ (oc × n) = op(w) (oc × ic) · inpᵀ (ic × n), with op = transpose.
+    fn matmul_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        inp: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        ic: usize,
+        oc: usize,
+    ) {
+        let n = inp.len() / ic;
+        let config = GemmConfig {
+            transa: T,
+            transb: N,
+            m: oc as i32,
+            n: n as i32,
+            k: ic as i32,
+            alpha: 1.0,
+            lda: ic as i32,
+            ldb: ic as i32,
+            beta: 0.0,
+            ldc: oc as i32,
+        };
+        self.gemm(config, w, inp, out);
+    }
+    fn matmul_backward(
+        &self,
+        dinp: &mut CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        inp: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        ic: usize,
+        oc: usize,
+    ) {
+        let n = inp.len() / ic;
+        // dinpᵀ (ic × n) += w (ic × oc, column-major) · doutᵀ (oc × n)
+        let config = GemmConfig {
+            transa: N,
+            transb: N,
+            m: ic as i32,
+            n: n as i32,
+            k: oc as i32,
+            alpha: 1.0,
+            lda: ic as i32,
+            ldb: oc as i32,
+            beta: 1.0,
+            ldc: ic as i32,
+        };
+        self.gemm(config, w, dout, dinp);
+        // dwᵀ (ic × oc) += inpᵀ (ic × n) · dout (n × oc)
+        let config = GemmConfig {
+            transa: N,
+            transb: T,
+            m: ic as i32,
+            n: oc as i32,
+            k: n as i32,
+            alpha: 1.0,
+            lda: ic as i32,
+            ldb: oc as i32,
+            beta: 1.0,
+            ldc: ic as i32,
+        };
+        self.gemm(config, inp, dout, dw);
+    }
+
+    fn rope_forward(
+        &self,
+        x: &mut CudaSlice<f32>,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) {
+        self.rope(x, seq, 0, heads, head_dim, theta, 1.0);
+    }
+    fn rope_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) {
+        self.rope(dx, seq, 0, heads, head_dim, theta, -1.0);
+    }
+    fn rope_forward_at(
+        &self,
+        x: &mut CudaSlice<f32>,
+        position: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) {
+        self.rope(x, 1, position, heads, head_dim, theta, 1.0);
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k_cache: &CudaSlice<f32>,
+        v_cache: &CudaSlice<f32>,
+        len: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) {
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let config = LaunchConfig {
+            shared_mem_bytes: (len * std::mem::size_of::<f32>()) as u32,
+            ..blocks(heads, BLOCK)
+        };
+        let (len, heads, kv_heads, head_dim) =
+            (len as i32, heads as i32, kv_heads as i32, head_dim as i32);
+        launch!(
+            self,
+            "attention_decode",
+            config,
+            out,
+            q,
+            k_cache,
+            v_cache,
+            &len,
+            &heads,
+            &kv_heads,
+            &head_dim,
+            &scale
+        );
+    }
+
+    fn write_at(&self, dst: &mut CudaSlice<f32>, offset: usize, src: &CudaSlice<f32>) {
+        let mut view = dst.slice_mut(offset..offset + src.len());
+        self.stream
+            .memcpy_dtod(src, &mut view)
+            .expect("CUDA copy failed");
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        probs: &mut CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        shape: AttentionShape,
+    ) {
+        let rows = shape.batch * shape.heads * shape.seq;
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let [seq, heads, kv_heads, head_dim] = attention_dims(shape);
+        launch!(
+            self,
+            "attention_probs",
+            blocks(rows, BLOCK),
+            &mut *probs,
+            q,
+            k,
+            &seq,
+            &heads,
+            &kv_heads,
+            &head_dim,
+            &scale
+        );
+        launch!(
+            self,
+            "attention_values",
+            blocks(rows, HEAD_BLOCK),
+            out,
+            &*probs,
+            v,
+            &seq,
+            &heads,
+            &kv_heads,
+            &head_dim
+        );
+    }
+
+    fn attention_backward(
+        &self,
+        dq: &mut CudaSlice<f32>,
+        dk: &mut CudaSlice<f32>,
+        dv: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        probs: &CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        scratch: &mut CudaSlice<f32>,
+        shape: AttentionShape,
+    ) {
+        let rows = shape.batch * shape.heads * shape.seq;
+        let kv_rows = shape.batch * shape.kv_heads * shape.seq;
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let [seq, heads, kv_heads, head_dim] = attention_dims(shape);
+        launch!(
+            self,
+            "attention_dscores",
+            blocks(rows, BLOCK),
+            &mut *scratch,
+            dout,
+            probs,
+            v,
+            &seq,
+            &heads,
+            &kv_heads,
+            &head_dim
+        );
+        launch!(
+            self,
+            "attention_dq",
+            blocks(rows, HEAD_BLOCK),
+            dq,
+            &*scratch,
+            k,
+            &seq,
+            &heads,
+            &kv_heads,
+            &head_dim,
+            &scale
+        );
+        launch!(
+            self,
+            "attention_dkv",
+            blocks(kv_rows, HEAD_BLOCK),
+            dk,
+            dv,
+            &*scratch,
+            probs,
+            q,
+            dout,
+            &seq,
+            &heads,
+            &kv_heads,
+            &head_dim,
+            &scale
+        );
+    }
+
+    fn swiglu_forward(&self, out: &mut CudaSlice<f32>, gate: &CudaSlice<f32>, up: &CudaSlice<f32>) {
+        let n = out.len() as i64;
+        launch!(
+            self,
+            "swiglu_forward",
+            elementwise(out.len()),
+            &mut *out,
+            gate,
+            up,
+            &n
+        );
+    }
+    fn swiglu_backward(
+        &self,
+        dgate: &mut CudaSlice<f32>,
+        dup: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        gate: &CudaSlice<f32>,
+        up: &CudaSlice<f32>,
+    ) {
+        let n = dout.len() as i64;
+        launch!(
+            self,
+            "swiglu_backward",
+            elementwise(dout.len()),
+            dgate,
+            dup,
+            dout,
+            gate,
+            up,
+            &n
+        );
+    }
+
+    fn add(&self, out: &mut CudaSlice<f32>, a: &CudaSlice<f32>, b: &CudaSlice<f32>) {
+        let n = out.len() as i64;
+        launch!(self, "add", elementwise(out.len()), &mut *out, a, b, &n);
+    }
+    fn add_assign(&self, acc: &mut CudaSlice<f32>, x: &CudaSlice<f32>) {
+        let n = acc.len() as i64;
+        launch!(self, "add_assign", elementwise(acc.len()), &mut *acc, x, &n);
+    }
+
+    fn cross_entropy_fused(
+        &self,
+        losses: &mut CudaSlice<f32>,
+        logits: &mut CudaSlice<f32>,
+        targets: &CudaSlice<u32>,
+        vocab: usize,
+        grad_scale: f64,
+    ) {
+        let rows = targets.len();
+        let (vocab, grad_scale) = (vocab as i32, grad_scale as f32);
+        launch!(
+            self,
+            "cross_entropy_fused",
+            blocks(rows, BLOCK),
+            losses,
+            logits,
+            targets,
+            &vocab,
+            &grad_scale
+        );
+    }
+
+    fn sum(&self, buf: &CudaSlice<f32>) -> f64 {
+        self.reduce(buf, false)
+    }
+    fn sum_squares(&self, buf: &CudaSlice<f32>) -> f64 {
+        self.reduce(buf, true)
+    }
+    fn scale(&self, buf: &mut CudaSlice<f32>, factor: f64) {
+        let (factor, n) = (factor as f32, buf.len() as i64);
+        launch!(
+            self,
+            "scale",
+            elementwise(buf.len()),
+            &mut *buf,
+            &factor,
+            &n
+        );
+    }
+    fn adamw(
+        &self,
+        param: &mut CudaSlice<f32>,
+        grad: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        hp: AdamW,
+    ) {
+        let n = param.len() as i64;
+        let lr = hp.lr as f32;
+        let (beta1, beta2, eps) = (hp.beta1 as f32, hp.beta2 as f32, hp.eps as f32);
+        let decay = (1.0 - hp.lr * hp.weight_decay) as f32;
+        let correction1 = (1.0 - hp.beta1.powi(hp.step as i32)) as f32;
+        let correction2 = (1.0 - hp.beta2.powi(hp.step as i32)) as f32;
+        launch!(
+            self,
+            "adamw",
+            elementwise(param.len()),
+            &mut *param,
+            grad,
+            m,
+            v,
+            &lr,
+            &beta1,
+            &beta2,
+            &eps,
+            &decay,
+            &correction1,
+            &correction2,
+            &n
+        );
+    }
+}
+
+impl Cuda {
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut CudaSlice<f32>,
+        seq: usize,
+        start: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+        sign: f32,
+    ) {
+        assert!(
+            head_dim.is_multiple_of(2),
+            "head_dim {head_dim} must be even"
+        );
+        let rows = x.len() / (heads * head_dim);
+        let pairs = rows * heads * head_dim / 2;
+        let (rows, seq, start) = (rows as i64, seq as i32, start as i32);
+        let (heads, head_dim) = (heads as i32, head_dim as i32);
+        launch!(
+            self,
+            "rope",
+            elementwise(pairs),
+            x,
+            &rows,
+            &seq,
+            &start,
+            &heads,
+            &head_dim,
+            &theta,
+            &sign
+        );
+    }
+
+    fn reduce(&self, buf: &CudaSlice<f32>, squares: bool) -> f64 {
+        let mut out = self
+            .stream
+            .alloc_zeros::<f64>(1)
+            .expect("CUDA allocation failed");
+        let (n, squares) = (buf.len() as i64, i32::from(squares));
+        launch!(
+            self,
+            "sum_f64",
+            blocks(1, BLOCK),
+            &mut out,
+            buf,
+            &n,
+            &squares
+        );
+        self.stream.clone_dtoh(&out).expect("CUDA download failed")[0]
+    }
+}
+
+fn attention_dims(shape: AttentionShape) -> [i32; 4] {
+    [shape.seq, shape.heads, shape.kv_heads, shape.head_dim].map(|n| n as i32)
+}

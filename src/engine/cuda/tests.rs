@@ -1,0 +1,319 @@
+//! Without a GPU: every kernel compiles with NVRTC, and a broken one is reported with NVRTC's
+//! log. With one (`scripts/gpu-check.sh` runs the ignored tests): every op, forward and backward,
+//! equals the CPU backend's within 1e-4 on random inputs.
+
+use super::*;
+use crate::engine::{Cpu, Rng};
+
+/// NVRTC is optional on a developer's machine, but `.ci/run` installs it and sets this, so CI
+/// cannot pass by skipping.
+fn nvrtc_required() -> bool {
+    std::env::var_os("TINYLLM_REQUIRE_NVRTC").is_some_and(|v| v == "1")
+}
+
+#[test]
+fn every_kernel_compiles_with_nvrtc() {
+    let ptx = match compile(KERNELS_CU) {
+        Err(CudaError::NoNvrtc) if !nvrtc_required() => {
+            eprintln!("skipped: libnvrtc not found (.ci/run installs it)");
+            return;
+        }
+        result => result.unwrap_or_else(|e| panic!("{e}")),
+    };
+    let ptx = ptx.to_src();
+    for name in KERNEL_NAMES {
+        assert!(
+            ptx.contains(&format!(".entry {name}(")),
+            "kernel {name} is not in the PTX"
+        );
+    }
+    // The list is complete: every kernel of the source is loaded.
+    let declared = KERNELS_CU.matches("extern \"C\" __global__ void ").count();
+    assert_eq!(declared, KERNEL_NAMES.len());
+}
+
+#[test]
+fn a_broken_kernel_is_reported_with_nvrtcs_log() {
+    let source = "extern \"C\" __global__ void broken(float* x) { x[0] = undefined_name; }";
+    match compile(source) {
+        Err(CudaError::NoNvrtc) if !nvrtc_required() => {}
+        Err(CudaError::Compile(log)) => {
+            assert!(log.contains("undefined_name"), "{log}");
+            assert!(log.contains("error"), "{log}");
+        }
+        other => panic!(
+            "expected a compile error, got {:?}",
+            other.map(|p| p.to_src())
+        ),
+    }
+}
+
+#[test]
+fn asking_for_a_missing_device_is_an_error_not_a_panic() {
+    match Cuda::new(1_000) {
+        Err(CudaError::NoDriver | CudaError::NoCublas | CudaError::NoNvrtc) => {}
+        Err(CudaError::NoDevice { ordinal, .. }) => assert_eq!(ordinal, 1_000),
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("device 1000 exists?"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPU against CPU
+
+struct Pair {
+    cpu: Cpu<f32>,
+    gpu: Cuda,
+    rng: Rng,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let gpu = Cuda::new(0).unwrap_or_else(|e| panic!("{e}"));
+        Pair {
+            cpu: Cpu::new(),
+            gpu,
+            rng: Rng::new(7),
+        }
+    }
+
+    fn random(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.rng.normal() as f32).collect()
+    }
+
+    fn both(&mut self, len: usize) -> (Vec<f32>, CudaSlice<f32>) {
+        let host = self.random(len);
+        let device = self.gpu.upload(&host);
+        (host, device)
+    }
+
+    fn tokens(&mut self, len: usize, below: u64) -> (Vec<u32>, CudaSlice<u32>) {
+        let host: Vec<u32> = (0..len).map(|_| self.rng.below(below) as u32).collect();
+        let mut device = self.gpu.tokens(len);
+        self.gpu.upload_tokens(&mut device, &host);
+        (host, device)
+    }
+
+    fn same(&self, what: &str, cpu: &[f32], gpu: &CudaSlice<f32>) {
+        let gpu = self.gpu.download(gpu);
+        assert_eq!(cpu.len(), gpu.len(), "{what}: lengths");
+        for (i, (a, b)) in cpu.iter().zip(&gpu).enumerate() {
+            let tolerance = 1e-4 * (1.0 + a.abs());
+            assert!((a - b).abs() <= tolerance, "{what}[{i}]: cpu {a}, gpu {b}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (scripts/gpu-check.sh)"]
+fn gpu_elementwise_ops_and_reductions_match_the_cpu() {
+    let mut p = Pair::new();
+    let n = 10_000;
+    let (a, ga) = p.both(n);
+    let (b, gb) = p.both(n);
+    let (mut out, mut gout) = (vec![0.0; n], p.gpu.zeros(n));
+    p.cpu.add(&mut out, &a, &b);
+    p.gpu.add(&mut gout, &ga, &gb);
+    p.same("add", &out, &gout);
+    p.cpu.add_assign(&mut out, &a);
+    p.gpu.add_assign(&mut gout, &ga);
+    p.same("add_assign", &out, &gout);
+    p.cpu.scale(&mut out, 0.3);
+    p.gpu.scale(&mut gout, 0.3);
+    p.same("scale", &out, &gout);
+    let (s, gs) = (p.cpu.sum(&out), p.gpu.sum(&gout));
+    assert!((s - gs).abs() < 1e-6 * (1.0 + s.abs()), "sum {s} vs {gs}");
+    let (s, gs) = (p.cpu.sum_squares(&out), p.gpu.sum_squares(&gout));
+    assert!((s - gs).abs() < 1e-6 * s, "sum_squares {s} vs {gs}");
+
+    p.cpu.swiglu_forward(&mut out, &a, &b);
+    p.gpu.swiglu_forward(&mut gout, &ga, &gb);
+    p.same("swiglu_forward", &out, &gout);
+    let (dout, gdout) = p.both(n);
+    let (mut dgate, mut dup) = (p.random(n), p.random(n));
+    let (mut gdgate, mut gdup) = (p.gpu.upload(&dgate), p.gpu.upload(&dup));
+    p.cpu.swiglu_backward(&mut dgate, &mut dup, &dout, &a, &b);
+    p.gpu
+        .swiglu_backward(&mut gdgate, &mut gdup, &gdout, &ga, &gb);
+    p.same("swiglu_backward dgate", &dgate, &gdgate);
+    p.same("swiglu_backward dup", &dup, &gdup);
+
+    let hp = AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 3,
+    };
+    let (mut m, mut v) = (
+        p.random(n),
+        p.random(n).iter().map(|x| x * x).collect::<Vec<_>>(),
+    );
+    let (mut gm, mut gv) = (p.gpu.upload(&m), p.gpu.upload(&v));
+    let (mut param, mut gparam) = (a.clone(), ga.clone());
+    p.cpu.adamw(&mut param, &b, &mut m, &mut v, hp);
+    p.gpu.adamw(&mut gparam, &gb, &mut gm, &mut gv, hp);
+    p.same("adamw param", &param, &gparam);
+    p.same("adamw m", &m, &gm);
+    p.same("adamw v", &v, &gv);
+
+    let mut copy = p.gpu.zeros(n);
+    p.gpu.copy(&mut copy, &ga);
+    p.same("copy", &a, &copy);
+    let (row, grow) = p.both(16);
+    let mut cache = p.gpu.zeros(64);
+    p.gpu.write_at(&mut cache, 32, &grow);
+    let mut expected = vec![0.0; 64];
+    expected[32..48].copy_from_slice(&row);
+    p.same("write_at", &expected, &cache);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (scripts/gpu-check.sh)"]
+fn gpu_embedding_norm_matmul_rope_and_loss_match_the_cpu() {
+    let mut p = Pair::new();
+    let (rows, c, vocab, oc) = (24, 96, 50, 72);
+    let (tokens, gtokens) = p.tokens(rows, vocab as u64);
+    let (table, gtable) = p.both(vocab * c);
+    let (mut x, mut gx) = (vec![0.0; rows * c], p.gpu.zeros(rows * c));
+    p.cpu.embedding_forward(&mut x, &tokens, &table, c);
+    p.gpu.embedding_forward(&mut gx, &gtokens, &gtable, c);
+    p.same("embedding_forward", &x, &gx);
+    let (dx, gdx) = p.both(rows * c);
+    let (mut dtable, mut gdtable) = (table.clone(), gtable.clone());
+    p.cpu.embedding_backward(&mut dtable, &tokens, &dx, c);
+    p.gpu.embedding_backward(&mut gdtable, &gtokens, &gdx, c);
+    p.same("embedding_backward", &dtable, &gdtable);
+
+    let (w, gw) = p.both(c);
+    let (mut out, mut gout) = (vec![0.0; rows * c], p.gpu.zeros(rows * c));
+    let (mut rstd, mut grstd) = (vec![0.0; rows], p.gpu.zeros(rows));
+    p.cpu.rmsnorm_forward(&mut out, &mut rstd, &x, &w, c, 1e-5);
+    p.gpu
+        .rmsnorm_forward(&mut gout, &mut grstd, &gx, &gw, c, 1e-5);
+    p.same("rmsnorm_forward", &out, &gout);
+    p.same("rmsnorm_forward rstd", &rstd, &grstd);
+    let (mut ddx, mut dw) = (p.random(rows * c), p.random(c));
+    let (mut gddx, mut gdw) = (p.gpu.upload(&ddx), p.gpu.upload(&dw));
+    p.cpu
+        .rmsnorm_backward(&mut ddx, &mut dw, &dx, &x, &w, &rstd, c);
+    p.gpu
+        .rmsnorm_backward(&mut gddx, &mut gdw, &gdx, &gx, &gw, &grstd, c);
+    p.same("rmsnorm_backward dx", &ddx, &gddx);
+    p.same("rmsnorm_backward dw", &dw, &gdw);
+
+    let (weight, gweight) = p.both(oc * c);
+    let (mut y, mut gy) = (vec![0.0; rows * oc], p.gpu.zeros(rows * oc));
+    p.cpu.matmul_forward(&mut y, &x, &weight, c, oc);
+    p.gpu.matmul_forward(&mut gy, &gx, &gweight, c, oc);
+    p.same("matmul_forward", &y, &gy);
+    let (dy, gdy) = p.both(rows * oc);
+    let (mut dinp, mut dweight) = (p.random(rows * c), p.random(oc * c));
+    let (mut gdinp, mut gdweight) = (p.gpu.upload(&dinp), p.gpu.upload(&dweight));
+    p.cpu
+        .matmul_backward(&mut dinp, &mut dweight, &dy, &x, &weight, c, oc);
+    p.gpu
+        .matmul_backward(&mut gdinp, &mut gdweight, &gdy, &gx, &gweight, c, oc);
+    p.same("matmul_backward dinp", &dinp, &gdinp);
+    p.same("matmul_backward dw", &dweight, &gdweight);
+
+    // 24 rows of 4 heads × 24: a batch of 3 sequences of 8.
+    let (heads, head_dim, seq) = (4, 24, 8);
+    let (mut r, mut gr) = (x.clone(), gx.clone());
+    p.cpu.rope_forward(&mut r, seq, heads, head_dim, 10_000.0);
+    p.gpu.rope_forward(&mut gr, seq, heads, head_dim, 10_000.0);
+    p.same("rope_forward", &r, &gr);
+    p.cpu.rope_backward(&mut r, seq, heads, head_dim, 10_000.0);
+    p.gpu.rope_backward(&mut gr, seq, heads, head_dim, 10_000.0);
+    p.same("rope_backward", &r, &gr);
+    let (mut one, mut gone) = (x[..c].to_vec(), p.gpu.upload(&x[..c]));
+    p.cpu
+        .rope_forward_at(&mut one, 37, heads, head_dim, 10_000.0);
+    p.gpu
+        .rope_forward_at(&mut gone, 37, heads, head_dim, 10_000.0);
+    p.same("rope_forward_at", &one, &gone);
+
+    let (targets, gtargets) = p.tokens(rows, oc as u64);
+    let (mut losses, mut glosses) = (vec![0.0; rows], p.gpu.zeros(rows));
+    p.cpu
+        .cross_entropy_fused(&mut losses, &mut y, &targets, oc, 1.0 / rows as f64);
+    p.gpu
+        .cross_entropy_fused(&mut glosses, &mut gy, &gtargets, oc, 1.0 / rows as f64);
+    p.same("cross_entropy losses", &losses, &glosses);
+    p.same("cross_entropy gradient", &y, &gy);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU (scripts/gpu-check.sh)"]
+fn gpu_attention_matches_the_cpu() {
+    let mut p = Pair::new();
+    let shape = AttentionShape {
+        batch: 2,
+        seq: 33,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+    };
+    let q_len = shape.batch * shape.seq * shape.heads * shape.head_dim;
+    let kv_len = shape.batch * shape.seq * shape.kv_heads * shape.head_dim;
+    let p_len = shape.batch * shape.heads * shape.seq * shape.seq;
+    let (q, gq) = p.both(q_len);
+    let (k, gk) = p.both(kv_len);
+    let (v, gv) = p.both(kv_len);
+    let (mut out, mut gout) = (vec![0.0; q_len], p.gpu.zeros(q_len));
+    let (mut probs, mut gprobs) = (vec![0.0; p_len], p.gpu.zeros(p_len));
+    p.cpu
+        .attention_forward(&mut out, &mut probs, &q, &k, &v, shape);
+    p.gpu
+        .attention_forward(&mut gout, &mut gprobs, &gq, &gk, &gv, shape);
+    p.same("attention_forward probs", &probs, &gprobs);
+    p.same("attention_forward out", &out, &gout);
+
+    let (dout, gdout) = p.both(q_len);
+    let (mut dq, mut dk, mut dv) = (p.random(q_len), p.random(kv_len), p.random(kv_len));
+    let (mut gdq, mut gdk, mut gdv) = (p.gpu.upload(&dq), p.gpu.upload(&dk), p.gpu.upload(&dv));
+    let (mut scratch, mut gscratch) = (vec![0.0; p_len], p.gpu.zeros(p_len));
+    p.cpu.attention_backward(
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &dout,
+        &probs,
+        &q,
+        &k,
+        &v,
+        &mut scratch,
+        shape,
+    );
+    p.gpu.attention_backward(
+        &mut gdq,
+        &mut gdk,
+        &mut gdv,
+        &gdout,
+        &gprobs,
+        &gq,
+        &gk,
+        &gv,
+        &mut gscratch,
+        shape,
+    );
+    p.same("attention_backward dq", &dq, &gdq);
+    p.same("attention_backward dk", &dk, &gdk);
+    p.same("attention_backward dv", &dv, &gdv);
+
+    // Decoding: one query over the first 20 positions of a cache.
+    let (len, positions) = (20, 32);
+    let cache_len = positions * shape.kv_heads * shape.head_dim;
+    let (k_cache, gk_cache) = p.both(cache_len);
+    let (v_cache, gv_cache) = p.both(cache_len);
+    let width = shape.heads * shape.head_dim;
+    let (one, gone) = p.both(width);
+    let (mut o, mut go) = (vec![0.0; width], p.gpu.zeros(width));
+    let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
+    p.cpu
+        .attention_decode(&mut o, &one, &k_cache, &v_cache, len, h, kvh, hd);
+    p.gpu
+        .attention_decode(&mut go, &gone, &gk_cache, &gv_cache, len, h, kvh, hd);
+    p.same("attention_decode", &o, &go);
+}
