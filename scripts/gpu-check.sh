@@ -3,7 +3,7 @@
 #   1. every op, forward and backward, on the GPU equals the CPU backend within 1e-4 (f32);
 #   2. 200 training steps of the `tutorial` model on the quickstart corpus: the GPU's loss curve
 #      tracks the CPU's within 1e-3 at every step;
-#   3. `bench train --device cuda` for `tutorial` and `stories110M`.
+#   3. `bench train --device cuda` for `tutorial` and `stories110M`, and `bench generate`.
 #
 # Needs an NVIDIA driver and the CUDA 13 libraries cuBLAS and NVRTC (a CUDA toolkit, or
 # `pip install nvidia-cublas nvidia-cuda-nvrtc` with their nvidia/cu13/lib on LD_LIBRARY_PATH).
@@ -11,6 +11,7 @@
 #   TINYLLM_BIN=…/tinyllm TINYLLM_CUDA_TESTS=…/tinyllm-<hash> scripts/gpu-check.sh
 # where TINYLLM_CUDA_TESTS is the library's test binary from
 #   cargo test --release --features cuda --lib --no-run
+# (`strip` both to carry them: with line tables they are about 85 MB each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,7 +90,8 @@ print(f"  largest difference over 200 steps: {worst:.2e}")
 sys.exit(0 if worst <= 1e-3 else 1)
 EOF
 
-echo "== 3. bench train on the GPU"
+echo "== 3. bench train and bench generate on the GPU"
 "$TINYLLM_BIN" bench train --preset tutorial --batch 8 --seq 256 --steps 10 --device cuda
 "$TINYLLM_BIN" bench train --preset stories110M --batch 8 --seq 1024 --steps 10 --device cuda
+"$TINYLLM_BIN" bench generate --preset tutorial --new-tokens 256 --device cuda
 echo "gpu-check: all passed"

@@ -223,6 +223,9 @@ enum BenchCommand {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// cpu, cuda or cuda:N (a build with --features cuda).
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        device: Device,
         #[arg(long)]
         json: bool,
     },
@@ -503,37 +506,27 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 new_tokens,
                 runs,
                 threads,
+                device,
                 json,
             } => {
+                use crate::bench::generate::{GenerateBench, Source, run};
                 set_threads(threads)?;
                 if new_tokens == 0 || runs == 0 {
                     bail!("--new-tokens and --runs must be at least 1");
                 }
-                let bench = crate::bench::generate::GenerateBench { new_tokens, runs };
+                let bench = GenerateBench { new_tokens, runs };
                 let figures = match checkpoint {
                     Some(checkpoint) => {
                         let dir = train_folder(&checkpoint);
                         let folder = crate::generate::folder::ModelFolder::open(&dir)?;
-                        crate::with_shape!(folder.dims(), |shape| {
-                            let model = folder.load(shape)?;
-                            crate::bench::generate::measure(
-                                &model,
-                                dir.display().to_string(),
-                                &bench,
-                            )?
-                        })
+                        let name = dir.display().to_string();
+                        run(Source::Folder(&folder, name), device, &bench)?
                     }
-                    None => {
-                        let preset = preset.unwrap_or(Preset::Tutorial);
-                        crate::with_shape!(preset.dims(), |shape| {
-                            let model = crate::bench::generate::random_model(shape);
-                            crate::bench::generate::measure(
-                                &model,
-                                preset.name().to_string(),
-                                &bench,
-                            )?
-                        })
-                    }
+                    None => run(
+                        Source::Preset(preset.unwrap_or(Preset::Tutorial)),
+                        device,
+                        &bench,
+                    )?,
                 };
                 if json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&figures)?)?;
@@ -545,10 +538,11 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                         .collect();
                     writeln!(
                         out,
-                        "model {} ({:.2} M params), batch 1, {} new tokens, {} threads, {} runs",
+                        "model {} ({:.2} M params), batch 1, {} new tokens, {}, {} threads, {} runs",
                         figures.model,
                         figures.params as f64 / 1e6,
                         figures.new_tokens,
+                        figures.device,
                         figures.threads,
                         figures.runs
                     )?;

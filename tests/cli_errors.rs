@@ -221,3 +221,53 @@ fn unknown_stage_names_are_refused_by_the_command_line() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("unknown stage `trian`"), "{stderr}");
 }
+
+#[test]
+fn cuda_without_a_cuda_build_or_a_gpu_is_one_line() {
+    let project = common::training_project("max_iters = 2\n");
+    let output = project.run_command(&["--device", "cuda"]).output().unwrap();
+    let line = common::one_error_line(&output);
+    assert!(line.contains("CUDA"), "{line}");
+    assert!(
+        !project.runs().join("test/default/artifacts/train").exists(),
+        "no train artifact"
+    );
+    let line = common::one_error_line(&common::tinyllm(
+        &[
+            "bench",
+            "train",
+            "--preset",
+            "stories260K",
+            "--device",
+            "cuda:1",
+        ],
+        None,
+    ));
+    assert!(line.contains("CUDA"), "{line}");
+    let line = common::one_error_line(&common::tinyllm(
+        &[
+            "bench",
+            "generate",
+            "--preset",
+            "stories260K",
+            "--device",
+            "cuda",
+        ],
+        None,
+    ));
+    assert!(line.contains("CUDA"), "{line}");
+}
+
+#[test]
+fn a_device_that_is_not_one_names_the_key() {
+    let project = common::training_project("max_iters = 2\n");
+    let output = project
+        .run_command(&["--set", "train.device=\"gpu\"", "--dry-run"])
+        .output()
+        .unwrap();
+    let line = common::one_error_line(&output);
+    assert!(
+        line.contains("train.device") && line.contains("\"gpu\" is not a device"),
+        "{line}"
+    );
+}

@@ -15,10 +15,7 @@ fn export_writes_a_hugging_face_folder_and_refuses_bad_input() {
     let project = trained();
     let run_dir = project.runs().join("test/default");
     let out = project.path("hf");
-    let output = tinyllm(
-        &["export", "--format", "hf", "--out", out.to_str().unwrap()],
-        Some(&run_dir),
-    );
+    let output = export("hf", &out, &run_dir);
     assert!(output.status.success(), "{output:?}");
     for name in [
         "model.safetensors",
@@ -48,10 +45,7 @@ fn export_writes_a_hugging_face_folder_and_refuses_bad_input() {
     assert_eq!(config["hidden_size"], 64);
 
     // The folder now exists and is not empty: refused, left as it was.
-    let again = tinyllm(
-        &["export", "--format", "hf", "--out", out.to_str().unwrap()],
-        Some(&run_dir),
-    );
+    let again = export("hf", &out, &run_dir);
     let line = error_line(&again);
     assert!(
         line.contains("already exists and is not an empty folder"),
@@ -61,16 +55,7 @@ fn export_writes_a_hugging_face_folder_and_refuses_bad_input() {
 
     let empty = project.path("empty");
     fs::create_dir_all(&empty).unwrap();
-    let line = error_line(&tinyllm(
-        &[
-            "export",
-            "--format",
-            "hf",
-            "--out",
-            project.path("x").to_str().unwrap(),
-        ],
-        Some(&empty),
-    ));
+    let line = error_line(&export("hf", &project.path("x"), &empty));
     assert!(line.contains("not a model folder"), "{line}");
     assert!(!project.path("x").exists());
 }
@@ -293,6 +278,12 @@ impl RunCTokenizer {
     }
 }
 
+/// `tinyllm export --format FORMAT --out OUT --checkpoint FROM`.
+fn export(format: &str, out: &Path, from: &Path) -> std::process::Output {
+    let out = out.to_str().unwrap();
+    tinyllm(&["export", "--format", format, "--out", out], Some(from))
+}
+
 fn score(run_dir: &Path, text: &str) -> (Vec<u32>, Vec<Vec<f32>>) {
     let output = tinyllm(&["score", "--text", text, "--json"], Some(run_dir));
     assert!(output.status.success(), "{output:?}");
@@ -307,16 +298,7 @@ fn llama2c_export_computes_our_logits_and_encodes_our_ids_the_run_c_way() {
     let project = trained();
     let run_dir = project.runs().join("test/default");
     let out = project.path("llama2c");
-    let output = tinyllm(
-        &[
-            "export",
-            "--format",
-            "llama2c",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        Some(&run_dir),
-    );
+    let output = export("llama2c", &out, &run_dir);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("-z"));
 
@@ -352,16 +334,7 @@ fn llama2c_export_computes_our_logits_and_encodes_our_ids_the_run_c_way() {
 
     // Version 1: the same numbers behind a 256-byte header, norms first.
     let v1 = project.path("llama2c-v1");
-    let output = tinyllm(
-        &[
-            "export",
-            "--format",
-            "llama2c-v1",
-            "--out",
-            v1.to_str().unwrap(),
-        ],
-        Some(&run_dir),
-    );
+    let output = export("llama2c-v1", &v1, &run_dir);
     assert!(output.status.success(), "{output:?}");
     let bytes = fs::read(v1.join("model.bin")).unwrap();
     assert_eq!(
@@ -386,16 +359,7 @@ fn llama2c_export_computes_our_logits_and_encodes_our_ids_the_run_c_way() {
     );
 
     // An existing folder is not overwritten.
-    let line = error_line(&tinyllm(
-        &[
-            "export",
-            "--format",
-            "llama2c",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        Some(&run_dir),
-    ));
+    let line = error_line(&export("llama2c", &out, &run_dir));
     assert!(line.contains("already exists"), "{line}");
 
     // A model trained with another RoPE base would run in run.c, wrongly: refused.
@@ -411,16 +375,7 @@ fn llama2c_export_computes_our_logits_and_encodes_our_ids_the_run_c_way() {
     config["rope_theta"] = 500000.0.into();
     fs::write(&config_path, config.to_string()).unwrap();
     let refused = project.path("refused");
-    let line = error_line(&tinyllm(
-        &[
-            "export",
-            "--format",
-            "llama2c",
-            "--out",
-            refused.to_str().unwrap(),
-        ],
-        Some(&copy),
-    ));
+    let line = error_line(&export("llama2c", &refused, &copy));
     assert!(line.contains("RoPE with theta 10000"), "{line}");
     assert!(!refused.exists());
 }

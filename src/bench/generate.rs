@@ -5,10 +5,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{median, peak_rss_bytes};
-use crate::engine::{Cpu, Rng};
+use super::{BenchError, median, peak_rss_bytes};
+use crate::engine::{Backend, Cpu, Rng};
+use crate::generate::folder::ModelFolder;
 use crate::generate::sampler::{Sampling, sample};
-use crate::model::{Llama, LlamaConfig, Shape};
+use crate::model::{Llama, LlamaConfig, Preset, Shape};
+use crate::pipeline::spec::Device;
 use crate::tokenizer::BOS;
 
 /// What to measure: a random model of some dimensions, or a trained one.
@@ -20,6 +22,8 @@ pub struct GenerateBench {
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerateFigures {
     pub model: String,
+    /// `cpu`, or the GPU's name.
+    pub device: String,
     pub params: usize,
     pub threads: usize,
     pub new_tokens: usize,
@@ -31,13 +35,61 @@ pub struct GenerateFigures {
     pub peak_rss_mb: Option<f64>,
 }
 
+/// Which model to generate with.
+pub enum Source<'a> {
+    /// A preset's shape with llama2.c's random initialisation (speed does not depend on the
+    /// weights).
+    Preset(Preset),
+    /// A trained model folder, named by its path.
+    Folder(&'a ModelFolder, String),
+}
+
+/// Loads the model on `device` and measures it.
+pub fn run(
+    source: Source<'_>,
+    device: Device,
+    bench: &GenerateBench,
+) -> Result<GenerateFigures, BenchError> {
+    match device {
+        Device::Cpu => on(Cpu::<f32>::new(), "cpu".into(), source, bench),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => {
+            let gpu = crate::engine::Cuda::new(ordinal)?;
+            let name = gpu.device_name().to_string();
+            on(gpu, name, source, bench)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(BenchError::NoCudaBuild),
+    }
+}
+
+fn on<B: Backend<Float = f32>>(
+    backend: B,
+    device: String,
+    source: Source<'_>,
+    bench: &GenerateBench,
+) -> Result<GenerateFigures, BenchError> {
+    match source {
+        Source::Preset(preset) => crate::with_shape!(preset.dims(), |shape| {
+            let model = Llama::new(backend, shape, LlamaConfig::default(), 1337);
+            measure(&model, preset.name().to_string(), device, bench)
+        }),
+        Source::Folder(folder, name) => crate::with_shape!(folder.dims(), |shape| {
+            let config = folder.config.llama_config();
+            let model = Llama::load_safetensors(backend, shape, config, &folder.weights())?;
+            measure(&model, name, device, bench)
+        }),
+    }
+}
+
 /// Times `bench.runs` generations of `bench.new_tokens` tokens (every token sampled at
 /// temperature 1, none taken as a stop) with `model`.
-pub fn measure<S: Shape>(
-    model: &Llama<S, Cpu<f32>>,
+fn measure<S: Shape, B: Backend<Float = f32>>(
+    model: &Llama<S, B>,
     name: String,
+    device: String,
     bench: &GenerateBench,
-) -> Result<GenerateFigures, crate::model::ModelError> {
+) -> Result<GenerateFigures, BenchError> {
     let sampling = Sampling {
         temperature: 1.0,
         top_k: 0,
@@ -64,6 +116,7 @@ pub fn measure<S: Shape>(
     let median_tokens_per_sec = median(&mut speeds.clone());
     Ok(GenerateFigures {
         model: name,
+        device,
         params: model.num_params(),
         threads: rayon::current_num_threads(),
         new_tokens,
@@ -73,9 +126,4 @@ pub fn measure<S: Shape>(
         median_first_token_ms: median(&mut first),
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
     })
-}
-
-/// A model of a preset's (or custom) shape with llama2.c's random initialisation.
-pub fn random_model<S: Shape>(shape: S) -> Llama<S, Cpu<f32>> {
-    Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 1337)
 }

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{matmul_peak_gflops, median, peak_rss_bytes};
+use super::{BenchError, matmul_peak_gflops, median, peak_rss_bytes};
 use crate::engine::{AdamWOptimizer, Backend, Cpu, Rng};
-use crate::model::{Llama, LlamaConfig, ModelDims, Preset, Shape, ShapeError};
+use crate::model::{Llama, LlamaConfig, ModelDims, Preset, Shape};
 use crate::pipeline::spec::Device;
 
 /// What to measure.
@@ -44,19 +44,6 @@ pub struct TrainFigures {
     pub bf16_peak_gflops: Option<f64>,
     pub mfu_bf16: Option<f64>,
     pub peak_rss_mb: Option<f64>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    #[error(transparent)]
-    Shape(#[from] ShapeError),
-    #[cfg(feature = "cuda")]
-    #[error(transparent)]
-    Cuda(#[from] crate::engine::cuda::CudaError),
-    #[error(
-        "--device cuda: this tinyllm was built without CUDA; rebuild with `cargo build --release --features cuda`"
-    )]
-    NoCudaBuild,
 }
 
 /// Floating-point operations of one training step (forward + backward = 3 × forward), counting

@@ -117,22 +117,28 @@ extern "C" __global__ void sum_f64(double* out, const float* x, long long n, int
 // ---------------------------------------------------------------------------------------------
 // Embedding
 
-// out[r] = table[tokens[r]]; one block per row.
+// out[r] = table[tokens[r]]; one block per row. A token outside the table (which the CPU
+// backend refuses with a panic) leaves its row untouched rather than reading out of bounds.
 extern "C" __global__ void embedding_forward(float* out, const unsigned int* tokens,
-                                             const float* table, int c) {
+                                             const float* table, int c, int vocab) {
     long long r = blockIdx.x;
-    const float* row = table + (long long)tokens[r] * c;
+    unsigned int token = tokens[r];
+    if (token >= (unsigned int)vocab) return;
+    const float* row = table + (long long)token * c;
     for (int j = threadIdx.x; j < c; j += blockDim.x) out[r * c + j] = row[j];
 }
 
 // dtable[tokens[r]] += dout[r]. One thread per column walks every row in order, so rows with the
 // same token add up in a fixed order.
 extern "C" __global__ void embedding_backward(float* dtable, const unsigned int* tokens,
-                                              const float* dout, int rows, int c) {
+                                              const float* dout, int rows, int c, int vocab) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= c) return;
     for (int r = 0; r < rows; r++) {
-        dtable[(long long)tokens[r] * c + j] += dout[(long long)r * c + j];
+        unsigned int token = tokens[r];
+        if (token < (unsigned int)vocab) {
+            dtable[(long long)token * c + j] += dout[(long long)r * c + j];
+        }
     }
 }
 

@@ -194,13 +194,16 @@ impl Cuda {
 macro_rules! launch {
     ($self:expr, $name:literal, $config:expr, $($arg:expr),+ $(,)?) => {{
         let config: LaunchConfig = $config;
-        let mut builder = $self.stream.launch_builder($self.function($name));
-        $( builder.arg($arg); )+
-        // SAFETY: the arguments match the kernel's signature in kernels.cu in type and order,
-        // and the grid only reaches indices inside the buffers, whose lengths the Backend
-        // contract fixes from the same shapes.
-        unsafe { builder.launch(config) }
-            .unwrap_or_else(|e| panic!("CUDA kernel {} failed: {e}", $name));
+        // An empty grid is a launch error in CUDA; with nothing to do, do nothing.
+        if config.grid_dim.0 > 0 {
+            let mut builder = $self.stream.launch_builder($self.function($name));
+            $( builder.arg($arg); )+
+            // SAFETY: the arguments match the kernel's signature in kernels.cu in type and
+            // order, and the grid only reaches indices inside the buffers, whose lengths the
+            // Backend contract fixes from the same shapes.
+            unsafe { builder.launch(config) }
+                .unwrap_or_else(|e| panic!("CUDA kernel {} failed: {e}", $name));
+        }
     }};
 }
 
@@ -280,15 +283,17 @@ impl Backend for Cuda {
         table: &CudaSlice<f32>,
         c: usize,
     ) {
-        let c = c as i32;
+        let rows = tokens.len().min(out.len() / c);
+        let (vocab, c) = ((table.len() / c) as i32, c as i32);
         launch!(
             self,
             "embedding_forward",
-            blocks(tokens.len(), BLOCK),
+            blocks(rows, BLOCK),
             out,
             tokens,
             table,
-            &c
+            &c,
+            &vocab
         );
     }
     fn embedding_backward(
@@ -298,7 +303,8 @@ impl Backend for Cuda {
         dout: &CudaSlice<f32>,
         c: usize,
     ) {
-        let (rows, width) = (tokens.len() as i32, c as i32);
+        let rows = tokens.len().min(dout.len() / c) as i32;
+        let (vocab, width) = ((dtable.len() / c) as i32, c as i32);
         launch!(
             self,
             "embedding_backward",
@@ -307,7 +313,8 @@ impl Backend for Cuda {
             tokens,
             dout,
             &rows,
-            &width
+            &width,
+            &vocab
         );
     }
 
@@ -659,7 +666,7 @@ impl Backend for Cuda {
         vocab: usize,
         grad_scale: f64,
     ) {
-        let rows = targets.len();
+        let rows = targets.len().min(losses.len());
         let (vocab, grad_scale) = (vocab as i32, grad_scale as f32);
         launch!(
             self,

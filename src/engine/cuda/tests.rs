@@ -2,6 +2,8 @@
 //! log. With one (`scripts/gpu-check.sh` runs the ignored tests): every op, forward and backward,
 //! equals the CPU backend's within 1e-4 on random inputs.
 
+use std::collections::HashMap;
+
 use super::*;
 use crate::engine::{Cpu, Rng};
 
@@ -30,6 +32,70 @@ fn every_kernel_compiles_with_nvrtc() {
     // The list is complete: every kernel of the source is loaded.
     let declared = KERNELS_CU.matches("extern \"C\" __global__ void ").count();
     assert_eq!(declared, KERNEL_NAMES.len());
+}
+
+/// The comma-separated items of the parenthesised list that starts at `open` in `text` (the
+/// top level only), and where the list ends.
+fn top_level_items(text: &str, open: usize) -> (Vec<String>, usize) {
+    let (mut depth, mut items, mut current) = (0usize, Vec::new(), String::new());
+    for (at, c) in text[open..].char_indices() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth == 1 {
+                    continue;
+                }
+            }
+            ')' | ']' | '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    if !current.trim().is_empty() {
+                        items.push(current.trim().to_string());
+                    }
+                    return (items, open + at);
+                }
+            }
+            ',' if depth == 1 => {
+                items.push(current.trim().to_string());
+                current.clear();
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    panic!("unbalanced list at {open}");
+}
+
+#[test]
+fn every_launch_passes_as_many_arguments_as_its_kernel_takes() {
+    let mut params = HashMap::new();
+    let marker = "extern \"C\" __global__ void ";
+    for (at, _) in KERNELS_CU.match_indices(marker) {
+        let rest = &KERNELS_CU[at + marker.len()..];
+        let name = &rest[..rest.find('(').unwrap()];
+        let open = at + marker.len() + name.len();
+        params.insert(name.to_string(), top_level_items(KERNELS_CU, open).0.len());
+    }
+    let source = include_str!("mod.rs");
+    let mut launched = 0;
+    for (at, _) in source.match_indices("launch!(") {
+        let (items, _) = top_level_items(source, at + "launch!".len());
+        if items.len() < 3 || !items[1].starts_with('"') {
+            continue; // the macro's own definition
+        }
+        let name = items[1].trim_matches('"');
+        let expected = params
+            .get(name)
+            .unwrap_or_else(|| panic!("launch of {name}, which kernels.cu does not define"));
+        assert_eq!(
+            items.len() - 3,
+            *expected,
+            "arguments of the launch of {name}"
+        );
+        launched += 1;
+    }
+    assert!(launched >= KERNEL_NAMES.len(), "{launched} launches found");
 }
 
 #[test]
