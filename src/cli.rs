@@ -220,14 +220,8 @@ enum BenchCommand {
         new_tokens: usize,
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// cpu, cuda or cuda:N (a build with --features cuda).
-        #[arg(long, default_value = "cpu", value_parser = parse_device)]
-        device: Device,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: BenchRun,
     },
     /// Training step speed: median ms/step, tokens/s, GFLOP/s against the machine's matmul peak,
     /// peak memory.
@@ -260,15 +254,8 @@ enum BenchCommand {
         /// Timed steps (after 2 warm-up steps).
         #[arg(long, default_value_t = 5)]
         steps: usize,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// cpu, cuda or cuda:N (a build with --features cuda).
-        #[arg(long, default_value = "cpu", value_parser = parse_device)]
-        device: Device,
-        /// Print the figures as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        run: BenchRun,
     },
 }
 
@@ -322,6 +309,20 @@ struct SpecArgs {
     /// needs a build with --features cuda).
     #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
     device: Option<Device>,
+}
+
+/// Where and how a benchmark runs, and how it prints.
+#[derive(Debug, Args)]
+struct BenchRun {
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// cpu, cuda or cuda:N (a build with --features cuda).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: Device,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -505,9 +506,12 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 checkpoint,
                 new_tokens,
                 runs,
-                threads,
-                device,
-                json,
+                run:
+                    BenchRun {
+                        threads,
+                        device,
+                        json,
+                    },
             } => {
                 use crate::bench::generate::{GenerateBench, Source, run};
                 set_threads(threads)?;
@@ -570,9 +574,12 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 batch,
                 seq,
                 steps,
-                threads,
-                device,
-                json,
+                run:
+                    BenchRun {
+                        threads,
+                        device,
+                        json,
+                    },
             } => {
                 set_threads(threads)?;
                 let dims = match dim {
