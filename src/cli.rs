@@ -10,10 +10,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::engine::Device;
 use crate::fsutil::human_bytes;
 use crate::model::{ModelDims, Preset};
 use crate::pipeline::runner::{self, PlanState};
-use crate::pipeline::spec::Device;
 use crate::pipeline::{self, Cache, LoadedSpec, SpecSources, StageId, StageRegistry};
 
 const DEFAULT_CACHE: &str = ".tinyllm/cache";
@@ -138,6 +138,9 @@ enum Command {
         /// Read prompts from standard input, one per line, and continue each.
         #[arg(long)]
         interactive: bool,
+        /// Generate on this device: cpu, cuda or cuda:N (a build with --features cuda).
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        device: Device,
     },
     /// How well a trained model predicts a text: loss in nats/token and bits/byte, and with
     /// --json the ids and every position's logits.
@@ -153,6 +156,9 @@ enum Command {
         /// Print ids, losses and logits as JSON.
         #[arg(long)]
         json: bool,
+        /// Run the model on this device: cpu, cuda or cuda:N (a build with --features cuda).
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        device: Device,
     },
     /// Write a trained model in another format (hf: a folder transformers loads; llama2c: the
     /// files llama2.c's run.c reads).
@@ -305,8 +311,8 @@ struct SpecArgs {
     /// Sweep a key over values: train.lr=1e-3,5e-4 (repeatable: the cartesian product runs).
     #[arg(long, value_name = "KEY=V1,V2,...")]
     sweep: Vec<String>,
-    /// Train on this device: cpu, cuda or cuda:N (the same as --set train.device=…; CUDA
-    /// needs a build with --features cuda).
+    /// Train and sample on this device: cpu, cuda or cuda:N (the same as --set
+    /// train.device=… --set sample.device=…; CUDA needs a build with --features cuda).
     #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
     device: Option<Device>,
 }
@@ -700,6 +706,7 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
             max_new_tokens,
             seed,
             interactive,
+            device,
         } => {
             let options = crate::generate::GenerateOptions {
                 sampling: crate::generate::Sampling {
@@ -710,13 +717,14 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 max_new_tokens,
                 seed,
             };
-            sample_command(&checkpoint, prompt, interactive, &options, &mut out)
+            sample_command(&checkpoint, prompt, interactive, &options, device, &mut out)
         }
         Command::Score {
             checkpoint,
             text,
             json,
-        } => score_command(&train_folder(&checkpoint), &text, json, &mut out),
+            device,
+        } => score_command(&train_folder(&checkpoint), &text, json, device, &mut out),
         Command::Export {
             checkpoint,
             format,
@@ -798,7 +806,12 @@ fn load_spec(args: &SpecArgs) -> Result<LoadedSpec> {
             .set
             .iter()
             .cloned()
-            .chain(args.device.map(|d| format!("train.device=\"{d}\"")))
+            .chain(args.device.into_iter().flat_map(|d| {
+                [
+                    format!("train.device=\"{d}\""),
+                    format!("sample.device=\"{d}\""),
+                ]
+            }))
             .collect(),
         sweeps: args.sweep.clone(),
     };
@@ -975,9 +988,10 @@ fn sample_command(
     prompt: Option<String>,
     interactive: bool,
     options: &crate::generate::GenerateOptions,
+    device: Device,
     out: &mut dyn Write,
 ) -> Result<()> {
-    use crate::generate::{Stop, folder::ModelFolder, generate};
+    use crate::generate::{Prompt, folder::ModelFolder, sample_folder};
     let sampling = &options.sampling;
     if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
         bail!("--top-p {} must be in (0, 1]", sampling.top_p);
@@ -992,54 +1006,58 @@ fn sample_command(
     }
     let dir = train_folder(checkpoint);
     let folder = ModelFolder::open(&dir)?;
-    crate::with_shape!(folder.dims(), |shape| {
-        let model = folder.load(shape)?;
-        let mut decoder = model.decoder();
-        let mut continue_prompt = |prompt: &str, out: &mut dyn Write| -> Result<()> {
-            write!(out, "{prompt}")?;
-            let mut failed = None;
-            let generation = generate(
-                &model,
-                &mut decoder,
-                &folder.tokenizer,
-                prompt,
-                options,
-                |piece| {
-                    if let Err(e) = write!(out, "{piece}").and_then(|()| out.flush()) {
-                        failed.get_or_insert(e);
-                    }
-                },
-            )?;
-            if let Some(e) = failed {
-                return Err(e.into());
-            }
-            writeln!(out)?;
-            let stop = match generation.stop {
-                Stop::EndOfStory => "the end of the story",
-                Stop::MaxNewTokens => "--max-new-tokens",
-                Stop::ContextFull => "the end of the model's context",
-            };
-            eprintln!(
-                "[{} tokens in {:.2} s, {:.0} tokens/s; stopped at {stop}]",
-                generation.tokens.len(),
-                generation.secs,
-                generation.tokens.len() as f64 / generation.secs.max(1e-9)
-            );
-            Ok(())
-        };
-        if interactive {
-            eprintln!(
-                "one prompt per line; an empty line starts a story from nothing; end with Ctrl-D"
-            );
-            for line in std::io::stdin().lines() {
-                let line = line.context("reading standard input")?;
-                continue_prompt(line.trim_end(), out)?;
-            }
-            Ok(())
-        } else {
-            continue_prompt(prompt.as_deref().unwrap_or(""), out)
-        }
-    })
+    let prompt_of = |text: String| Prompt {
+        text,
+        options: *options,
+    };
+    let mut sink = ConsoleSink { out };
+    if interactive {
+        eprintln!(
+            "one prompt per line; an empty line starts a story from nothing; end with Ctrl-D"
+        );
+        let lines = std::io::stdin().lines().map(|line| {
+            line.map(|l| prompt_of(l.trim_end().to_string()))
+                .map_err(Into::into)
+        });
+        sample_folder(&folder, device, lines, &mut sink)?;
+    } else {
+        let once = std::iter::once(Ok(prompt_of(prompt.unwrap_or_default())));
+        sample_folder(&folder, device, once, &mut sink)?;
+    }
+    Ok(())
+}
+
+/// `tinyllm sample`'s output: the story on standard output as it is written, how it ended on
+/// standard error.
+struct ConsoleSink<'a> {
+    out: &'a mut dyn Write,
+}
+
+impl crate::generate::SampleSink for ConsoleSink<'_> {
+    fn start(&mut self, prompt: &crate::generate::Prompt) -> std::io::Result<()> {
+        write!(self.out, "{}", prompt.text)
+    }
+
+    fn piece(&mut self, piece: &str) -> std::io::Result<()> {
+        write!(self.out, "{piece}")?;
+        self.out.flush()
+    }
+
+    fn finish(
+        &mut self,
+        _prompt: &crate::generate::Prompt,
+        generation: &crate::generate::Generation,
+    ) -> std::io::Result<()> {
+        writeln!(self.out)?;
+        eprintln!(
+            "[{} tokens in {:.2} s, {:.0} tokens/s; stopped at {}]",
+            generation.tokens.len(),
+            generation.secs,
+            generation.tokens.len() as f64 / generation.secs.max(1e-9),
+            generation.stop.as_str()
+        );
+        Ok(())
+    }
 }
 
 /// A train artifact given directly, or the one a run folder links under `artifacts/train`.
@@ -1052,56 +1070,84 @@ fn train_folder(checkpoint: &Path) -> PathBuf {
     }
 }
 
-/// `tinyllm score`: one forward pass over BOS + the text's tokens.
-fn score_command(dir: &Path, text: &str, json: bool, out: &mut dyn Write) -> Result<()> {
+/// `tinyllm score`: the loss of every token of BOS + the text, through evaluation's scoring code
+/// (in windows of the model's context, as evaluation cuts a split).
+fn score_command(
+    dir: &Path,
+    text: &str,
+    json: bool,
+    device: Device,
+    out: &mut dyn Write,
+) -> Result<()> {
     let folder = crate::generate::folder::ModelFolder::open(dir)?;
-    let dims = folder.config.tinyllm.dims;
     let mut ids = vec![crate::tokenizer::BOS];
     ids.extend(folder.tokenizer.encode(text));
     if ids.len() < 2 {
         bail!("--text is empty; give a text to score");
     }
-    if ids.len() > dims.max_seq_len {
-        bail!(
-            "the text is {} tokens with BOS; the model's context is {}",
-            ids.len(),
-            dims.max_seq_len
-        );
-    }
-    let logits: Vec<f32> = crate::with_shape!(dims, |shape| {
-        let mut model = folder.load(shape)?;
-        model.forward(&ids, None, 1, ids.len(), 1.0)?;
-        model.logits().expect("a forward pass keeps its logits")
-    });
-    let v = dims.vocab_size;
-    let losses: Vec<f64> = (0..ids.len() - 1)
-        .map(|t| {
-            let row = &logits[t * v..(t + 1) * v];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-            max + sum.ln() - row[ids[t + 1] as usize] as f64
-        })
-        .collect();
-    let loss = losses.iter().sum::<f64>() / losses.len() as f64;
-    let bits_per_byte =
-        losses.iter().sum::<f64>() / std::f64::consts::LN_2 / text.len().max(1) as f64;
+    let job = ScoreJob {
+        folder: &folder,
+        ids: &ids,
+        with_logits: json,
+    };
+    let (losses, logits) = crate::model::run_model(device, folder.dims(), job)?;
+    let tokens_per_byte = losses.len() as f64 / text.len().max(1) as f64;
+    let result = crate::train::eval::EvalResult::new(
+        losses.iter().sum(),
+        losses.len() as u64,
+        tokens_per_byte,
+    );
     if json {
-        let rows: Vec<&[f32]> = logits.chunks(v).collect();
+        let rows: Vec<&[f32]> = logits.chunks(folder.dims().vocab_size).collect();
         let value = serde_json::json!({
             "ids": ids,
             "losses": losses,
-            "loss": loss,
-            "bits_per_byte": bits_per_byte,
+            "loss": result.loss,
+            "bits_per_byte": result.bits_per_byte,
             "logits": rows,
         });
         writeln!(out, "{}", serde_json::to_string(&value)?)?;
     } else {
         writeln!(
             out,
-            "{} tokens: {loss:.4} nats/token (perplexity {:.2}), {bits_per_byte:.4} bits/byte",
+            "{} tokens: {:.4} nats/token (perplexity {:.2}), {:.4} bits/byte",
             losses.len(),
-            loss.exp()
+            result.loss,
+            result.loss.exp(),
+            result.bits_per_byte
         )?;
     }
     Ok(())
+}
+
+/// The per-token losses of `ids` and, when asked, the logits at every position (each window of
+/// the context run again without targets, since the loss overwrites its logits).
+struct ScoreJob<'a> {
+    folder: &'a crate::generate::folder::ModelFolder,
+    ids: &'a [u32],
+    with_logits: bool,
+}
+
+impl crate::model::ModelJob for ScoreJob<'_> {
+    type Output = Result<(Vec<f64>, Vec<f32>)>;
+    fn run<S: crate::model::Shape, B: crate::engine::Backend<Float = f32>>(
+        self,
+        shape: S,
+        backend: B,
+        _device: &crate::engine::DeviceInfo,
+    ) -> Self::Output {
+        /// Windows scored per forward pass.
+        const BATCH: usize = 8;
+        let context = self.folder.dims().max_seq_len;
+        let mut model = self.folder.load(shape, backend)?;
+        let losses = crate::train::eval::sequence_losses(&mut model, self.ids, context, BATCH)?;
+        let mut logits = Vec::new();
+        if self.with_logits {
+            for window in self.ids.chunks(context) {
+                model.forward(window, None, 1, window.len(), 1.0)?;
+                logits.extend(model.logits().expect("a forward pass keeps its logits"));
+            }
+        }
+        Ok((losses, logits))
+    }
 }

@@ -101,6 +101,20 @@ fn bad_checkpoints_and_options_are_one_line_errors() {
         assert!(line.contains("must be in (0, 1]"), "{line}");
     }
 
+    // A GPU asked for where there is none (or in a build without CUDA): one line, not a panic.
+    for command in [
+        &["sample", "--prompt", "Tom", "--device", "cuda"][..],
+        &["score", "--text", "Tom", "--device", "cuda:1"],
+    ] {
+        let line = error_line(&tinyllm(command, Some(&copy)));
+        assert!(
+            line.contains("--features cuda")
+                || line.contains("NVIDIA driver")
+                || line.contains("no CUDA device"),
+            "{line}"
+        );
+    }
+
     let config_path = copy.join("config.json");
     let config: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&config_path).unwrap()).unwrap();

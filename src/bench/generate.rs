@@ -6,11 +6,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{BenchError, median, peak_rss_bytes};
-use crate::engine::{Backend, Cpu, Rng};
+use crate::engine::{Backend, Device, DeviceInfo, Rng};
 use crate::generate::folder::ModelFolder;
 use crate::generate::sampler::{Sampling, sample};
-use crate::model::{Llama, LlamaConfig, Preset, Shape};
-use crate::pipeline::spec::Device;
+use crate::model::{Llama, LlamaConfig, ModelJob, Preset, Shape, run_model};
 use crate::tokenizer::BOS;
 
 /// What to measure: a random model of some dimensions, or a trained one.
@@ -50,35 +49,37 @@ pub fn run(
     device: Device,
     bench: &GenerateBench,
 ) -> Result<GenerateFigures, BenchError> {
-    match device {
-        Device::Cpu => on(Cpu::<f32>::new(), "cpu".into(), source, bench),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(ordinal) => {
-            let gpu = crate::engine::Cuda::new(ordinal)?;
-            let name = gpu.device_name().to_string();
-            on(gpu, name, source, bench)
-        }
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => Err(BenchError::NoCudaBuild),
-    }
+    let dims = match &source {
+        Source::Preset(preset) => preset.dims(),
+        Source::Folder(folder, _) => folder.dims(),
+    };
+    run_model(device, dims, Measure { source, bench })
 }
 
-fn on<B: Backend<Float = f32>>(
-    backend: B,
-    device: String,
-    source: Source<'_>,
-    bench: &GenerateBench,
-) -> Result<GenerateFigures, BenchError> {
-    match source {
-        Source::Preset(preset) => crate::with_shape!(preset.dims(), |shape| {
-            let model = Llama::new(backend, shape, LlamaConfig::default(), 1337);
-            measure(&model, preset.name().to_string(), device, bench)
-        }),
-        Source::Folder(folder, name) => crate::with_shape!(folder.dims(), |shape| {
-            let config = folder.config.llama_config();
-            let model = Llama::load_safetensors(backend, shape, config, &folder.weights())?;
-            measure(&model, name, device, bench)
-        }),
+struct Measure<'a> {
+    source: Source<'a>,
+    bench: &'a GenerateBench,
+}
+
+impl ModelJob for Measure<'_> {
+    type Output = Result<GenerateFigures, BenchError>;
+    fn run<S: Shape, B: Backend<Float = f32>>(
+        self,
+        shape: S,
+        backend: B,
+        device: &DeviceInfo,
+    ) -> Self::Output {
+        let device = device.name.clone();
+        match self.source {
+            Source::Preset(preset) => {
+                let model = Llama::new(backend, shape, LlamaConfig::default(), 1337);
+                measure(&model, preset.name().to_string(), device, self.bench)
+            }
+            Source::Folder(folder, name) => {
+                let model = folder.load(shape, backend)?;
+                measure(&model, name, device, self.bench)
+            }
+        }
     }
 }
 

@@ -8,24 +8,16 @@ pub mod train;
 use std::time::Instant;
 
 use crate::engine::{Backend, Cpu};
-use crate::model::ShapeError;
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Shape(#[from] ShapeError),
+    Dispatch(#[from] crate::model::DispatchError),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Weights(#[from] crate::model::safetensors::SafetensorsError),
-    #[cfg(feature = "cuda")]
-    #[error(transparent)]
-    Cuda(#[from] crate::engine::cuda::CudaError),
-    #[error(
-        "--device cuda: this tinyllm was built without CUDA; rebuild with `cargo build --release --features cuda`"
-    )]
-    NoCudaBuild,
 }
 
 /// The median of some timings.

@@ -6,9 +6,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{BenchError, matmul_peak_gflops, median, peak_rss_bytes};
-use crate::engine::{AdamWOptimizer, Backend, Cpu, Rng};
-use crate::model::{Llama, LlamaConfig, ModelDims, Preset, Shape};
-use crate::pipeline::spec::Device;
+use crate::engine::{AdamWOptimizer, Backend, Device, DeviceInfo, Rng};
+use crate::model::{Llama, LlamaConfig, ModelDims, ModelJob, Preset, Shape, run_model};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -65,36 +64,33 @@ pub fn train_step_flops(dims: &ModelDims, batch: usize, seq: usize) -> f64 {
 }
 
 pub fn run(bench: &TrainBench) -> Result<TrainFigures, BenchError> {
-    crate::with_shape!(bench.dims, |shape| match bench.device {
-        Device::Cpu => Ok(measure(
-            Cpu::<f32>::new(),
-            "cpu".into(),
-            None,
-            1024,
-            shape,
-            bench
-        )),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(ordinal) => {
-            let gpu = crate::engine::Cuda::new(ordinal)?;
-            let (name, bf16) = (gpu.device_name().to_string(), gpu.bf16_peak_gflops());
-            Ok(measure(gpu, name, bf16, 4096, shape, bench))
-        }
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => Err(BenchError::NoCudaBuild),
-    })
+    run_model(bench.device, bench.dims, Measure(bench))
+}
+
+struct Measure<'a>(&'a TrainBench);
+
+impl ModelJob for Measure<'_> {
+    type Output = Result<TrainFigures, BenchError>;
+    fn run<S: Shape, B: Backend<Float = f32>>(
+        self,
+        shape: S,
+        backend: B,
+        device: &DeviceInfo,
+    ) -> Self::Output {
+        Ok(measure(backend, device, shape, self.0))
+    }
 }
 
 fn measure<S: Shape, B: Backend<Float = f32>>(
     backend: B,
-    device: String,
-    bf16_peak_gflops: Option<f64>,
-    peak_size: usize,
+    device: &DeviceInfo,
     shape: S,
     bench: &TrainBench,
 ) -> TrainFigures {
     let dims = shape.dims();
     let (batch, seq) = (bench.batch, bench.seq.min(dims.max_seq_len));
+    // A GPU needs larger products than the CPU to reach its peak.
+    let peak_size = if device.is_gpu() { 4096 } else { 1024 };
     let peak = matmul_peak_gflops(&backend, peak_size);
     let mut model = Llama::new(backend, shape, LlamaConfig::default(), 1337);
     let mut optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
@@ -120,7 +116,7 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
     let flops = train_step_flops(&dims, batch, seq);
     let achieved = flops / secs / 1e9;
     TrainFigures {
-        device,
+        device: device.name.clone(),
         model: bench
             .preset
             .map_or_else(|| format!("{dims:?}"), |p| p.name().to_string()),
@@ -135,8 +131,8 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         achieved_gflops: achieved,
         matmul_peak_gflops: peak,
         fraction_of_peak: achieved / peak,
-        mfu_bf16: bf16_peak_gflops.map(|p| achieved / p),
-        bf16_peak_gflops,
+        mfu_bf16: device.bf16_peak_gflops.map(|p| achieved / p),
+        bf16_peak_gflops: device.bf16_peak_gflops,
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
     }
 }

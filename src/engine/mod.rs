@@ -8,6 +8,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod device;
 mod float;
 pub mod optimizer;
 mod rng;
@@ -15,6 +16,7 @@ mod rng;
 pub use cpu::Cpu;
 #[cfg(feature = "cuda")]
 pub use cuda::Cuda;
+pub use device::{Device, DeviceError, DeviceInfo, OnDevice};
 pub use float::Float;
 pub use optimizer::{AdamWOptimizer, clip_grad_norm};
 pub use rng::Rng;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::Cpu;
+use crate::engine::Backend;
 use crate::model::safetensors::SafetensorsError;
 use crate::model::{HfConfig, Llama, ModelDims, Shape};
 use crate::tokenizer::Tokenizer;
@@ -75,18 +75,17 @@ impl ModelFolder {
         self.dir.join(WEIGHTS)
     }
 
-    /// The model's dimensions (pick the typed shape with [`crate::with_shape!`]).
+    /// The model's dimensions (a [`crate::model::ModelJob`] gets the typed shape).
     pub fn dims(&self) -> ModelDims {
         self.config.tinyllm.dims
     }
 
-    /// The model on the CPU, every tensor's shape checked against `config.json`.
-    pub fn load<S: Shape>(&self, shape: S) -> Result<Llama<S, Cpu<f32>>, SafetensorsError> {
-        Llama::load_safetensors(
-            Cpu::<f32>::new(),
-            shape,
-            self.config.llama_config(),
-            &self.weights(),
-        )
+    /// The model on `backend`, every tensor's shape checked against `config.json`.
+    pub fn load<S: Shape, B: Backend<Float = f32>>(
+        &self,
+        shape: S,
+        backend: B,
+    ) -> Result<Llama<S, B>, SafetensorsError> {
+        Llama::load_safetensors(backend, shape, self.config.llama_config(), &self.weights())
     }
 }

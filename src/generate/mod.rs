@@ -7,6 +7,7 @@
 
 pub mod folder;
 pub mod sampler;
+mod session;
 
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use crate::engine::{Backend, Rng};
 use crate::model::{Decoder, Llama, ModelError, Shape};
 use crate::tokenizer::{BOS, EOS, Tokenizer};
 pub use sampler::Sampling;
+pub use session::{Prompt, SampleError, SampleSink, sample_folder};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenerateOptions {
@@ -30,6 +32,17 @@ pub enum Stop {
     MaxNewTokens,
     /// The model's context (`max_seq_len` positions) is full.
     ContextFull,
+}
+
+impl Stop {
+    /// How samples and messages name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stop::EndOfStory => "end of story",
+            Stop::MaxNewTokens => "max_new_tokens",
+            Stop::ContextFull => "context full",
+        }
+    }
 }
 
 /// A finished generation.

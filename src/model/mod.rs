@@ -2,6 +2,7 @@
 //! forward and backward passes on an engine backend.
 
 mod decode;
+mod dispatch;
 pub mod hf_config;
 mod llama;
 mod presets;
@@ -9,10 +10,11 @@ pub mod safetensors;
 pub mod shape;
 
 pub use decode::Decoder;
+pub use dispatch::{DispatchError, ModelJob, run_model};
 pub use hf_config::HfConfig;
 pub use llama::{Llama, LlamaConfig, ModelError, ParamInfo, Params, param_layout};
 pub use presets::{ModelDims, Preset};
-pub use shape::{Dims, RuntimeShape, Shape, ShapeError};
+pub use shape::{Dims, RuntimeShape, Shape, ShapeError, ShapeJob, with_shape};
 
 #[cfg(test)]
 mod tests;

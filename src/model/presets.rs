@@ -73,24 +73,16 @@ impl Preset {
         }
     }
 
+    /// The preset's dimensions, from its compile-time type (the one table of them).
     pub fn dims(self) -> ModelDims {
-        let (dim, n_layers, n_heads, n_kv_heads, vocab_size, multiple_of, max_seq_len) = match self
-        {
-            Preset::Tutorial => (288, 8, 8, 4, 4096, 32, 256),
-            Preset::Stories260K => (64, 5, 8, 4, 512, 4, 512),
-            Preset::Stories15M => (288, 6, 6, 6, 32000, 32, 256),
-            Preset::Stories42M => (512, 8, 8, 8, 32000, 32, 1024),
-            Preset::Stories110M => (768, 12, 12, 12, 32000, 32, 1024),
-            Preset::Quickstart => (128, 4, 4, 2, 2048, 32, 256),
-        };
-        ModelDims {
-            dim,
-            n_layers,
-            n_heads,
-            n_kv_heads,
-            vocab_size,
-            multiple_of,
-            max_seq_len,
+        use super::shape::{self, Dims};
+        match self {
+            Preset::Tutorial => shape::Tutorial::DIMS,
+            Preset::Stories260K => shape::Stories260K::DIMS,
+            Preset::Stories15M => shape::Stories15M::DIMS,
+            Preset::Stories42M => shape::Stories42M::DIMS,
+            Preset::Stories110M => shape::Stories110M::DIMS,
+            Preset::Quickstart => shape::Quickstart::DIMS,
         }
     }
 }

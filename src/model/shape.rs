@@ -1,7 +1,20 @@
-//! Model shapes at the type level. Each named preset is a zero-sized type whose dimensions are
-//! associated constants, so a model or parameter set of one preset cannot be handed to another
-//! (the compiler refuses), and the loop bounds are constants. [`RuntimeShape`] serves custom
-//! sizes read from a spec, checked once when it is made.
+//! Model shapes at the type level.
+//!
+//! What the types guarantee:
+//! - Each named preset ([`Tutorial`], [`Stories15M`], …) is a zero-sized type whose dimensions
+//!   are the associated constant [`Dims::DIMS`]. A [`Llama`](super::Llama) and its
+//!   [`Params`](super::Params) carry their shape type, so the parameters or gradients of one
+//!   preset cannot be handed to a model of another: the compiler refuses (tested with trybuild in
+//!   `tests/compile_fail/`). For a preset, every loop bound derived from the dimensions is a
+//!   constant the compiler sees.
+//! - Custom dimensions are a [`RuntimeShape`], which can only be made through
+//!   [`RuntimeShape::new`], so it always holds dimensions that passed the model's rule set.
+//!
+//! What they do not guarantee: batch and sequence length are run-time values, checked when a
+//! model is called (`ModelError`), and two `RuntimeShape` models of different sizes share a type.
+//!
+//! The preset table is written once, here: [`Preset::dims`](super::Preset::dims) reads it from
+//! the types. [`with_shape`] is the one place a [`ModelDims`] value becomes a typed shape.
 
 use super::{ModelDims, Preset};
 
@@ -10,48 +23,36 @@ pub trait Shape: Copy + Send + Sync + 'static {
     fn dims(&self) -> ModelDims;
 }
 
-/// A shape fixed at compile time.
+/// A shape fixed at compile time: one zero-sized type per preset.
 pub trait Dims: Copy + Default + Send + Sync + 'static {
-    const DIM: usize;
-    const N_LAYERS: usize;
-    const N_HEADS: usize;
-    const N_KV_HEADS: usize;
-    const VOCAB_SIZE: usize;
-    const MULTIPLE_OF: usize;
-    const MAX_SEQ_LEN: usize;
+    const DIMS: ModelDims;
     const PRESET: Preset;
 }
 
 impl<D: Dims> Shape for D {
     #[inline]
     fn dims(&self) -> ModelDims {
-        ModelDims {
-            dim: D::DIM,
-            n_layers: D::N_LAYERS,
-            n_heads: D::N_HEADS,
-            n_kv_heads: D::N_KV_HEADS,
-            vocab_size: D::VOCAB_SIZE,
-            multiple_of: D::MULTIPLE_OF,
-            max_seq_len: D::MAX_SEQ_LEN,
-        }
+        D::DIMS
     }
 }
 
 macro_rules! preset_type {
-    ($(#[$doc:meta])* $name:ident = $preset:ident: $dim:expr, $layers:expr, $heads:expr, $kv:expr, $vocab:expr, $multiple:expr, $seq:expr) => {
+    ($(#[$doc:meta])* $name:ident: $dim:expr, $layers:expr, $heads:expr, $kv:expr, $vocab:expr, $multiple:expr, $seq:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct $name;
 
         impl Dims for $name {
-            const DIM: usize = $dim;
-            const N_LAYERS: usize = $layers;
-            const N_HEADS: usize = $heads;
-            const N_KV_HEADS: usize = $kv;
-            const VOCAB_SIZE: usize = $vocab;
-            const MULTIPLE_OF: usize = $multiple;
-            const MAX_SEQ_LEN: usize = $seq;
-            const PRESET: Preset = Preset::$preset;
+            const DIMS: ModelDims = ModelDims {
+                dim: $dim,
+                n_layers: $layers,
+                n_heads: $heads,
+                n_kv_heads: $kv,
+                vocab_size: $vocab,
+                multiple_of: $multiple,
+                max_seq_len: $seq,
+            };
+            const PRESET: Preset = Preset::$name;
         }
 
         const _: () = {
@@ -60,29 +61,30 @@ macro_rules! preset_type {
     };
 }
 
+// The preset table: dim, layers, heads, kv heads, vocab, multiple_of, max_seq_len.
 preset_type!(
     /// The tutorial's model: dim 288, 8 layers, 8 heads, 4 kv heads, vocab 4096, seq 256.
-    Tutorial = Tutorial: 288, 8, 8, 4, 4096, 32, 256
+    Tutorial: 288, 8, 8, 4, 4096, 32, 256
 );
 preset_type!(
     /// llama2.c's `stories260K`.
-    Stories260K = Stories260K: 64, 5, 8, 4, 512, 4, 512
+    Stories260K: 64, 5, 8, 4, 512, 4, 512
 );
 preset_type!(
     /// llama2.c's `stories15M`.
-    Stories15M = Stories15M: 288, 6, 6, 6, 32000, 32, 256
+    Stories15M: 288, 6, 6, 6, 32000, 32, 256
 );
 preset_type!(
     /// llama2.c's `stories42M`.
-    Stories42M = Stories42M: 512, 8, 8, 8, 32000, 32, 1024
+    Stories42M: 512, 8, 8, 8, 32000, 32, 1024
 );
 preset_type!(
     /// llama2.c's `stories110M`.
-    Stories110M = Stories110M: 768, 12, 12, 12, 32000, 32, 1024
+    Stories110M: 768, 12, 12, 12, 32000, 32, 1024
 );
 preset_type!(
     /// The quickstart's model (`pipelines/quickstart.toml`).
-    Quickstart = Quickstart: 128, 4, 4, 2, 2048, 32, 256
+    Quickstart: 128, 4, 4, 2, 2048, 32, 256
 );
 
 /// A shape chosen at run time (a spec's custom dimensions), valid by construction.
@@ -134,47 +136,25 @@ impl RuntimeShape {
     }
 }
 
-/// Runs `$body` with `$shape` bound to the compile-time type of the preset whose dimensions
-/// are `$dims`, or to a checked [`RuntimeShape`] for custom dimensions, so that the named
-/// presets get constant loop bounds. `?` on the [`ShapeError`] needs the enclosing function's
-/// error type to convert from it.
-#[macro_export]
-macro_rules! with_shape {
-    ($dims:expr, |$shape:ident| $body:expr) => {{
-        use $crate::model::Preset as __Preset;
-        use $crate::model::shape as __shape;
-        let dims: $crate::model::ModelDims = $dims;
-        match __Preset::ALL.into_iter().find(|p| p.dims() == dims) {
-            Some(__Preset::Tutorial) => {
-                let $shape = __shape::Tutorial;
-                $body
-            }
-            Some(__Preset::Stories260K) => {
-                let $shape = __shape::Stories260K;
-                $body
-            }
-            Some(__Preset::Stories15M) => {
-                let $shape = __shape::Stories15M;
-                $body
-            }
-            Some(__Preset::Stories42M) => {
-                let $shape = __shape::Stories42M;
-                $body
-            }
-            Some(__Preset::Stories110M) => {
-                let $shape = __shape::Stories110M;
-                $body
-            }
-            Some(__Preset::Quickstart) => {
-                let $shape = __shape::Quickstart;
-                $body
-            }
-            None => {
-                let $shape = __shape::RuntimeShape::new(dims)?;
-                $body
-            }
-        }
-    }};
+/// Work that needs a model's shape as a type: [`with_shape`] calls `run` with the preset's
+/// zero-sized type, or with a [`RuntimeShape`] for custom dimensions.
+pub trait ShapeJob {
+    type Output;
+    fn run<S: Shape>(self, shape: S) -> Self::Output;
+}
+
+/// Runs `job` with the compile-time type of the preset whose dimensions are `dims`, so that the
+/// presets get constant loop bounds, or with a checked [`RuntimeShape`] for custom dimensions.
+pub fn with_shape<J: ShapeJob>(dims: ModelDims, job: J) -> Result<J::Output, ShapeError> {
+    Ok(match Preset::ALL.into_iter().find(|p| p.dims() == dims) {
+        Some(Preset::Tutorial) => job.run(Tutorial),
+        Some(Preset::Stories260K) => job.run(Stories260K),
+        Some(Preset::Stories15M) => job.run(Stories15M),
+        Some(Preset::Stories42M) => job.run(Stories42M),
+        Some(Preset::Stories110M) => job.run(Stories110M),
+        Some(Preset::Quickstart) => job.run(Quickstart),
+        None => job.run(RuntimeShape::new(dims)?),
+    })
 }
 
 impl Shape for RuntimeShape {
@@ -187,17 +167,41 @@ impl Shape for RuntimeShape {
 mod tests {
     use super::*;
 
-    #[test]
-    fn preset_types_agree_with_the_preset_table() {
-        fn check<D: Dims>() {
-            assert_eq!(D::default().dims(), D::PRESET.dims());
+    /// Names the shape type a job was given.
+    struct TypeName;
+    impl ShapeJob for TypeName {
+        type Output = (&'static str, ModelDims);
+        fn run<S: Shape>(self, shape: S) -> Self::Output {
+            let name = std::any::type_name::<S>();
+            (name.rsplit("::").next().unwrap_or(name), shape.dims())
         }
-        check::<Tutorial>();
-        check::<Stories260K>();
-        check::<Stories15M>();
-        check::<Stories42M>();
-        check::<Stories110M>();
-        check::<Quickstart>();
+    }
+
+    #[test]
+    fn each_preset_runs_as_its_own_type_and_custom_dims_at_run_time() {
+        fn preset_of<D: Dims>(_: D) -> Preset {
+            D::PRESET
+        }
+        assert_eq!(preset_of(Stories110M), Preset::Stories110M);
+        for preset in Preset::ALL {
+            let (name, dims) = with_shape(preset.dims(), TypeName).unwrap();
+            assert_eq!(dims, preset.dims());
+            let expected = format!("{:?}", preset);
+            assert_eq!(name, expected, "{preset:?}");
+        }
+        let custom = ModelDims {
+            n_layers: 3,
+            ..Preset::Tutorial.dims()
+        };
+        assert_eq!(
+            with_shape(custom, TypeName).unwrap(),
+            ("RuntimeShape", custom)
+        );
+        let bad = ModelDims {
+            n_heads: 5,
+            ..custom
+        };
+        assert!(with_shape(bad, TypeName).is_err());
     }
 
     #[test]

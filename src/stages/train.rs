@@ -79,6 +79,7 @@ impl Stage for Train {
         .map_err(|e| format!("validation split: {e}"))?;
         let job = TrainJob {
             config: cfg.clone(),
+            dims,
             llama: spec.model.llama_config(),
             train_shards: train_paths,
             eval,
@@ -86,7 +87,7 @@ impl Stage for Train {
             live_metrics: Some(cx.run_dir.join(metrics::METRICS_JSONL)),
             quiet: cx.quiet,
         };
-        let outcome = crate::with_shape!(dims, |shape| train(shape, &job, cx.out_dir))?;
+        let outcome = train(&job, cx.out_dir)?;
 
         let out = cx.out_dir;
         let write = |name: &str, bytes: &[u8]| {

@@ -18,17 +18,19 @@ use super::eval::{EvalResult, EvalSet};
 use super::metrics::{MetricRecord, MetricsLog, read_jsonl};
 use super::schedule::LrSchedule;
 use crate::data::loader::{Loader, LoaderError};
-use crate::engine::{AdamWOptimizer, Backend, Cpu, clip_grad_norm};
+use crate::engine::{AdamWOptimizer, Backend, DeviceInfo, clip_grad_norm};
 use crate::fsutil;
 use crate::model::hf_config::{HfConfig, HfConfigError};
 use crate::model::safetensors::{self, SafetensorsError};
-use crate::model::{Llama, LlamaConfig, ModelError, ParamInfo, Shape};
-use crate::pipeline::spec::Device;
+use crate::model::{
+    DispatchError, Llama, LlamaConfig, ModelDims, ModelError, ModelJob, ParamInfo, Shape, run_model,
+};
 use crate::pipeline::spec::TrainConfig;
 
 /// Everything a training run reads.
 pub struct TrainJob {
     pub config: TrainConfig,
+    pub dims: ModelDims,
     pub llama: LlamaConfig,
     pub train_shards: Vec<PathBuf>,
     pub eval: EvalSet,
@@ -81,13 +83,8 @@ pub enum TrainError {
         lr: f64,
         last_good: String,
     },
-    #[cfg(feature = "cuda")]
-    #[error(transparent)]
-    Cuda(crate::engine::cuda::CudaError),
-    #[error(
-        "train.device asks for CUDA, but this tinyllm was built without it: rebuild with `cargo build --release --features cuda`, or set train.device = \"cpu\""
-    )]
-    NoCudaBuild,
+    #[error("train.device: {0}")]
+    Dispatch(#[from] DispatchError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -180,22 +177,26 @@ fn start_or_resume<S: Shape, B: Backend<Float = f32>>(
     Ok((state, records, Some(checkpoint)))
 }
 
-/// Trains a model of shape `shape` as `job` says, continuing from the newest good checkpoint if
-/// there is one, and writes the final weights and `config.json` into `out_dir`.
-pub fn train<S: Shape>(
-    shape: S,
-    job: &TrainJob,
-    out_dir: &Path,
-) -> Result<TrainOutcome, TrainError> {
-    match job.config.device {
-        Device::Cpu => train_on(Cpu::<f32>::new(), shape, job, out_dir),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(ordinal) => {
-            let backend = crate::engine::Cuda::new(ordinal).map_err(TrainError::Cuda)?;
-            train_on(backend, shape, job, out_dir)
-        }
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => Err(TrainError::NoCudaBuild),
+/// Trains the model `job` describes on `job.config.device`, continuing from the newest good
+/// checkpoint if there is one, and writes the final weights and `config.json` into `out_dir`.
+pub fn train(job: &TrainJob, out_dir: &Path) -> Result<TrainOutcome, TrainError> {
+    run_model(job.config.device, job.dims, Training { job, out_dir })
+}
+
+struct Training<'a> {
+    job: &'a TrainJob,
+    out_dir: &'a Path,
+}
+
+impl ModelJob for Training<'_> {
+    type Output = Result<TrainOutcome, TrainError>;
+    fn run<S: Shape, B: Backend<Float = f32>>(
+        self,
+        shape: S,
+        backend: B,
+        _device: &DeviceInfo,
+    ) -> Self::Output {
+        train_on(backend, shape, self.job, self.out_dir)
     }
 }
 

@@ -1,0 +1,108 @@
+//! The sampling loop that `tinyllm sample` and the sample stage share: load a model folder on a
+//! device once, then continue prompt after prompt with one KV-cache decoder, reporting each piece
+//! of text and each finished story to a [`SampleSink`] that decides how to show them.
+
+use std::io;
+
+use super::folder::ModelFolder;
+use super::{GenerateError, GenerateOptions, Generation, generate};
+use crate::engine::{Backend, Device, DeviceInfo};
+use crate::model::safetensors::SafetensorsError;
+use crate::model::{DispatchError, ModelJob, Shape, run_model};
+
+/// One prompt to continue, with its own options (the sample stage gives each sample its seed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    pub text: String,
+    pub options: GenerateOptions,
+}
+
+/// Where a sampling session's text goes as it is written.
+pub trait SampleSink {
+    /// Before a prompt is continued.
+    fn start(&mut self, prompt: &Prompt) -> io::Result<()>;
+    /// A new piece of the continuation, as soon as it is whole UTF-8.
+    fn piece(&mut self, piece: &str) -> io::Result<()>;
+    /// After the continuation ended (see [`Generation::stop`]).
+    fn finish(&mut self, prompt: &Prompt, generation: &Generation) -> io::Result<()>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    #[error(transparent)]
+    Weights(#[from] SafetensorsError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Loads `folder`'s model on `device` and continues each prompt in turn (prompts are drawn one
+/// at a time, so they can come from a terminal as the user types them).
+pub fn sample_folder<I>(
+    folder: &ModelFolder,
+    device: Device,
+    prompts: I,
+    sink: &mut dyn SampleSink,
+) -> Result<(), SampleError>
+where
+    I: IntoIterator<Item = Result<Prompt, SampleError>>,
+{
+    run_model(
+        device,
+        folder.dims(),
+        Session {
+            folder,
+            prompts,
+            sink,
+        },
+    )
+}
+
+struct Session<'a, I> {
+    folder: &'a ModelFolder,
+    prompts: I,
+    sink: &'a mut dyn SampleSink,
+}
+
+impl<I> ModelJob for Session<'_, I>
+where
+    I: IntoIterator<Item = Result<Prompt, SampleError>>,
+{
+    type Output = Result<(), SampleError>;
+    fn run<S: Shape, B: Backend<Float = f32>>(
+        self,
+        shape: S,
+        backend: B,
+        _device: &DeviceInfo,
+    ) -> Self::Output {
+        let model = self.folder.load(shape, backend)?;
+        let mut decoder = model.decoder();
+        for prompt in self.prompts {
+            let prompt = prompt?;
+            self.sink.start(&prompt)?;
+            let mut failed = None;
+            let generation = generate(
+                &model,
+                &mut decoder,
+                &self.folder.tokenizer,
+                &prompt.text,
+                &prompt.options,
+                |piece| {
+                    if failed.is_none()
+                        && let Err(e) = self.sink.piece(piece)
+                    {
+                        failed = Some(e);
+                    }
+                },
+            )?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            self.sink.finish(&prompt, &generation)?;
+        }
+        Ok(())
+    }
+}
