@@ -1,6 +1,7 @@
 //! `tinyllm bench data`: tokenizer training time and memory on a corpus of a chosen size, and
 //! pretokenize throughput (MB/s of text, tokens/s) through the pretokenize stage's own encoder.
 
+use std::fmt;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,6 +34,30 @@ pub struct DataFigures {
     pub pretokenize_mb_per_sec: f64,
     pub pretokenize_tokens_per_sec: f64,
     pub bytes_per_token: f64,
+}
+
+/// The figures as `bench data` prints them without `--json`.
+impl fmt::Display for DataFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "corpus {:.1} MB ({} stories), BPE vocab {}, {} threads",
+            self.corpus_mb, self.stories, self.vocab_size, self.threads
+        )?;
+        write!(
+            f,
+            "\n  tokenizer training {:>9.1} s",
+            self.tokenizer_train_secs
+        )?;
+        if let Some(rss) = self.peak_rss_after_training_mb {
+            write!(f, "\n  peak RSS           {rss:>9.0} MB")?;
+        }
+        write!(
+            f,
+            "\n  pretokenize        {:>9.1} MB/s of text, {:.0} tokens/s ({:.2} bytes/token)",
+            self.pretokenize_mb_per_sec, self.pretokenize_tokens_per_sec, self.bytes_per_token
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! `tinyllm bench generate`: the speed of KV-cache generation, batch 1, from BOS: tokens per
 //! second over the new tokens (median of runs), time to the first token, peak memory.
 
+use std::fmt;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -32,6 +33,36 @@ pub struct GenerateFigures {
     pub median_tokens_per_sec: f64,
     pub median_first_token_ms: f64,
     pub peak_rss_mb: Option<f64>,
+}
+
+/// The figures as `bench generate` prints them without `--json`.
+impl fmt::Display for GenerateFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let runs: Vec<String> = self
+            .tokens_per_sec_runs
+            .iter()
+            .map(|t| format!("{t:.0}"))
+            .collect();
+        writeln!(
+            f,
+            "model {} ({:.2} M params), batch 1, {} new tokens, {}, {} threads, {} runs",
+            self.model,
+            self.params as f64 / 1e6,
+            self.new_tokens,
+            self.device,
+            self.threads,
+            self.runs
+        )?;
+        write!(
+            f,
+            "  {:.0} tokens/s (median; runs: {}), first token in {:.1} ms, peak RSS {}",
+            self.median_tokens_per_sec,
+            runs.join(", "),
+            self.median_first_token_ms,
+            self.peak_rss_mb
+                .map_or("unknown".to_string(), |mb| format!("{mb:.0} MB"))
+        )
+    }
 }
 
 /// Which model to generate with.

@@ -136,3 +136,48 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
     }
 }
+
+/// The figures as `bench train` prints them without `--json`.
+impl std::fmt::Display for TrainFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "model {} ({:.2} M params), batch {} × seq {}, {}, {} threads, {} steps",
+            self.model,
+            self.params as f64 / 1e6,
+            self.batch,
+            self.seq,
+            self.device,
+            self.threads,
+            self.steps
+        )?;
+        write!(
+            f,
+            "\n  median step      {:>10.1} ms",
+            self.median_ms_per_step
+        )?;
+        write!(f, "\n  tokens/s         {:>10.0}", self.tokens_per_sec)?;
+        write!(
+            f,
+            "\n  achieved         {:>10.1} GFLOP/s ({:.1} GFLOP/step)",
+            self.achieved_gflops, self.gflops_per_step
+        )?;
+        write!(
+            f,
+            "\n  matmul peak      {:>10.1} GFLOP/s ({:.0}% of it)",
+            self.matmul_peak_gflops,
+            100.0 * self.fraction_of_peak
+        )?;
+        if let (Some(peak), Some(mfu)) = (self.bf16_peak_gflops, self.mfu_bf16) {
+            write!(
+                f,
+                "\n  bf16 peak        {peak:>10.1} GFLOP/s (MFU {:.1}%)",
+                100.0 * mfu
+            )?;
+        }
+        if let Some(rss) = self.peak_rss_mb {
+            write!(f, "\n  peak RSS         {rss:>10.0} MB")?;
+        }
+        Ok(())
+    }
+}

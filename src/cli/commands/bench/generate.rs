@@ -1,0 +1,60 @@
+//! `tinyllm bench generate`: KV-cache generation speed, batch 1.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use super::print_figures;
+use crate::bench::generate::{GenerateBench, Source, run};
+use crate::cli::args::{BenchRun, parse_preset, set_threads, train_folder};
+use crate::generate::folder::ModelFolder;
+use crate::model::Preset;
+
+/// Generation speed with the KV cache, batch 1: tokens/s (median of runs), time to the
+/// first token, peak memory.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    tinyllm bench generate --preset tutorial --new-tokens 256\n  \
+    tinyllm bench generate --checkpoint runs/tinystories/default --threads 2 --json")]
+pub struct GenerateArgs {
+    /// A model preset with random weights (default: tutorial).
+    #[arg(long, value_name = "PRESET", value_parser = parse_preset, conflicts_with = "checkpoint")]
+    preset: Option<Preset>,
+    /// A trained model folder (a train artifact or a run folder) instead of a preset.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    new_tokens: usize,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[command(flatten)]
+    run: BenchRun,
+}
+
+pub fn exec(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
+    set_threads(args.run.threads)?;
+    if args.new_tokens == 0 || args.runs == 0 {
+        bail!("--new-tokens and --runs must be at least 1");
+    }
+    let bench = GenerateBench {
+        new_tokens: args.new_tokens,
+        runs: args.runs,
+    };
+    let device = args.run.device;
+    let figures = match args.checkpoint {
+        Some(checkpoint) => {
+            let dir = train_folder(&checkpoint);
+            let folder = ModelFolder::open(&dir)?;
+            let name = dir.display().to_string();
+            run(Source::Folder(&folder, name), device, &bench)?
+        }
+        None => run(
+            Source::Preset(args.preset.unwrap_or(Preset::Tutorial)),
+            device,
+            &bench,
+        )?,
+    };
+    print_figures(&figures, args.run.json, out)
+}
