@@ -234,11 +234,22 @@ enum BenchCommand {
     #[command(after_help = "Examples:\n  \
         tinyllm bench train --preset tutorial --batch 8 --seq 256\n  \
         tinyllm bench train --preset stories110M --device cuda\n  \
-        tinyllm bench train --dim 128 --n-layers 4 --n-heads 4 --n-kv-heads 2 --vocab-size 512 --threads 1 --json")]
+        tinyllm bench train --dim 128 --n-layers 4 --n-heads 4 --n-kv-heads 2 --vocab-size 512 --threads 1 --json\n  \
+        tinyllm bench train --spec pipelines/tinystories-10min.toml --val-windows 1488\n\n\
+        With --spec, the model, batch, sequence, accumulation and clipping are the pipeline's, and\n\
+        the figures end with an estimate of a whole run of it: its steps, validation passes,\n\
+        checkpoints and metrics log, each timed the way the trainer runs them.")]
     Train {
         /// A model preset (tutorial, stories260K, stories15M, stories42M, stories110M, quickstart).
         #[arg(long, value_name = "PRESET", value_parser = parse_preset, conflicts_with = "dim")]
         preset: Option<Preset>,
+        /// A pipeline spec whose model and train settings to measure, with a whole run's time.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["preset", "dim", "batch", "seq", "grad_accum"])]
+        spec: Option<PathBuf>,
+        /// Windows in one validation pass (default: the spec's train.eval_windows; needed when
+        /// that is 0, "every window of the split").
+        #[arg(long, value_name = "N", requires = "spec")]
+        val_windows: Option<usize>,
         /// Custom dimensions instead of a preset.
         #[arg(long, requires_all = ["n_layers", "n_heads", "vocab_size"])]
         dim: Option<usize>,
@@ -257,6 +268,9 @@ enum BenchCommand {
         batch: usize,
         #[arg(long, default_value_t = 256)]
         seq: usize,
+        /// Micro-batches per optimizer step.
+        #[arg(long, default_value_t = 1)]
+        grad_accum: usize,
         /// Timed steps (after 2 warm-up steps).
         #[arg(long, default_value_t = 5)]
         steps: usize,
@@ -571,6 +585,8 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
             }
             BenchCommand::Train {
                 preset,
+                spec,
+                val_windows,
                 dim,
                 n_layers,
                 n_heads,
@@ -579,6 +595,7 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                 multiple_of,
                 batch,
                 seq,
+                grad_accum,
                 steps,
                 run:
                     BenchRun {
@@ -587,11 +604,16 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                         json,
                     },
             } => {
+                use crate::bench::train::{RunPlan, TrainBench};
+                use crate::train::step::StepConfig;
                 set_threads(threads)?;
-                let dims = match dim {
+                if batch == 0 || seq == 0 || steps == 0 || grad_accum == 0 {
+                    bail!("--batch, --seq, --grad-accum and --steps must be at least 1");
+                }
+                let mut bench = match dim {
                     Some(dim) => {
                         let n_heads = n_heads.unwrap_or(1);
-                        ModelDims {
+                        let dims = ModelDims {
                             dim,
                             n_layers: n_layers.unwrap_or(1),
                             n_heads,
@@ -599,38 +621,81 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                             vocab_size: vocab_size.unwrap_or(1),
                             multiple_of,
                             max_seq_len: seq,
+                        };
+                        TrainBench {
+                            dims,
+                            preset: None,
+                            step: StepConfig {
+                                batch,
+                                seq,
+                                accum: grad_accum,
+                                grad_clip: 1.0,
+                            },
+                            warmup_steps: 2,
+                            steps,
+                            device,
+                            run: None,
                         }
                     }
-                    None => preset.unwrap_or(Preset::Tutorial).dims(),
+                    None => {
+                        let preset = preset.unwrap_or(Preset::Tutorial);
+                        TrainBench {
+                            dims: preset.dims(),
+                            preset: Some(preset),
+                            step: StepConfig {
+                                batch,
+                                seq,
+                                accum: grad_accum,
+                                grad_clip: 1.0,
+                            },
+                            warmup_steps: 2,
+                            steps,
+                            device,
+                            run: None,
+                        }
+                    }
                 };
-                let preset = if dim.is_some() {
-                    None
-                } else {
-                    Some(preset.unwrap_or(Preset::Tutorial))
-                };
-                if batch == 0 || seq == 0 || steps == 0 {
-                    bail!("--batch, --seq and --steps must be at least 1");
+                if let Some(path) = spec {
+                    let loaded = pipeline::load(&SpecSources {
+                        spec: path,
+                        ..SpecSources::default()
+                    })?;
+                    let spec = &loaded.variants[0].spec;
+                    let t = &spec.train;
+                    let val_windows = match (val_windows, t.eval_windows) {
+                        (Some(0), _) => bail!("--val-windows must be at least 1"),
+                        (Some(n), _) => n,
+                        (None, 0) => bail!(
+                            "train.eval_windows is 0 in the spec (every window of the validation split): say how many that is with --val-windows N (a train artifact's training.json has it as validation_windows)"
+                        ),
+                        (None, n) => n,
+                    };
+                    bench.dims = spec
+                        .model_dims()
+                        .map_err(|v| anyhow::anyhow!("{}: {}", v.key, v.message))?;
+                    bench.preset = spec.model.preset;
+                    bench.step = StepConfig::of(t);
+                    bench.run = Some(RunPlan {
+                        pipeline: spec.pipeline.name.clone(),
+                        max_iters: t.max_iters,
+                        eval_interval: t.eval_interval,
+                        val_windows,
+                        checkpoint_interval: t.checkpoint_interval,
+                        log_interval: t.log_interval,
+                    });
                 }
-                let bench = crate::bench::train::TrainBench {
-                    dims,
-                    preset,
-                    batch,
-                    seq,
-                    warmup_steps: 2,
-                    steps,
-                    device,
-                };
                 let figures = crate::bench::train::run(&bench)?;
                 if json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&figures)?)?;
                 } else {
                     writeln!(
                         out,
-                        "model {} ({:.2} M params), batch {} × seq {}, {}, {} threads, {} steps",
+                        "model {} ({:.2} M params), batch {} × seq {} × {} micro-batches, {}, {} threads, {} steps",
                         figures.model,
                         figures.params as f64 / 1e6,
                         figures.batch,
                         figures.seq,
+                        figures.grad_accum_steps,
                         figures.device,
                         figures.threads,
                         figures.steps
@@ -661,6 +726,33 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
                     }
                     if let Some(rss) = figures.peak_rss_mb {
                         writeln!(out, "  peak RSS         {rss:>10.0} MB")?;
+                    }
+                    if let Some(run) = &figures.run {
+                        let total = run.total_secs();
+                        writeln!(
+                            out,
+                            "a run of {} ({} steps), estimated: {}",
+                            run.pipeline,
+                            run.steps,
+                            runner::human_secs(total)
+                        )?;
+                        let counts = [
+                            format!("{} × {:.1} ms", run.steps, run.step_secs * 1e3),
+                            format!(
+                                "{} × {:.2} s ({} windows)",
+                                run.evaluations, run.validation_pass_secs, run.validation_windows
+                            ),
+                            format!("{} × {:.3} s", run.checkpoints, run.checkpoint_secs),
+                            format!("{} × {:.3} ms", run.log_lines, run.log_line_secs * 1e3),
+                        ];
+                        for ((part, secs), count) in run.parts().iter().zip(counts) {
+                            writeln!(
+                                out,
+                                "  {part:<16} {:>9.1} s {:>5.1}%   {count}",
+                                secs,
+                                100.0 * secs / total.max(1e-9)
+                            )?;
+                        }
                     }
                 }
                 Ok(())

@@ -18,6 +18,17 @@ pub enum BenchError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Weights(#[from] crate::model::safetensors::SafetensorsError),
+    #[error(transparent)]
+    Loader(#[from] crate::data::loader::LoaderError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::train::checkpoint::CheckpointError),
+    #[error("the benchmark's scratch folder {}: {source}", path.display())]
+    Scratch {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The median of some timings.

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 
 use super::ModelDims;
 use super::shape::Shape;
-use crate::engine::{AdamWOptimizer, AttentionShape, Backend, Float, Rng, clip_grad_norm};
+use crate::engine::{AttentionShape, Backend, Float, Rng};
 
 /// What, besides its shape, defines a model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -334,42 +334,6 @@ impl<S: Shape, B: Backend> Llama<S, B> {
     /// Whether weight decay applies to each tensor.
     pub fn decay_mask(&self) -> &[bool] {
         &self.decay
-    }
-
-    /// One optimizer step on one batch: zero the gradients, forward with the mean loss, backward,
-    /// clip the global gradient norm to `grad_clip` (0: no clipping), one AdamW step at `lr`.
-    /// Returns the loss and the gradient norm before clipping.
-    #[allow(clippy::too_many_arguments)]
-    pub fn train_step(
-        &mut self,
-        optimizer: &mut AdamWOptimizer<B>,
-        inputs: &[u32],
-        targets: &[u32],
-        batch: usize,
-        seq: usize,
-        lr: f64,
-        grad_clip: f64,
-    ) -> Result<(f64, f64), ModelError> {
-        self.zero_grad();
-        let loss = self
-            .forward(
-                inputs,
-                Some(targets),
-                batch,
-                seq,
-                1.0 / (batch * seq) as f64,
-            )?
-            .expect("a forward pass with targets returns its loss");
-        self.backward();
-        let norm = clip_grad_norm(&self.backend, &mut self.grads.tensors, grad_clip);
-        optimizer.step(
-            &self.backend,
-            &mut self.params.tensors,
-            &self.grads.tensors,
-            &self.decay,
-            lr,
-        );
-        Ok((loss, norm))
     }
 
     pub(super) fn output_index(&self) -> usize {

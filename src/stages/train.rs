@@ -109,6 +109,10 @@ impl Stage for Train {
             "elapsed_secs": outcome.elapsed_secs,
             "tokens_per_sec": tokens_per_sec,
             "validation_windows": job.eval.windows(),
+            "step_tokens_per_sec": outcome.time.step_tokens_per_sec(
+                (cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps) as u64
+            ),
+            "time_this_process": outcome.time,
             "final": {
                 "val_loss": outcome.final_eval.loss,
                 "val_bpb": outcome.final_eval.bits_per_byte,
