@@ -994,7 +994,7 @@ fn sample_command(
     let folder = ModelFolder::open(&dir)?;
     crate::with_shape!(folder.dims(), |shape| {
         let model = folder.load(shape)?;
-        let mut decoder = model.decoder();
+        let mut decoder = model.decoder()?;
         let mut continue_prompt = |prompt: &str, out: &mut dyn Write| -> Result<()> {
             write!(out, "{prompt}")?;
             let mut failed = None;
@@ -1071,7 +1071,7 @@ fn score_command(dir: &Path, text: &str, json: bool, out: &mut dyn Write) -> Res
     let logits: Vec<f32> = crate::with_shape!(dims, |shape| {
         let mut model = folder.load(shape)?;
         model.forward(&ids, None, 1, ids.len(), 1.0)?;
-        model.logits().expect("a forward pass keeps its logits")
+        model.logits()?.expect("a forward pass keeps its logits")
     });
     let v = dims.vocab_size;
     let losses: Vec<f64> = (0..ids.len() - 1)

@@ -2,7 +2,7 @@
 //! clipping, AdamW) works end to end at full size. Slow in debug builds: `.ci/run` runs it in
 //! release with `--ignored`.
 
-use tinyllm::engine::{AdamWOptimizer, Cpu, Rng};
+use tinyllm::engine::{Cpu, Rng};
 use tinyllm::model::shape::Tutorial;
 use tinyllm::model::{Llama, LlamaConfig};
 
@@ -14,8 +14,8 @@ fn tutorial_preset_overfits_one_batch() {
     let mut rng = Rng::new(42);
     let stream: Vec<u32> = (0..n + 1).map(|_| rng.below(4096) as u32).collect();
     let (inputs, targets) = (&stream[..n], &stream[1..]);
-    let mut model = Llama::new(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), 1337);
-    let mut optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
+    let mut model = Llama::new(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), 1337).unwrap();
+    let mut optimizer = model.optimizer(0.9, 0.95, 0.1).unwrap();
     let mut first = None;
     let mut last = f64::INFINITY;
     for step in 1..=200 {

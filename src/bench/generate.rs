@@ -71,7 +71,7 @@ fn on<B: Backend<Float = f32>>(
 ) -> Result<GenerateFigures, BenchError> {
     match source {
         Source::Preset(preset) => crate::with_shape!(preset.dims(), |shape| {
-            let model = Llama::new(backend, shape, LlamaConfig::default(), 1337);
+            let model = Llama::new(backend, shape, LlamaConfig::default(), 1337)?;
             measure(&model, preset.name().to_string(), device, bench)
         }),
         Source::Folder(folder, name) => crate::with_shape!(folder.dims(), |shape| {
@@ -95,7 +95,7 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         top_k: 0,
         top_p: 1.0,
     };
-    let mut decoder = model.decoder();
+    let mut decoder = model.decoder()?;
     let new_tokens = bench.new_tokens.min(decoder.capacity() - 1);
     let mut speeds = Vec::new();
     let mut first = Vec::new();

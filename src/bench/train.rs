@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{BenchError, matmul_peak_gflops, median, peak_rss_bytes};
-use crate::engine::{AdamWOptimizer, Backend, Cpu, Rng};
+use crate::engine::{Backend, Cpu, Rng};
 use crate::model::{Llama, LlamaConfig, ModelDims, Preset, Shape};
 use crate::pipeline::spec::Device;
 
@@ -66,19 +66,12 @@ pub fn train_step_flops(dims: &ModelDims, batch: usize, seq: usize) -> f64 {
 
 pub fn run(bench: &TrainBench) -> Result<TrainFigures, BenchError> {
     crate::with_shape!(bench.dims, |shape| match bench.device {
-        Device::Cpu => Ok(measure(
-            Cpu::<f32>::new(),
-            "cpu".into(),
-            None,
-            1024,
-            shape,
-            bench
-        )),
+        Device::Cpu => measure(Cpu::<f32>::new(), "cpu".into(), None, 1024, shape, bench),
         #[cfg(feature = "cuda")]
         Device::Cuda(ordinal) => {
             let gpu = crate::engine::Cuda::new(ordinal)?;
             let (name, bf16) = (gpu.device_name().to_string(), gpu.bf16_peak_gflops());
-            Ok(measure(gpu, name, bf16, 4096, shape, bench))
+            measure(gpu, name, bf16, 4096, shape, bench)
         }
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(BenchError::NoCudaBuild),
@@ -92,12 +85,14 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
     peak_size: usize,
     shape: S,
     bench: &TrainBench,
-) -> TrainFigures {
+) -> Result<TrainFigures, BenchError> {
     let dims = shape.dims();
     let (batch, seq) = (bench.batch, bench.seq.min(dims.max_seq_len));
-    let peak = matmul_peak_gflops(&backend, peak_size);
-    let mut model = Llama::new(backend, shape, LlamaConfig::default(), 1337);
-    let mut optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
+    let peak = matmul_peak_gflops(&backend, peak_size)?;
+    let mut model = Llama::new(backend, shape, LlamaConfig::default(), 1337)?;
+    let mut optimizer = model.optimizer(0.9, 0.95, 0.1)?;
+    // Before the random batch is made: a batch too large for memory is an error, not an abort.
+    model.allocate_activations(batch, seq)?;
     let mut rng = Rng::new(1);
     let n = batch * seq;
     let inputs: Vec<u32> = (0..n)
@@ -109,9 +104,7 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
     let mut times = Vec::with_capacity(bench.steps);
     for step in 0..bench.warmup_steps + bench.steps {
         let started = Instant::now();
-        model
-            .train_step(&mut optimizer, &inputs, &targets, batch, seq, 1e-4, 1.0)
-            .expect("random tokens fit the model");
+        model.train_step(&mut optimizer, &inputs, &targets, batch, seq, 1e-4, 1.0)?;
         if step >= bench.warmup_steps {
             times.push(started.elapsed().as_secs_f64());
         }
@@ -119,7 +112,7 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
     let secs = median(&mut times);
     let flops = train_step_flops(&dims, batch, seq);
     let achieved = flops / secs / 1e9;
-    TrainFigures {
+    Ok(TrainFigures {
         device,
         model: bench
             .preset
@@ -138,5 +131,5 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         mfu_bf16: bf16_peak_gflops.map(|p| achieved / p),
         bf16_peak_gflops,
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
-    }
+    })
 }

@@ -4,6 +4,7 @@
 mod decode;
 pub mod hf_config;
 mod llama;
+mod memory;
 mod presets;
 pub mod safetensors;
 pub mod shape;
@@ -11,6 +12,7 @@ pub mod shape;
 pub use decode::Decoder;
 pub use hf_config::HfConfig;
 pub use llama::{Llama, LlamaConfig, ModelError, ParamInfo, Params, param_layout};
+pub use memory::Allocation;
 pub use presets::{ModelDims, Preset};
 pub use shape::{Dims, RuntimeShape, Shape, ShapeError};
 

@@ -49,7 +49,7 @@ impl Stage for Sample {
         let stdout = std::io::stdout();
         crate::with_shape!(folder.dims(), |shape| {
             let model = folder.load(shape)?;
-            let mut decoder = model.decoder();
+            let mut decoder = model.decoder()?;
             for prompt in &cfg.prompts {
                 for i in 0..cfg.num_samples {
                     let mut out = stdout.lock();

@@ -79,7 +79,7 @@ impl EvalSet {
             }
             model.forward(&inputs, Some(&targets), batch, seq, 0.0)?;
             let losses = model
-                .token_losses()
+                .token_losses()?
                 .expect("a forward pass with targets leaves its losses");
             total += losses[..chunk.len() * seq]
                 .iter()
