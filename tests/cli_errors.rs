@@ -271,3 +271,37 @@ fn a_device_that_is_not_one_names_the_key() {
         "{line}"
     );
 }
+
+/// A batch far beyond memory is one line that says so and which setting to lower, with exit
+/// code 1: not a panic (101) nor an abort (134).
+#[test]
+fn a_batch_beyond_memory_is_one_out_of_memory_line() {
+    let output = common::tinyllm(
+        &[
+            "bench",
+            "train",
+            "--dim",
+            "64",
+            "--n-layers",
+            "1",
+            "--n-heads",
+            "2",
+            "--vocab-size",
+            "300",
+            "--batch",
+            "100000000",
+            "--seq",
+            "256",
+            "--steps",
+            "1",
+        ],
+        None,
+    );
+    let line = common::one_error_line(&output);
+    assert!(line.contains("out of memory on cpu"), "{line}");
+    assert!(
+        line.contains("the activations of batch 100000000 × seq 256 need"),
+        "{line}"
+    );
+    assert!(line.contains("train.batch_size"), "{line}");
+}

@@ -2,7 +2,7 @@
 //! `Stepper::step`: forward, backward, clipping, AdamW) works end to end at full size. Slow in
 //! debug builds: `.ci/run` runs it in release with `--ignored`.
 
-use tinyllm::engine::{AdamWOptimizer, Cpu, Rng};
+use tinyllm::engine::{Cpu, Rng};
 use tinyllm::model::shape::Tutorial;
 use tinyllm::model::{Llama, LlamaConfig};
 use tinyllm::train::step::{FixedBatch, StepConfig, Stepper};
@@ -18,8 +18,8 @@ fn tutorial_preset_overfits_one_batch() {
         inputs: stream[..n].to_vec(),
         targets: stream[1..].to_vec(),
     };
-    let model = Llama::new(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), 1337);
-    let optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
+    let model = Llama::new(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), 1337).unwrap();
+    let optimizer = model.optimizer(0.9, 0.95, 0.1).unwrap();
     let config = StepConfig {
         batch,
         seq,

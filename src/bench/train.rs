@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{BenchError, matmul_peak_gflops, median, peak_rss_bytes};
 use crate::data::loader::Loader;
-use crate::engine::{AdamWOptimizer, Backend, Device, DeviceInfo, Rng};
+use crate::engine::{Backend, Device, DeviceInfo, Rng};
 use crate::fsutil;
 use crate::model::{Llama, LlamaConfig, ModelDims, ModelJob, Preset, Shape, run_model};
 use crate::train::checkpoint::{Checkpoints, TrainingState};
@@ -236,7 +236,7 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
     };
     // A GPU needs larger products than the CPU to reach its peak.
     let peak_size = if device.is_gpu() { 4096 } else { 1024 };
-    let peak = matmul_peak_gflops(&backend, peak_size);
+    let peak = matmul_peak_gflops(&backend, peak_size)?;
     let scratch = Scratch::new()?;
     let micro_batches = (bench.warmup_steps + bench.steps) * step.accum;
     let train_tokens = (micro_batches * step.batch * step.seq + 1).min(MAX_SHARD_TOKENS);
@@ -247,14 +247,16 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         1,
     )?;
     let mut loader = Loader::open(&[shard], step.seq, 1337, 0, 1)?;
-    let model = Llama::new(backend, shape, LlamaConfig::default(), 1337);
-    let optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
+    let mut model = Llama::new(backend, shape, LlamaConfig::default(), 1337)?;
+    let optimizer = model.optimizer(0.9, 0.95, 0.1)?;
+    // Before any batch is made: a batch too large for memory is an error, not an abort.
+    model.allocate_activations(step.batch, step.seq)?;
     let mut stepper = Stepper::new(model, optimizer, step);
     let mut times = Vec::with_capacity(bench.steps);
     for i in 0..bench.warmup_steps + bench.steps {
         let started = Instant::now();
         stepper.step(&mut loader, 1e-4)?;
-        stepper.model.backend.synchronize();
+        stepper.model.backend().synchronize();
         if i >= bench.warmup_steps {
             times.push(started.elapsed().as_secs_f64());
         }

@@ -4,7 +4,7 @@
 //! so the benchmark times the code users run.
 
 use crate::data::loader::Loader;
-use crate::engine::{AdamWOptimizer, Backend, clip_grad_norm};
+use crate::engine::{AdamWOptimizer, Backend};
 use crate::model::{Llama, ModelError, Shape};
 use crate::pipeline::spec::TrainConfig;
 
@@ -83,9 +83,6 @@ pub struct Stepper<S: Shape, B: Backend> {
     pub model: Llama<S, B>,
     pub optimizer: AdamWOptimizer<B>,
     config: StepConfig,
-    /// Whether weight decay applies to each tensor (the model's mask, kept to lend it while the
-    /// parameters are borrowed mutably).
-    decay: Vec<bool>,
     inputs: Vec<u32>,
     targets: Vec<u32>,
 }
@@ -93,7 +90,6 @@ pub struct Stepper<S: Shape, B: Backend> {
 impl<S: Shape, B: Backend> Stepper<S, B> {
     pub fn new(model: Llama<S, B>, optimizer: AdamWOptimizer<B>, config: StepConfig) -> Self {
         Stepper {
-            decay: model.decay_mask().to_vec(),
             model,
             optimizer,
             config,
@@ -133,21 +129,10 @@ impl<S: Shape, B: Backend> Stepper<S, B> {
             }
             self.model.backward();
         }
-        let grad_norm = clip_grad_norm(
-            &self.model.backend,
-            &mut self.model.grads.tensors,
-            grad_clip,
-        );
+        let grad_norm = self.model.clip_grad_norm(grad_clip);
         let outcome = StepOutcome { loss, grad_norm };
         if outcome.is_finite() {
-            let model = &mut self.model;
-            self.optimizer.step(
-                &model.backend,
-                &mut model.params.tensors,
-                &model.grads.tensors,
-                &self.decay,
-                lr,
-            );
+            self.model.optimizer_step(&mut self.optimizer, lr);
         }
         Ok(outcome)
     }
@@ -170,8 +155,8 @@ mod tests {
             max_seq_len: 8,
         };
         let shape = RuntimeShape::new(dims).unwrap();
-        let model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 7);
-        let optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
+        let model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 7).unwrap();
+        let optimizer = model.optimizer(0.9, 0.95, 0.1).unwrap();
         let config = StepConfig {
             batch: 2,
             seq: 8,
@@ -218,8 +203,8 @@ mod tests {
         let (mut stepper, mut data) = tiny();
         let bits = |s: &Stepper<RuntimeShape, Cpu<f32>>| -> Vec<u32> {
             s.model
-                .params
-                .tensors
+                .params()
+                .tensors()
                 .iter()
                 .flatten()
                 .map(|w| w.to_bits())

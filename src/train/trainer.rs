@@ -24,7 +24,7 @@ use crate::fsutil;
 use crate::model::hf_config::{HfConfig, HfConfigError};
 use crate::model::safetensors::{self, SafetensorsError};
 use crate::model::{
-    DispatchError, Llama, LlamaConfig, ModelDims, ModelError, ModelJob, ParamInfo, Shape, run_model,
+    DispatchError, Llama, LlamaConfig, ModelDims, ModelError, ModelJob, Shape, run_model,
 };
 use crate::pipeline::spec::TrainConfig;
 
@@ -191,14 +191,10 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
     out_dir: &Path,
 ) -> Result<TrainOutcome, TrainError> {
     let cfg = &job.config;
-    let model = Llama::new(backend, shape, job.llama, cfg.seed);
-    let optimizer = AdamWOptimizer::new(
-        &model.backend,
-        &model.params.tensors,
-        cfg.beta1,
-        cfg.beta2,
-        cfg.weight_decay,
-    );
+    let mut model = Llama::new(backend, shape, job.llama, cfg.seed)?;
+    let optimizer = model.optimizer(cfg.beta1, cfg.beta2, cfg.weight_decay)?;
+    // Before any batch is read: a batch too large for memory is an error now, not an abort.
+    model.allocate_activations(cfg.batch_size, cfg.seq_len)?;
     let mut run = Stepper::new(model, optimizer, StepConfig::of(cfg));
     let mut loader = Loader::open(&job.train_shards, cfg.seq_len, cfg.seed, 0, 1)?;
     let checkpoints = Checkpoints::new(&job.checkpoints_dir);
@@ -228,7 +224,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
         let lr = schedule.at(step as usize - 1);
         let step_started = Instant::now();
         let outcome = run.step(&mut loader, lr)?;
-        run.model.backend.synchronize();
+        run.model.backend().synchronize();
         time.step_secs += step_started.elapsed().as_secs_f64();
         time.steps += 1;
         let (loss, grad_norm) = (outcome.loss, outcome.grad_norm);
@@ -386,21 +382,8 @@ fn write_model<S: Shape, B: Backend<Float = f32>>(
     // transformers refuses safetensors files without this metadata.
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     model.save_safetensors(&dir.join(MODEL_FILE), &metadata)?;
-    HfConfig::new(model.dims(), &model.config).save(&dir.join(CONFIG_FILE))?;
+    HfConfig::new(model.dims(), model.config()).save(&dir.join(CONFIG_FILE))?;
     Ok(())
-}
-
-/// The optimizer's moments as tensors named `m.<param>` and `v.<param>`.
-fn moment_layout(layout: &[ParamInfo]) -> Vec<ParamInfo> {
-    ["m", "v"]
-        .iter()
-        .flat_map(|prefix| {
-            layout.iter().map(move |info| ParamInfo {
-                name: format!("{prefix}.{}", info.name),
-                ..info.clone()
-            })
-        })
-        .collect()
 }
 
 pub(crate) fn save_checkpoint<S: Shape, B: Backend<Float = f32>>(
@@ -411,17 +394,13 @@ pub(crate) fn save_checkpoint<S: Shape, B: Backend<Float = f32>>(
 ) -> Result<Checkpoint, TrainError> {
     let staging = checkpoints.begin(state.step)?;
     write_model(&run.model, &staging.dir)?;
-    let backend = &run.model.backend;
-    let moments: Vec<Vec<f32>> = run
+    let moments = run
         .optimizer
-        .m
-        .iter()
-        .chain(&run.optimizer.v)
-        .map(|t| backend.download(t))
-        .collect();
+        .state_tensors(run.model.backend())
+        .map_err(ModelError::from)?;
     safetensors::save(
         &staging.dir.join(OPTIMIZER_FILE),
-        &moment_layout(&run.model.layout),
+        &AdamWOptimizer::<B>::state_layout(run.model.layout()),
         &moments,
         &BTreeMap::new(),
     )?;
@@ -439,22 +418,10 @@ fn restore<S: Shape, B: Backend<Float = f32>>(
     checkpoint: &Checkpoint,
 ) -> Result<(TrainingState, Vec<MetricRecord>), TrainError> {
     let dir = &checkpoint.dir;
-    let params = safetensors::load(&dir.join(MODEL_FILE), &run.model.layout)?;
-    let moments = safetensors::load(&dir.join(OPTIMIZER_FILE), &moment_layout(&run.model.layout))?;
-    let n = run.model.layout.len();
-    let model = &mut run.model;
-    let backend = &model.backend;
-    for (tensor, values) in model.params.tensors.iter_mut().zip(&params) {
-        backend.upload_into(tensor, values);
-    }
-    for (i, moment) in moments.iter().enumerate() {
-        let target = if i < n {
-            &mut run.optimizer.m[i]
-        } else {
-            &mut run.optimizer.v[i - n]
-        };
-        backend.upload_into(target, moment);
-    }
+    let params = safetensors::load(&dir.join(MODEL_FILE), run.model.layout())?;
+    let moment_layout = AdamWOptimizer::<B>::state_layout(run.model.layout());
+    let moments = safetensors::load(&dir.join(OPTIMIZER_FILE), &moment_layout)?;
+    run.model.load_params(&params)?;
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read(&state_path).map_err(io_err(&state_path))?;
     let state: TrainingState =
@@ -462,7 +429,9 @@ fn restore<S: Shape, B: Backend<Float = f32>>(
             path: state_path.clone(),
             reason: e.to_string(),
         })?;
-    run.optimizer.step = state.step;
+    run.optimizer
+        .load_state(run.model.backend(), state.step, &moments)
+        .map_err(ModelError::from)?;
     let metrics_path = dir.join(METRICS_FILE);
     let records = read_jsonl(&metrics_path).map_err(io_err(&metrics_path))?;
     Ok((state, records))
