@@ -11,7 +11,7 @@ pub mod shape;
 pub use decode::Decoder;
 pub use hf_config::HfConfig;
 pub use llama::{Llama, LlamaConfig, ModelError, ParamInfo, Params, param_layout};
-pub use presets::{ModelDims, Preset};
+pub use presets::{DimsError, MAX_HEAD_DIM, ModelDims, Preset};
 pub use shape::{Dims, RuntimeShape, Shape, ShapeError};
 
 #[cfg(test)]

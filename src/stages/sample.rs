@@ -27,7 +27,7 @@ impl Stage for Sample {
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
-        let cfg = &cx.spec.sample;
+        let cfg = &cx.view.sample()?.sample;
         let folder = ModelFolder::open(&cx.input(StageId::Train)?.dir)?;
         let options = |i: usize| GenerateOptions {
             sampling: Sampling {
