@@ -15,7 +15,7 @@ pub use dispatch::{DispatchError, ModelJob, run_model};
 pub use hf_config::HfConfig;
 pub use llama::{Llama, LlamaConfig, ModelError, ParamInfo, Params, param_layout};
 pub use memory::Allocation;
-pub use presets::{ModelDims, Preset};
+pub use presets::{DimsError, MAX_HEAD_DIM, ModelDims, Preset};
 pub use shape::{Dims, RuntimeShape, Shape, ShapeError, ShapeJob, with_shape};
 
 #[cfg(test)]
