@@ -138,7 +138,7 @@ pub fn copy_dir(from: &Path, to: &Path) -> io::Result<u64> {
 
 /// Human-readable byte counts: `1.4 MB`.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1000.0 && unit + 1 < UNITS.len() {

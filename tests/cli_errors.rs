@@ -271,3 +271,67 @@ fn a_device_that_is_not_one_names_the_key() {
         "{line}"
     );
 }
+
+/// A batch far beyond memory is one line that says so and which setting to lower, with exit
+/// code 1: not a panic (101) nor an abort (134).
+#[test]
+fn a_batch_beyond_memory_is_one_out_of_memory_line() {
+    let output = common::tinyllm(
+        &[
+            "bench",
+            "train",
+            "--dim",
+            "64",
+            "--n-layers",
+            "1",
+            "--n-heads",
+            "2",
+            "--vocab-size",
+            "300",
+            "--batch",
+            "100000000",
+            "--seq",
+            "256",
+            "--steps",
+            "1",
+        ],
+        None,
+    );
+    let line = common::one_error_line(&output);
+    assert!(line.contains("out of memory on cpu"), "{line}");
+    assert!(
+        line.contains("the activations of batch 100000000 × seq 256 need"),
+        "{line}"
+    );
+    assert!(line.contains("train.batch_size"), "{line}");
+}
+
+#[test]
+fn a_head_size_the_model_cannot_have_is_refused_before_any_stage() {
+    let project = Project::new();
+    project.write_spec_with_model(
+        "dim = 1040\nn_heads = 1\nn_kv_heads = 1\nmax_seq_len = 8\n",
+        "",
+    );
+    let spec_text = fs::read_to_string(project.spec_path()).unwrap();
+    let dim_line = 1 + spec_text
+        .lines()
+        .position(|l| l == "dim = 1040")
+        .expect("the spec writes dim");
+    for extra in [&["--dry-run"][..], &[]] {
+        let output = project.run_command(extra).output().unwrap();
+        let line = common::one_error_line(&output);
+        assert!(
+            line.contains(&format!("pipeline.toml:{dim_line}: key `model.dim`")),
+            "{line}"
+        );
+        assert!(line.contains("head size dim/n_heads = 1040"), "{line}");
+        assert!(line.contains("at most 512"), "{line}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).is_empty(),
+            "{output:?}"
+        );
+        assert!(!project.cache().exists(), "{extra:?} created the cache");
+        assert!(!project.runs().exists(), "{extra:?} created a run folder");
+    }
+}

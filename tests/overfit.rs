@@ -1,10 +1,11 @@
-//! The `tutorial` model memorises one fixed batch: the whole training step (forward, backward,
-//! clipping, AdamW) works end to end at full size. Slow in debug builds: `.ci/run` runs it in
-//! release with `--ignored`.
+//! The `tutorial` model memorises one fixed batch: the whole training step (the trainer's
+//! `Stepper::step`: forward, backward, clipping, AdamW) works end to end at full size. Slow in
+//! debug builds: `.ci/run` runs it in release with `--ignored`.
 
-use tinyllm::engine::{AdamWOptimizer, Cpu, Rng};
+use tinyllm::engine::{Cpu, Rng};
 use tinyllm::model::shape::Tutorial;
 use tinyllm::model::{Llama, LlamaConfig};
+use tinyllm::train::step::{FixedBatch, StepConfig, Stepper};
 
 #[test]
 #[ignore = "end-to-end: run by .ci/run in release mode"]
@@ -13,15 +14,23 @@ fn tutorial_preset_overfits_one_batch() {
     let n = batch * seq;
     let mut rng = Rng::new(42);
     let stream: Vec<u32> = (0..n + 1).map(|_| rng.below(4096) as u32).collect();
-    let (inputs, targets) = (&stream[..n], &stream[1..]);
-    let mut model = Llama::new(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), 1337);
-    let mut optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
+    let mut batch_source = FixedBatch {
+        inputs: stream[..n].to_vec(),
+        targets: stream[1..].to_vec(),
+    };
+    let model = Llama::new(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), 1337).unwrap();
+    let optimizer = model.optimizer(0.9, 0.95, 0.1).unwrap();
+    let config = StepConfig {
+        batch,
+        seq,
+        accum: 1,
+        grad_clip: 1.0,
+    };
+    let mut stepper = Stepper::new(model, optimizer, config);
     let mut first = None;
     let mut last = f64::INFINITY;
     for step in 1..=200 {
-        let (loss, _) = model
-            .train_step(&mut optimizer, inputs, targets, batch, seq, 1e-3, 1.0)
-            .unwrap();
+        let loss = stepper.step(&mut batch_source, 1e-3).unwrap().loss;
         first.get_or_insert(loss);
         last = loss;
         if loss < 0.1 {

@@ -249,8 +249,9 @@ fn a_tokenizer_larger_than_the_model_is_refused_before_training() {
     }
     let out = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
+    let view = tinyllm::pipeline::StageView::new(StageId::Train, &spec).unwrap();
     let mut cx = StageContext {
-        spec: &spec,
+        view: &view,
         out_dir: out.path(),
         scratch_dir: scratch.path(),
         run_dir,

@@ -161,7 +161,7 @@ pub fn run(bench: &DataBench) -> Result<DataFigures, DataBenchError> {
     };
     let mut tokens = 0u64;
     let started = Instant::now();
-    encode_file(&tokenizer, &text_path, &config, |ids, _| {
+    encode_file(&tokenizer, &text_path, &config.layout(), |ids, _| {
         tokens += ids.len() as u64;
         for &id in ids {
             out.write_all(&(id as u16).to_le_bytes())?;

@@ -103,7 +103,7 @@ impl ModelJob for Measure<'_> {
         let device = device.name.clone();
         match self.source {
             Source::Preset(preset) => {
-                let model = Llama::new(backend, shape, LlamaConfig::default(), 1337);
+                let model = Llama::new(backend, shape, LlamaConfig::default(), 1337)?;
                 measure(&model, preset.name().to_string(), device, self.bench)
             }
             Source::Folder(folder, name) => {
@@ -127,7 +127,7 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         top_k: 0,
         top_p: 1.0,
     };
-    let mut decoder = model.decoder();
+    let mut decoder = model.decoder()?;
     let new_tokens = bench.new_tokens.min(decoder.capacity() - 1);
     let mut speeds = Vec::new();
     let mut first = Vec::new();

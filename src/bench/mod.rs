@@ -7,7 +7,7 @@ pub mod train;
 
 use std::time::Instant;
 
-use crate::engine::{Backend, Cpu};
+use crate::engine::{Backend, Cpu, EngineError};
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +15,22 @@ pub enum BenchError {
     #[error(transparent)]
     Dispatch(#[from] crate::model::DispatchError),
     #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Weights(#[from] crate::model::safetensors::SafetensorsError),
+    #[error(transparent)]
+    Loader(#[from] crate::data::loader::LoaderError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::train::checkpoint::CheckpointError),
+    #[error("the benchmark's scratch folder {}: {source}", path.display())]
+    Scratch {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The median of some timings.
@@ -43,10 +56,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 /// The f32 matmul throughput of `backend` (GFLOP/s, best of a few square multiplications of
 /// size `n`: 1024 on the CPU, 4096 on a GPU), to compare a model's achieved figure against.
-pub fn matmul_peak_gflops<B: Backend<Float = f32>>(backend: &B, n: usize) -> f64 {
-    let a = backend.upload(&vec![0.5f32; n * n]);
-    let w = backend.upload(&vec![0.25f32; n * n]);
-    let mut out = backend.zeros(n * n);
+pub fn matmul_peak_gflops<B: Backend<Float = f32>>(
+    backend: &B,
+    n: usize,
+) -> Result<f64, EngineError> {
+    let a = backend.upload(&vec![0.5f32; n * n])?;
+    let w = backend.upload(&vec![0.25f32; n * n])?;
+    let mut out = backend.zeros(n * n)?;
     let mut best = 0.0f64;
     for _ in 0..6 {
         backend.synchronize();
@@ -56,10 +72,10 @@ pub fn matmul_peak_gflops<B: Backend<Float = f32>>(backend: &B, n: usize) -> f64
         let secs = started.elapsed().as_secs_f64();
         best = best.max(2.0 * (n * n * n) as f64 / secs / 1e9);
     }
-    best
+    Ok(best)
 }
 
 /// [`matmul_peak_gflops`] of the CPU backend.
-pub fn measure_matmul_peak_gflops() -> f64 {
+pub fn measure_matmul_peak_gflops() -> Result<f64, EngineError> {
     matmul_peak_gflops(&Cpu::<f32>::new(), 1024)
 }

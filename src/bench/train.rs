@@ -1,13 +1,23 @@
-//! `tinyllm bench train`: the speed of one training step (forward, backward, clipping, AdamW)
-//! of a model on random tokens.
+//! `tinyllm bench train`: the speed of the training step users run ([`Stepper::step`]: the
+//! loader, `grad_accum_steps` micro-batches of forward and backward, clipping, AdamW) on random
+//! tokens, and, for a pipeline's settings, what a whole run spends outside the steps
+//! (validation passes, checkpoints, the metrics log).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::{BenchError, matmul_peak_gflops, median, peak_rss_bytes};
-use crate::engine::{AdamWOptimizer, Backend, Device, DeviceInfo, Rng};
+use crate::data::loader::Loader;
+use crate::engine::{Backend, Device, DeviceInfo, Rng};
+use crate::fsutil;
 use crate::model::{Llama, LlamaConfig, ModelDims, ModelJob, Preset, Shape, run_model};
+use crate::train::checkpoint::{Checkpoints, TrainingState};
+use crate::train::eval::EvalSet;
+use crate::train::metrics::{MetricRecord, MetricsLog};
+use crate::train::save_checkpoint;
+use crate::train::step::{StepConfig, Stepper};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -15,11 +25,53 @@ pub struct TrainBench {
     pub dims: ModelDims,
     /// When the dimensions are a preset's, its compile-time type is used.
     pub preset: Option<Preset>,
-    pub batch: usize,
-    pub seq: usize,
+    pub step: StepConfig,
     pub warmup_steps: usize,
     pub steps: usize,
     pub device: Device,
+    /// A pipeline's run, to estimate where its time goes.
+    pub run: Option<RunPlan>,
+}
+
+/// The parts of a pipeline's train settings that decide what a run does besides its steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPlan {
+    /// The pipeline's name, for the printout.
+    pub pipeline: String,
+    pub max_iters: usize,
+    pub eval_interval: usize,
+    /// Windows of `seq + 1` tokens in one validation pass.
+    pub val_windows: usize,
+    pub checkpoint_interval: usize,
+    pub log_interval: usize,
+}
+
+impl RunPlan {
+    /// Validation passes: every `eval_interval` steps and after the last.
+    pub fn evaluations(&self) -> usize {
+        (1..=self.max_iters)
+            .filter(|s| s % self.eval_interval == 0 || *s == self.max_iters)
+            .count()
+    }
+
+    /// Checkpoints, at most: every `checkpoint_interval` steps, after the last, and after every
+    /// validation pass that improves (counted as if each did).
+    pub fn checkpoints(&self) -> usize {
+        (1..=self.max_iters)
+            .filter(|s| {
+                s % self.checkpoint_interval == 0
+                    || s % self.eval_interval == 0
+                    || *s == self.max_iters
+            })
+            .count()
+    }
+
+    /// Lines of the metrics log (train lines; validation lines ride along with the passes).
+    pub fn log_lines(&self) -> usize {
+        (1..=self.max_iters)
+            .filter(|s| s % self.log_interval == 0 || *s == self.max_iters)
+            .count()
+    }
 }
 
 /// The figures `bench train` prints.
@@ -31,6 +83,7 @@ pub struct TrainFigures {
     pub params: usize,
     pub batch: usize,
     pub seq: usize,
+    pub grad_accum_steps: usize,
     pub threads: usize,
     pub steps: usize,
     pub median_ms_per_step: f64,
@@ -43,6 +96,47 @@ pub struct TrainFigures {
     pub bf16_peak_gflops: Option<f64>,
     pub mfu_bf16: Option<f64>,
     pub peak_rss_mb: Option<f64>,
+    /// Where a run of the pipeline would spend its time, when one was given.
+    pub run: Option<RunFigures>,
+}
+
+/// A run of a pipeline, estimated from measured parts: steps × the median step, validation
+/// passes × one measured pass, checkpoints × one measured checkpoint (written and pruned as the
+/// trainer does), log lines × one measured line.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunFigures {
+    pub pipeline: String,
+    pub steps: usize,
+    pub step_secs: f64,
+    pub evaluations: usize,
+    pub validation_pass_secs: f64,
+    pub validation_windows: usize,
+    pub checkpoints: usize,
+    pub checkpoint_secs: f64,
+    pub log_lines: usize,
+    pub log_line_secs: f64,
+}
+
+impl RunFigures {
+    /// Seconds of each part: steps, validation, checkpoints, metrics.
+    pub fn parts(&self) -> [(&'static str, f64); 4] {
+        [
+            ("steps", self.steps as f64 * self.step_secs),
+            (
+                "validation",
+                self.evaluations as f64 * self.validation_pass_secs,
+            ),
+            (
+                "checkpoints",
+                self.checkpoints as f64 * self.checkpoint_secs,
+            ),
+            ("metrics log", self.log_lines as f64 * self.log_line_secs),
+        ]
+    }
+
+    pub fn total_secs(&self) -> f64 {
+        self.parts().iter().map(|(_, secs)| secs).sum()
+    }
 }
 
 /// Floating-point operations of one training step (forward + backward = 3 × forward), counting
@@ -77,56 +171,117 @@ impl ModelJob for Measure<'_> {
         backend: B,
         device: &DeviceInfo,
     ) -> Self::Output {
-        Ok(measure(backend, device, shape, self.0))
+        measure(backend, device, shape, self.0)
     }
 }
+
+/// A scratch folder for the benchmark's token shards and checkpoints, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, BenchError> {
+        let dir = std::env::temp_dir().join(format!("tinyllm-bench-{}", fsutil::unique_suffix()));
+        std::fs::create_dir_all(&dir).map_err(|e| BenchError::Scratch {
+            path: dir.clone(),
+            source: e,
+        })?;
+        Ok(Scratch(dir))
+    }
+
+    /// A shard of `tokens` random token ids below `vocab`, in the pretokenize stage's format.
+    fn random_shard(
+        &self,
+        name: &str,
+        tokens: usize,
+        vocab: usize,
+        seed: u64,
+    ) -> Result<PathBuf, BenchError> {
+        let mut rng = Rng::new(seed);
+        let bytes: Vec<u8> = (0..tokens)
+            .flat_map(|_| (rng.below(vocab as u64) as u16).to_le_bytes())
+            .collect();
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).map_err(|e| BenchError::Scratch {
+            path: path.clone(),
+            source: e,
+        })?;
+        Ok(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Random-token shards longer than this repeat (the loader wraps into a new epoch), which keeps
+/// a long benchmark's scratch file small.
+const MAX_SHARD_TOKENS: usize = 1 << 22;
 
 fn measure<S: Shape, B: Backend<Float = f32>>(
     backend: B,
     device: &DeviceInfo,
     shape: S,
     bench: &TrainBench,
-) -> TrainFigures {
+) -> Result<TrainFigures, BenchError> {
     let dims = shape.dims();
-    let (batch, seq) = (bench.batch, bench.seq.min(dims.max_seq_len));
+    let step = StepConfig {
+        seq: bench.step.seq.min(dims.max_seq_len),
+        ..bench.step
+    };
     // A GPU needs larger products than the CPU to reach its peak.
     let peak_size = if device.is_gpu() { 4096 } else { 1024 };
-    let peak = matmul_peak_gflops(&backend, peak_size);
-    let mut model = Llama::new(backend, shape, LlamaConfig::default(), 1337);
-    let mut optimizer = AdamWOptimizer::new(&model.backend, &model.params.tensors, 0.9, 0.95, 0.1);
-    let mut rng = Rng::new(1);
-    let n = batch * seq;
-    let inputs: Vec<u32> = (0..n)
-        .map(|_| rng.below(dims.vocab_size as u64) as u32)
-        .collect();
-    let targets: Vec<u32> = (0..n)
-        .map(|_| rng.below(dims.vocab_size as u64) as u32)
-        .collect();
+    let peak = matmul_peak_gflops(&backend, peak_size)?;
+    let scratch = Scratch::new()?;
+    let micro_batches = (bench.warmup_steps + bench.steps) * step.accum;
+    let train_tokens = (micro_batches * step.batch * step.seq + 1).min(MAX_SHARD_TOKENS);
+    let shard = scratch.random_shard(
+        "train.bin",
+        train_tokens.max(step.seq + 1),
+        dims.vocab_size,
+        1,
+    )?;
+    let mut loader = Loader::open(&[shard], step.seq, 1337, 0, 1)?;
+    let mut model = Llama::new(backend, shape, LlamaConfig::default(), 1337)?;
+    let optimizer = model.optimizer(0.9, 0.95, 0.1)?;
+    // Before any batch is made: a batch too large for memory is an error, not an abort.
+    model.allocate_activations(step.batch, step.seq)?;
+    let mut stepper = Stepper::new(model, optimizer, step);
     let mut times = Vec::with_capacity(bench.steps);
-    for step in 0..bench.warmup_steps + bench.steps {
+    for i in 0..bench.warmup_steps + bench.steps {
         let started = Instant::now();
-        model
-            .train_step(&mut optimizer, &inputs, &targets, batch, seq, 1e-4, 1.0)
-            .expect("random tokens fit the model");
-        if step >= bench.warmup_steps {
+        stepper.step(&mut loader, 1e-4)?;
+        stepper.model.backend().synchronize();
+        if i >= bench.warmup_steps {
             times.push(started.elapsed().as_secs_f64());
         }
     }
     let secs = median(&mut times);
-    let flops = train_step_flops(&dims, batch, seq);
+    let run = match &bench.run {
+        Some(plan) => Some(measure_run(&mut stepper, &loader, &scratch, plan, secs)?),
+        None => None,
+    };
+    let tokens = step.tokens();
+    let flops = train_step_flops(&dims, step.batch, step.seq) * step.accum as f64;
     let achieved = flops / secs / 1e9;
-    TrainFigures {
+    Ok(TrainFigures {
         device: device.name.clone(),
         model: bench
             .preset
             .map_or_else(|| format!("{dims:?}"), |p| p.name().to_string()),
-        params: model.num_params(),
-        batch,
-        seq,
+        params: stepper.model.num_params(),
+        batch: step.batch,
+        seq: step.seq,
+        grad_accum_steps: step.accum,
         threads: rayon::current_num_threads(),
         steps: bench.steps,
         median_ms_per_step: secs * 1e3,
-        tokens_per_sec: n as f64 / secs,
+        tokens_per_sec: tokens as f64 / secs,
         gflops_per_step: flops / 1e9,
         achieved_gflops: achieved,
         matmul_peak_gflops: peak,
@@ -134,7 +289,82 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         mfu_bf16: device.bf16_peak_gflops.map(|p| achieved / p),
         bf16_peak_gflops: device.bf16_peak_gflops,
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
+        run,
+    })
+}
+
+/// Times one validation pass, one checkpoint and one metrics line the way the trainer runs
+/// them, for `plan`'s counts of each.
+fn measure_run<S: Shape, B: Backend<Float = f32>>(
+    stepper: &mut Stepper<S, B>,
+    loader: &Loader,
+    scratch: &Scratch,
+    plan: &RunPlan,
+    step_secs: f64,
+) -> Result<RunFigures, BenchError> {
+    let StepConfig { batch, seq, .. } = stepper.config();
+    let vocab = stepper.model.dims().vocab_size;
+    let val_tokens = plan.val_windows * seq + 1;
+    let val_shard = scratch.random_shard("val.bin", val_tokens, vocab, 2)?;
+    let eval = EvalSet::open(&[val_shard], seq, 0, 0.25)?;
+    let started = Instant::now();
+    eval.evaluate(&mut stepper.model, batch)?;
+    let validation_pass_secs = started.elapsed().as_secs_f64();
+
+    let metrics_path = scratch.path().join("metrics.jsonl");
+    let mut log =
+        MetricsLog::start(Vec::new(), Some(&metrics_path)).map_err(|e| BenchError::Scratch {
+            path: metrics_path.clone(),
+            source: e,
+        })?;
+    let started = Instant::now();
+    let lines = 20;
+    for step in 1..=lines {
+        log.push(MetricRecord::Train {
+            step,
+            loss: 1.0,
+            lr: 1e-4,
+            grad_norm: 1.0,
+            tokens: step * 1000,
+            tokens_per_sec: 1000.0,
+            elapsed_secs: step as f64,
+        })
+        .map_err(|e| BenchError::Scratch {
+            path: metrics_path.clone(),
+            source: e,
+        })?;
     }
+    let log_line_secs = started.elapsed().as_secs_f64() / lines as f64;
+
+    let checkpoints = Checkpoints::new(&scratch.path().join("checkpoints"));
+    let mut times = Vec::new();
+    for step in 1..=3u64 {
+        let state = TrainingState {
+            step,
+            loader: loader.state(),
+            tokens_seen: 0,
+            elapsed_secs: 0.0,
+            best: None,
+            loss_since_log: (0.0, 0),
+            threads: rayon::current_num_threads(),
+        };
+        let started = Instant::now();
+        save_checkpoint(stepper, &checkpoints, &state, &log)?;
+        checkpoints.prune(2, None)?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    Ok(RunFigures {
+        pipeline: plan.pipeline.clone(),
+        steps: plan.max_iters,
+        step_secs,
+        evaluations: plan.evaluations(),
+        validation_pass_secs,
+        validation_windows: eval.windows(),
+        checkpoints: plan.checkpoints(),
+        checkpoint_secs: median(&mut times),
+        log_lines: plan.log_lines(),
+        log_line_secs,
+    })
 }
 
 /// The figures as `bench train` prints them without `--json`.
@@ -142,11 +372,12 @@ impl std::fmt::Display for TrainFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "model {} ({:.2} M params), batch {} × seq {}, {}, {} threads, {} steps",
+            "model {} ({:.2} M params), batch {} × seq {} × {} micro-batches, {}, {} threads, {} steps",
             self.model,
             self.params as f64 / 1e6,
             self.batch,
             self.seq,
+            self.grad_accum_steps,
             self.device,
             self.threads,
             self.steps
@@ -178,6 +409,70 @@ impl std::fmt::Display for TrainFigures {
         if let Some(rss) = self.peak_rss_mb {
             write!(f, "\n  peak RSS         {rss:>10.0} MB")?;
         }
+        if let Some(run) = &self.run {
+            write!(f, "\n{run}")?;
+        }
         Ok(())
+    }
+}
+
+/// The estimate of a whole run: its total, then each part's seconds, share and count.
+impl std::fmt::Display for RunFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total = self.total_secs();
+        write!(
+            f,
+            "a run of {} ({} steps), estimated: {}",
+            self.pipeline,
+            self.steps,
+            crate::pipeline::runner::human_secs(total)
+        )?;
+        let counts = [
+            format!("{} × {:.1} ms", self.steps, self.step_secs * 1e3),
+            format!(
+                "{} × {:.2} s ({} windows)",
+                self.evaluations, self.validation_pass_secs, self.validation_windows
+            ),
+            format!("{} × {:.3} s", self.checkpoints, self.checkpoint_secs),
+            format!("{} × {:.3} ms", self.log_lines, self.log_line_secs * 1e3),
+        ];
+        for ((part, secs), count) in self.parts().iter().zip(counts) {
+            write!(
+                f,
+                "\n  {part:<16} {:>9.1} s {:>5.1}%   {count}",
+                secs,
+                100.0 * secs / total.max(1e-9)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_counts_what_the_trainer_does() {
+        // The ten-minute pipeline: 704 steps, one validation pass at the end, a checkpoint
+        // every 100 steps and at the end, a log line every 10 steps and at the end.
+        let plan = RunPlan {
+            pipeline: "p".into(),
+            max_iters: 704,
+            eval_interval: 704,
+            val_windows: 10,
+            checkpoint_interval: 100,
+            log_interval: 10,
+        };
+        assert_eq!(plan.evaluations(), 1);
+        assert_eq!(plan.checkpoints(), 8);
+        assert_eq!(plan.log_lines(), 71);
+        let every_50 = RunPlan {
+            eval_interval: 50,
+            ..plan
+        };
+        assert_eq!(every_50.evaluations(), 15);
+        // Steps 50, 100, …, 700 (14) and 704.
+        assert_eq!(every_50.checkpoints(), 15);
     }
 }

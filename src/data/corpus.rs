@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::pipeline::spec::{CorpusConfig, TextFormat};
+use crate::pipeline::spec::{StoryLayout, TextFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {
@@ -99,7 +99,7 @@ struct StoryRecord {
 /// Calls `each` with every story of `path` (trimmed, empty ones skipped).
 pub fn for_each_story(
     path: &Path,
-    config: &CorpusConfig,
+    layout: &StoryLayout,
     mut each: impl FnMut(String),
 ) -> Result<(), CorpusError> {
     let bytes = std::fs::read(path).map_err(|source| CorpusError::Io {
@@ -111,9 +111,9 @@ pub fn for_each_story(
         offset: e.utf8_error().valid_up_to(),
     })?;
     let is_json = path.extension().is_some_and(|e| e == "json");
-    let format = match config.format {
+    let format = match layout.format {
         TextFormat::Auto if is_json => TextFormat::Json,
-        TextFormat::Auto if !config.separator.is_empty() && text.contains(&config.separator) => {
+        TextFormat::Auto if !layout.separator.is_empty() && text.contains(&layout.separator) => {
             TextFormat::Separator
         }
         TextFormat::Auto => TextFormat::Lines,
@@ -136,7 +136,7 @@ pub fn for_each_story(
                 })?;
             records.iter().for_each(|r| emit(&r.story));
         }
-        TextFormat::Separator => text.split(config.separator.as_str()).for_each(emit),
+        TextFormat::Separator => text.split(layout.separator.as_str()).for_each(emit),
         TextFormat::Lines | TextFormat::Auto => text.lines().for_each(emit),
     }
     Ok(())
@@ -158,12 +158,12 @@ mod tests {
     #[test]
     fn formats_and_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let config = CorpusConfig::default();
+        let layout = crate::pipeline::spec::CorpusConfig::default().layout();
         let read = |name: &str, bytes: &[u8]| {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).unwrap();
             let mut stories = Vec::new();
-            for_each_story(&path, &config, |s| stories.push(s)).map(|_| stories)
+            for_each_story(&path, &layout, |s| stories.push(s)).map(|_| stories)
         };
         let json = br#"[{"story": "One.", "summary": "x"}, {"story": " Two. "}]"#;
         assert_eq!(read("a.json", json).unwrap(), ["One.", "Two."]);

@@ -151,7 +151,7 @@ mod tests {
     impl OnDevice for Name {
         type Output = String;
         fn run<B: Backend<Float = f32>>(self, backend: B, info: &DeviceInfo) -> String {
-            let buf = backend.upload(&[1.0, 2.0]);
+            let buf = backend.upload(&[1.0, 2.0]).unwrap();
             format!("{} {}", info.name, backend.len(&buf))
         }
     }

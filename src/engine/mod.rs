@@ -4,11 +4,15 @@
 //! The model and the optimizer are written against [`Backend`] only, so a GPU backend can take
 //! the CPU's place without touching them. Every backward pass accumulates (`+=`) into its
 //! gradient buffers, so the caller zeroes them once per optimizer step.
+//!
+//! Allocation and transfers between host and device return [`EngineError`]: an out-of-memory is
+//! an error the caller words for the user, never a panic or an abort.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device;
+mod error;
 mod float;
 pub mod optimizer;
 mod rng;
@@ -17,6 +21,8 @@ pub use cpu::Cpu;
 #[cfg(feature = "cuda")]
 pub use cuda::Cuda;
 pub use device::{Device, DeviceError, DeviceInfo, OnDevice};
+pub use error::EngineError;
+pub(crate) use error::{host_copy, host_vec};
 pub use float::Float;
 pub use optimizer::{AdamWOptimizer, clip_grad_norm};
 pub use rng::Rng;
@@ -31,6 +37,21 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
+/// One parameter tensor: its name (Hugging Face's, for a model), shape, and whether weight
+/// decay applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub decay: bool,
+}
+
+impl ParamInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
 /// Hyperparameters of one AdamW step for one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamW {
@@ -39,8 +60,18 @@ pub struct AdamW {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    /// The step number, from 1 (for bias correction).
-    pub step: u64,
+    /// The bias corrections of this step, `1 - beta1^step` and `1 - beta2^step` (step from 1):
+    /// the same for every tensor, so the optimizer computes them once per step.
+    pub correction1: f64,
+    pub correction2: f64,
+}
+
+impl AdamW {
+    /// The bias corrections of step `step` (from 1).
+    pub fn corrections(beta1: f64, beta2: f64, step: u64) -> (f64, f64) {
+        let step = i32::try_from(step).unwrap_or(i32::MAX);
+        (1.0 - beta1.powi(step), 1.0 - beta2.powi(step))
+    }
 }
 
 /// Device memory and the ops of the model, forward and backward.
@@ -57,12 +88,18 @@ pub trait Backend: Send + Sync {
     /// Waits until the ops queued so far have finished (a GPU's are asynchronous); for timing.
     fn synchronize(&self) {}
 
-    fn zeros(&self, len: usize) -> Self::Buf;
-    fn upload(&self, data: &[Self::Float]) -> Self::Buf;
-    fn download(&self, buf: &Self::Buf) -> Vec<Self::Float>;
-    fn upload_into(&self, buf: &mut Self::Buf, data: &[Self::Float]);
-    fn upload_tokens(&self, tokens: &mut Self::Tokens, data: &[u32]);
-    fn tokens(&self, len: usize) -> Self::Tokens;
+    /// A buffer of `len` zeros.
+    fn zeros(&self, len: usize) -> Result<Self::Buf, EngineError>;
+    /// A new buffer holding `data`.
+    fn upload(&self, data: &[Self::Float]) -> Result<Self::Buf, EngineError>;
+    /// The buffer's values in host memory.
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<Self::Float>, EngineError>;
+    /// Overwrites `buf` with `data` (of the same length).
+    fn upload_into(&self, buf: &mut Self::Buf, data: &[Self::Float]) -> Result<(), EngineError>;
+    /// Overwrites `tokens` with `data` (of the same length).
+    fn upload_tokens(&self, tokens: &mut Self::Tokens, data: &[u32]) -> Result<(), EngineError>;
+    /// A token buffer of `len` zeros.
+    fn tokens(&self, len: usize) -> Result<Self::Tokens, EngineError>;
     fn len(&self, buf: &Self::Buf) -> usize;
     fn fill_zero(&self, buf: &mut Self::Buf);
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);

@@ -8,7 +8,7 @@ use super::folder::ModelFolder;
 use super::{GenerateError, GenerateOptions, Generation, generate};
 use crate::engine::{Backend, Device, DeviceInfo};
 use crate::model::safetensors::SafetensorsError;
-use crate::model::{DispatchError, ModelJob, Shape, run_model};
+use crate::model::{DispatchError, ModelError, ModelJob, Shape, run_model};
 
 /// One prompt to continue, with its own options (the sample stage gives each sample its seed).
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +35,8 @@ pub enum SampleError {
     Weights(#[from] SafetensorsError),
     #[error(transparent)]
     Generate(#[from] GenerateError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -79,7 +81,7 @@ where
         _device: &DeviceInfo,
     ) -> Self::Output {
         let model = self.folder.load(shape, backend)?;
-        let mut decoder = model.decoder();
+        let mut decoder = model.decoder()?;
         for prompt in self.prompts {
             let prompt = prompt?;
             self.sink.start(&prompt)?;

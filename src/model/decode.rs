@@ -4,8 +4,9 @@
 //! forward passes.
 
 use super::llama::{ATTN_NORM, EMBED, FFN_NORM, W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV, layer_index};
-use super::{Llama, ModelError, Shape};
-use crate::engine::Backend;
+use super::memory::float_bytes;
+use super::{Allocation, Llama, ModelDims, ModelError, Shape};
+use crate::engine::{Backend, EngineError};
 
 /// Per-layer keys and values of the positions decoded so far, and the step's working buffers.
 pub struct Decoder<B: Backend> {
@@ -48,13 +49,18 @@ impl<B: Backend> Decoder<B> {
     pub fn reset(&mut self) {
         self.len = 0;
     }
-}
 
-impl<S: Shape, B: Backend> Llama<S, B> {
-    /// An empty decoder for this model, with room for `max_seq_len` positions.
-    pub fn decoder(&self) -> Decoder<B> {
-        let dims = self.dims();
-        let b = &self.backend;
+    /// The floats [`Decoder::allocate`] makes for a model of `dims`.
+    pub(super) fn floats(dims: &ModelDims) -> usize {
+        let (c, kv, h) = (
+            dims.dim,
+            dims.n_kv_heads * dims.head_dim(),
+            dims.hidden_dim(),
+        );
+        2 * dims.n_layers * dims.max_seq_len * kv + 5 * c + 1 + 2 * kv + 3 * h + dims.vocab_size
+    }
+
+    fn allocate(b: &B, dims: &ModelDims) -> Result<Self, EngineError> {
         let (c, kv, h) = (
             dims.dim,
             dims.n_kv_heads * dims.head_dim(),
@@ -63,27 +69,70 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         let cache = || {
             (0..dims.n_layers)
                 .map(|_| b.zeros(dims.max_seq_len * kv))
-                .collect()
+                .collect::<Result<Vec<_>, _>>()
         };
-        Decoder {
-            k_cache: cache(),
-            v_cache: cache(),
+        Ok(Decoder {
+            k_cache: cache()?,
+            v_cache: cache()?,
             len: 0,
             capacity: dims.max_seq_len,
-            token: b.tokens(1),
-            x: b.zeros(c),
-            ln: b.zeros(c),
-            rstd: b.zeros(1),
-            q: b.zeros(c),
-            k: b.zeros(kv),
-            v: b.zeros(kv),
-            attn: b.zeros(c),
-            tmp: b.zeros(c),
-            gate: b.zeros(h),
-            up: b.zeros(h),
-            act: b.zeros(h),
-            logits: b.zeros(dims.vocab_size),
-        }
+            token: b.tokens(1)?,
+            x: b.zeros(c)?,
+            ln: b.zeros(c)?,
+            rstd: b.zeros(1)?,
+            q: b.zeros(c)?,
+            k: b.zeros(kv)?,
+            v: b.zeros(kv)?,
+            attn: b.zeros(c)?,
+            tmp: b.zeros(c)?,
+            gate: b.zeros(h)?,
+            up: b.zeros(h)?,
+            act: b.zeros(h)?,
+            logits: b.zeros(dims.vocab_size)?,
+        })
+    }
+
+    /// The floats held, field by field (the destructuring names every field, so a new buffer
+    /// cannot be left out): checks [`Decoder::floats`].
+    #[cfg(test)]
+    pub(super) fn floats_held(&self, b: &B) -> usize {
+        let Decoder {
+            k_cache,
+            v_cache,
+            len: _,
+            capacity: _,
+            token: _,
+            x,
+            ln,
+            rstd,
+            q,
+            k,
+            v,
+            attn,
+            tmp,
+            gate,
+            up,
+            act,
+            logits,
+        } = self;
+        let caches: usize = k_cache.iter().chain(v_cache).map(|t| b.len(t)).sum();
+        caches
+            + [x, ln, rstd, q, k, v, attn, tmp, gate, up, act, logits]
+                .iter()
+                .map(|t| b.len(t))
+                .sum::<usize>()
+    }
+}
+
+impl<S: Shape, B: Backend> Llama<S, B> {
+    /// An empty decoder for this model, with room for `max_seq_len` positions.
+    pub fn decoder(&self) -> Result<Decoder<B>, ModelError> {
+        let dims = self.dims();
+        let what = Allocation::DecoderCache {
+            positions: dims.max_seq_len,
+        };
+        let needed = float_bytes::<B::Float>(Decoder::<B>::floats(&dims), 1);
+        Decoder::allocate(self.backend(), &dims).map_err(ModelError::allocating(what, needed))
     }
 
     /// Runs `token` at the decoder's next position and returns the logits for the token after
@@ -117,8 +166,8 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 max: decoder.capacity,
             });
         }
-        let b = &self.backend;
-        let p = &self.params.tensors;
+        let b = self.backend();
+        let p = self.params().tensors();
         let d = decoder;
         let (c, kv, h, hd) = (
             dims.dim,
@@ -126,9 +175,9 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             dims.hidden_dim(),
             dims.head_dim(),
         );
-        let (eps, theta) = (self.config.norm_eps, self.config.rope_theta);
+        let (eps, theta) = (self.config().norm_eps, self.config().rope_theta);
 
-        b.upload_tokens(&mut d.token, &[token]);
+        b.upload_tokens(&mut d.token, &[token])?;
         b.embedding_forward(&mut d.x, &d.token, &p[EMBED], c);
         for l in 0..dims.n_layers {
             let w = |which| &p[layer_index(l, which)];
@@ -175,7 +224,8 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             c,
             dims.vocab_size,
         );
+        let logits = b.download(&d.logits)?;
         d.len += 1;
-        Ok(b.download(&d.logits))
+        Ok(logits)
     }
 }

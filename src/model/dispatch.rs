@@ -74,14 +74,14 @@ mod tests {
 
     struct CountParams;
     impl ModelJob for CountParams {
-        type Output = Result<(usize, String), DispatchError>;
+        type Output = anyhow::Result<(usize, String)>;
         fn run<S: Shape, B: Backend<Float = f32>>(
             self,
             shape: S,
             backend: B,
             device: &DeviceInfo,
         ) -> Self::Output {
-            let model = Llama::new(backend, shape, LlamaConfig::default(), 1);
+            let model = Llama::new(backend, shape, LlamaConfig::default(), 1)?;
             Ok((model.num_params(), device.name.clone()))
         }
     }
@@ -102,6 +102,12 @@ mod tests {
         };
         // A CUDA device would be an error in this build; the shape's error comes first.
         let error = run_model(Device::Cuda(0), dims, CountParams).unwrap_err();
-        assert!(matches!(error, DispatchError::Shape(_)), "{error}");
+        assert!(
+            matches!(
+                error.downcast_ref::<DispatchError>(),
+                Some(DispatchError::Shape(_))
+            ),
+            "{error:?}"
+        );
     }
 }

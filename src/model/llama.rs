@@ -1,12 +1,20 @@
 //! The LLaMA2 decoder: parameters named as Hugging Face names them, activations allocated once
 //! per (batch, seq), and a forward and a backward pass that list every op in order, each layer's
 //! backward mirroring its forward (as llm.c's `train_gpt2.c` does).
+//!
+//! Longer than most files on purpose: the forward and the backward pass stay side by side, so
+//! each step of the backward can be read against the forward step it undoes.
 
 use std::marker::PhantomData;
 
 use super::ModelDims;
+use super::memory::{ActivationSizes, Activations, Allocation, float_bytes};
 use super::shape::Shape;
-use crate::engine::{AdamWOptimizer, AttentionShape, Backend, Float, Rng, clip_grad_norm};
+pub use crate::engine::ParamInfo;
+use crate::engine::{
+    AdamWOptimizer, AttentionShape, Backend, EngineError, Float, Rng, clip_grad_norm, host_vec,
+};
+use crate::fsutil::human_bytes;
 
 /// What, besides its shape, defines a model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,20 +32,6 @@ impl Default for LlamaConfig {
             rope_theta: 10000.0,
             tie_embeddings: true,
         }
-    }
-}
-
-/// One parameter tensor: its Hugging Face name, shape, and whether weight decay applies.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamInfo {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub decay: bool,
-}
-
-impl ParamInfo {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
     }
 }
 
@@ -96,7 +90,7 @@ pub fn param_layout(dims: &ModelDims, config: &LlamaConfig) -> Vec<ParamInfo> {
 /// A model's parameters (or gradients): one buffer per tensor, typed by the model's shape so
 /// that the parameters of one preset cannot be given to a model of another.
 pub struct Params<S: Shape, B: Backend> {
-    pub tensors: Vec<B::Buf>,
+    tensors: Vec<B::Buf>,
     _shape: PhantomData<S>,
 }
 
@@ -108,125 +102,58 @@ impl<S: Shape, B: Backend> Params<S, B> {
             _shape: PhantomData,
         }
     }
+
+    /// The buffers, in [`param_layout`] order.
+    pub fn tensors(&self) -> &[B::Buf] {
+        &self.tensors
+    }
 }
 
-/// Buffers of one layer's forward pass, kept for its backward pass.
-struct LayerActs<B: Backend> {
-    input: B::Buf,
-    ln1_rstd: B::Buf,
-    q: B::Buf,
-    k: B::Buf,
-    v: B::Buf,
-    probs: B::Buf,
-    attn: B::Buf,
-    mid: B::Buf,
-    ln2_rstd: B::Buf,
-    gate: B::Buf,
-    up: B::Buf,
-}
-
-/// Every activation and activation gradient of one (batch, seq), allocated once.
-struct Activations<B: Backend> {
-    batch: usize,
-    seq: usize,
-    inputs: B::Tokens,
-    targets: B::Tokens,
-    layers: Vec<LayerActs<B>>,
-    out: B::Buf,
-    lnf: B::Buf,
-    lnf_rstd: B::Buf,
-    /// Logits after the forward pass; their gradient after the loss.
-    logits: B::Buf,
-    losses: B::Buf,
-    tmp: B::Buf,
-    /// The normalised input of the sublayer at hand; recomputed in the backward pass (from the
-    /// kept `1/rms`) rather than kept for every layer.
-    ln: B::Buf,
-    /// `silu(gate) · up` of the layer at hand: recomputed in the backward pass rather than kept
-    /// for every layer.
-    act: B::Buf,
-    /// Working space of the attention backward pass.
-    d_probs: B::Buf,
-    d_resid: B::Buf,
-    d_ln: B::Buf,
-    d_q: B::Buf,
-    d_k: B::Buf,
-    d_v: B::Buf,
-    d_attn: B::Buf,
-    d_gate: B::Buf,
-    d_up: B::Buf,
-    d_act: B::Buf,
-}
-
-impl<B: Backend> Activations<B> {
-    fn new(backend: &B, dims: &ModelDims, batch: usize, seq: usize) -> Self {
-        let n = batch * seq;
-        let (c, kv, h, v) = (
-            dims.dim,
-            dims.n_kv_heads * dims.head_dim(),
-            dims.hidden_dim(),
-            dims.vocab_size,
-        );
-        let z = |len: usize| backend.zeros(len);
-        let layers = (0..dims.n_layers)
-            .map(|_| LayerActs {
-                input: z(n * c),
-                ln1_rstd: z(n),
-                q: z(n * c),
-                k: z(n * kv),
-                v: z(n * kv),
-                probs: z(batch * dims.n_heads * seq * seq),
-                attn: z(n * c),
-                mid: z(n * c),
-                ln2_rstd: z(n),
-                gate: z(n * h),
-                up: z(n * h),
-            })
-            .collect();
-        Activations {
-            batch,
-            seq,
-            inputs: backend.tokens(n),
-            targets: backend.tokens(n),
-            layers,
-            out: z(n * c),
-            lnf: z(n * c),
-            lnf_rstd: z(n),
-            logits: z(n * v),
-            losses: z(n),
-            tmp: z(n * c),
-            ln: z(n * c),
-            act: z(n * h),
-            d_probs: z(batch * dims.n_heads * seq * seq),
-            d_resid: z(n * c),
-            d_ln: z(n * c),
-            d_q: z(n * c),
-            d_k: z(n * kv),
-            d_v: z(n * kv),
-            d_attn: z(n * c),
-            d_gate: z(n * h),
-            d_up: z(n * h),
-            d_act: z(n * h),
-        }
+impl<S: Shape, B: Backend> Clone for Params<S, B>
+where
+    B::Buf: Clone,
+{
+    fn clone(&self) -> Self {
+        Params::from_tensors(self.tensors.clone())
     }
 }
 
 /// A LLaMA2 decoder on a backend: parameters, gradients and activations.
+///
+/// The state is private, so the buffers always match the layout: read it through the accessors,
+/// copy weights in and out with [`Llama::load_params`] and [`Llama::state_tensors`].
 pub struct Llama<S: Shape, B: Backend> {
     shape: S,
-    pub config: LlamaConfig,
-    pub backend: B,
-    pub layout: Vec<ParamInfo>,
+    config: LlamaConfig,
+    backend: B,
+    layout: Vec<ParamInfo>,
     /// Whether weight decay applies to each tensor (the 2-D weights), in layout order.
     decay: Vec<bool>,
-    pub params: Params<S, B>,
-    pub grads: Params<S, B>,
+    params: Params<S, B>,
+    grads: Params<S, B>,
     acts: Option<Activations<B>>,
 }
 
-/// A mistake in how a model is called (sizes that do not fit, tokens out of range).
+/// A mistake in how a model is called (sizes that do not fit, tokens out of range), or memory
+/// the device could not give it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
+    #[error(
+        "out of memory on {device}: {what} need {} (could not allocate {}); {}",
+        human_bytes(*needed),
+        human_bytes(*failed),
+        what.remedy()
+    )]
+    OutOfMemory {
+        device: String,
+        what: Allocation,
+        /// Bytes of the whole allocation.
+        needed: u64,
+        /// Bytes of the buffer the device refused.
+        failed: u64,
+    },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     #[error("sequence length {seq} is above the model's max_seq_len {max}")]
     SequenceTooLong { seq: usize, max: usize },
     #[error("expected {expected} tokens (batch × seq), got {got}")]
@@ -243,30 +170,52 @@ pub enum ModelError {
     ParamCount { expected: usize, got: usize },
 }
 
+impl ModelError {
+    /// Turns an engine error met while allocating `what` (`needed` bytes in all) into the
+    /// model's: an out-of-memory gains what it was for and the setting to lower.
+    pub fn allocating(what: Allocation, needed: u64) -> impl Fn(EngineError) -> ModelError {
+        move |error| match error {
+            EngineError::OutOfMemory { device, bytes } => ModelError::OutOfMemory {
+                device,
+                what,
+                needed,
+                failed: bytes,
+            },
+            other => ModelError::Engine(other),
+        }
+    }
+}
+
 impl<S: Shape, B: Backend> Llama<S, B> {
     /// A model initialised as llama2.c does: weights normal(0, 0.02), the residual projections
     /// (`o_proj`, `down_proj`) with std 0.02/√(2·layers), norms at 1.
-    pub fn new(backend: B, shape: S, config: LlamaConfig, seed: u64) -> Self {
+    pub fn new(backend: B, shape: S, config: LlamaConfig, seed: u64) -> Result<Self, ModelError> {
         let dims = shape.dims();
         let layout = param_layout(&dims, &config);
+        let params: usize = layout.iter().map(ParamInfo::numel).sum();
+        let on_host = ModelError::allocating(
+            Allocation::HostWeights { params },
+            float_bytes::<B::Float>(params, 1),
+        );
+        let on_device = ModelError::allocating(
+            Allocation::Parameters { params },
+            float_bytes::<B::Float>(params, 2),
+        );
         let mut rng = Rng::new(seed);
         let residual_std = 0.02 / (2.0 * dims.n_layers as f64).sqrt();
-        let tensors = layout
-            .iter()
-            .map(|info| {
-                let host: Vec<B::Float> = if info.shape.len() == 1 {
-                    vec![B::Float::from_f64(1.0); info.numel()]
-                } else {
-                    let residual = info.name.ends_with("o_proj.weight")
-                        || info.name.ends_with("down_proj.weight");
-                    let std = if residual { residual_std } else { 0.02 };
-                    (0..info.numel())
-                        .map(|_| B::Float::from_f64(rng.normal() * std))
-                        .collect()
-                };
-                backend.upload(&host)
-            })
-            .collect();
+        let mut tensors = Vec::with_capacity(layout.len());
+        for info in &layout {
+            let mut host =
+                host_vec(info.numel(), B::Float::from_f64(1.0), "cpu").map_err(&on_host)?;
+            if info.shape.len() == 2 {
+                let residual =
+                    info.name.ends_with("o_proj.weight") || info.name.ends_with("down_proj.weight");
+                let std = if residual { residual_std } else { 0.02 };
+                host.iter_mut()
+                    .for_each(|x| *x = B::Float::from_f64(rng.normal() * std));
+            }
+            tensors.push(backend.upload(&host).map_err(&on_device)?);
+        }
         Self::assemble(backend, shape, config, layout, tensors)
     }
 
@@ -294,24 +243,27 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 });
             }
         }
-        Ok(Self::assemble(
-            backend,
-            shape,
-            config,
-            layout,
-            params.tensors,
-        ))
+        Self::assemble(backend, shape, config, layout, params.tensors)
     }
 
+    /// The model around its parameters, with zeroed gradients.
     fn assemble(
         backend: B,
         shape: S,
         config: LlamaConfig,
         layout: Vec<ParamInfo>,
         tensors: Vec<B::Buf>,
-    ) -> Self {
-        let grads = layout.iter().map(|i| backend.zeros(i.numel())).collect();
-        Llama {
+    ) -> Result<Self, ModelError> {
+        let params: usize = layout.iter().map(ParamInfo::numel).sum();
+        let grads = layout
+            .iter()
+            .map(|i| backend.zeros(i.numel()))
+            .collect::<Result<_, _>>()
+            .map_err(ModelError::allocating(
+                Allocation::Parameters { params },
+                float_bytes::<B::Float>(params, 2),
+            ))?;
+        Ok(Llama {
             shape,
             config,
             backend,
@@ -320,11 +272,111 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             params: Params::from_tensors(tensors),
             grads: Params::from_tensors(grads),
             acts: None,
-        }
+        })
     }
 
     pub fn dims(&self) -> ModelDims {
         self.shape.dims()
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The backend the model's buffers live on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The parameter tensors, in storage order.
+    pub fn layout(&self) -> &[ParamInfo] {
+        &self.layout
+    }
+
+    pub fn params(&self) -> &Params<S, B> {
+        &self.params
+    }
+
+    /// The gradients accumulated since the last [`Llama::zero_grad`].
+    pub fn grads(&self) -> &Params<S, B> {
+        &self.grads
+    }
+
+    /// The weights in host memory, in [`Llama::layout`] order (what a checkpoint saves).
+    pub fn state_tensors(&self) -> Result<Vec<Vec<B::Float>>, ModelError> {
+        let params = self.num_params();
+        let context = ModelError::allocating(
+            Allocation::HostWeights { params },
+            float_bytes::<B::Float>(params, 1),
+        );
+        self.params
+            .tensors
+            .iter()
+            .map(|t| self.backend.download(t).map_err(&context))
+            .collect()
+    }
+
+    /// Overwrites the weights with host values in [`Llama::layout`] order (a checkpoint's),
+    /// every size checked before anything is written.
+    pub fn load_params(&mut self, tensors: &[Vec<B::Float>]) -> Result<(), ModelError> {
+        if tensors.len() != self.layout.len() {
+            return Err(ModelError::ParamCount {
+                expected: self.layout.len(),
+                got: tensors.len(),
+            });
+        }
+        for (info, values) in self.layout.iter().zip(tensors) {
+            if values.len() != info.numel() {
+                return Err(ModelError::ParamSize {
+                    name: info.name.clone(),
+                    expected: info.numel(),
+                    got: values.len(),
+                });
+            }
+        }
+        for (tensor, values) in self.params.tensors.iter_mut().zip(tensors) {
+            self.backend.upload_into(tensor, values)?;
+        }
+        Ok(())
+    }
+
+    /// A fresh AdamW for this model's parameters (zeroed moments).
+    pub fn optimizer(
+        &self,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+    ) -> Result<AdamWOptimizer<B>, ModelError> {
+        let params = self.num_params();
+        AdamWOptimizer::new(
+            &self.backend,
+            &self.params.tensors,
+            beta1,
+            beta2,
+            weight_decay,
+        )
+        .map_err(ModelError::allocating(
+            Allocation::OptimizerMoments { params },
+            float_bytes::<B::Float>(params, 2),
+        ))
+    }
+
+    /// Scales the gradients down to a global L2 norm of `max_norm` when above it (0: never).
+    /// Returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        clip_grad_norm(&self.backend, &mut self.grads.tensors, max_norm)
+    }
+
+    /// One AdamW step of the parameters along the gradients, at learning rate `lr`, with weight
+    /// decay on the 2-D weights.
+    pub fn optimizer_step(&mut self, optimizer: &mut AdamWOptimizer<B>, lr: f64) {
+        optimizer.step(
+            &self.backend,
+            &mut self.params.tensors,
+            &self.grads.tensors,
+            &self.decay,
+            lr,
+        );
     }
 
     pub fn num_params(&self) -> usize {
@@ -334,42 +386,6 @@ impl<S: Shape, B: Backend> Llama<S, B> {
     /// Whether weight decay applies to each tensor.
     pub fn decay_mask(&self) -> &[bool] {
         &self.decay
-    }
-
-    /// One optimizer step on one batch: zero the gradients, forward with the mean loss, backward,
-    /// clip the global gradient norm to `grad_clip` (0: no clipping), one AdamW step at `lr`.
-    /// Returns the loss and the gradient norm before clipping.
-    #[allow(clippy::too_many_arguments)]
-    pub fn train_step(
-        &mut self,
-        optimizer: &mut AdamWOptimizer<B>,
-        inputs: &[u32],
-        targets: &[u32],
-        batch: usize,
-        seq: usize,
-        lr: f64,
-        grad_clip: f64,
-    ) -> Result<(f64, f64), ModelError> {
-        self.zero_grad();
-        let loss = self
-            .forward(
-                inputs,
-                Some(targets),
-                batch,
-                seq,
-                1.0 / (batch * seq) as f64,
-            )?
-            .expect("a forward pass with targets returns its loss");
-        self.backward();
-        let norm = clip_grad_norm(&self.backend, &mut self.grads.tensors, grad_clip);
-        optimizer.step(
-            &self.backend,
-            &mut self.params.tensors,
-            &self.grads.tensors,
-            &self.decay,
-            lr,
-        );
-        Ok((loss, norm))
     }
 
     pub(super) fn output_index(&self) -> usize {
@@ -402,7 +418,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         grad_scale: f64,
     ) -> Result<Option<f64>, ModelError> {
         let dims = self.dims();
-        let n = batch * seq;
+        let n = batch.saturating_mul(seq);
         if seq > dims.max_seq_len {
             return Err(ModelError::SequenceTooLong {
                 seq,
@@ -423,13 +439,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 });
             }
         }
-        if self
-            .acts
-            .as_ref()
-            .is_none_or(|a| a.batch != batch || a.seq != seq)
-        {
-            self.acts = Some(Activations::new(&self.backend, &dims, batch, seq));
-        }
+        self.allocate_activations(batch, seq)?;
         let acts = self.acts.as_mut().expect("allocated above");
         let b = &self.backend;
         let p = &self.params.tensors;
@@ -448,7 +458,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             head_dim: dims.head_dim(),
         };
 
-        b.upload_tokens(&mut acts.inputs, inputs);
+        b.upload_tokens(&mut acts.inputs, inputs)?;
         b.embedding_forward(&mut acts.layers[0].input, &acts.inputs, &p[EMBED], c);
         for l in 0..dims.n_layers {
             let w = |which| &p[layer_index(l, which)];
@@ -493,7 +503,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         let Some(targets) = targets else {
             return Ok(None);
         };
-        b.upload_tokens(&mut acts.targets, targets);
+        b.upload_tokens(&mut acts.targets, targets)?;
         b.cross_entropy_fused(
             &mut acts.losses,
             &mut acts.logits,
@@ -502,6 +512,34 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             grad_scale,
         );
         Ok(Some(b.sum(&acts.losses) / n as f64))
+    }
+
+    /// Makes the buffers of a forward and backward pass of `batch × seq` tokens, unless those of
+    /// the last pass have that size. [`Llama::forward`] calls it; calling it first reports an
+    /// out-of-memory before any input is prepared.
+    pub fn allocate_activations(&mut self, batch: usize, seq: usize) -> Result<(), ModelError> {
+        let dims = self.dims();
+        if seq > dims.max_seq_len {
+            return Err(ModelError::SequenceTooLong {
+                seq,
+                max: dims.max_seq_len,
+            });
+        }
+        if self
+            .acts
+            .as_ref()
+            .is_some_and(|a| a.batch == batch && a.seq == seq)
+        {
+            return Ok(());
+        }
+        // The old buffers go first, so their memory is free for the new ones.
+        self.acts = None;
+        let needed = ActivationSizes::new(&dims, batch, seq).bytes::<B::Float>(dims.n_layers);
+        let acts = Activations::new(&self.backend, &dims, batch, seq).map_err(
+            ModelError::allocating(Allocation::Activations { batch, seq }, needed),
+        )?;
+        self.acts = Some(acts);
+        Ok(())
     }
 
     /// Accumulates the gradient of the loss of the last forward pass (with targets) into
@@ -702,14 +740,40 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         b.embedding_backward(&mut g[EMBED], &acts.inputs, &acts.d_resid, c);
     }
 
-    /// The per-token losses of the last forward pass with targets (`batch × seq`), on the host:
-    /// evaluation sums them to leave out padding rows.
-    pub fn token_losses(&self) -> Option<Vec<B::Float>> {
-        self.acts.as_ref().map(|a| self.backend.download(&a.losses))
+    /// The per-token losses of the last forward pass with targets (`batch × seq`), on the host
+    /// (`None` before any pass): evaluation sums them to leave out padding rows.
+    pub fn token_losses(&self) -> Result<Option<Vec<B::Float>>, ModelError> {
+        self.download_activation(|a| &a.losses)
     }
 
-    /// The logits of the last forward pass without targets (`batch × seq × vocab`), on the host.
-    pub fn logits(&self) -> Option<Vec<B::Float>> {
-        self.acts.as_ref().map(|a| self.backend.download(&a.logits))
+    /// The logits of the last forward pass without targets (`batch × seq × vocab`), on the host
+    /// (`None` before any pass).
+    pub fn logits(&self) -> Result<Option<Vec<B::Float>>, ModelError> {
+        self.download_activation(|a| &a.logits)
+    }
+
+    /// The floats and tokens of the activations held, counted buffer by buffer.
+    #[cfg(test)]
+    pub(super) fn activation_counts(&self) -> Option<(u128, u128)> {
+        self.acts.as_ref().map(|a| a.counts(&self.backend))
+    }
+
+    fn download_activation(
+        &self,
+        buffer: impl Fn(&Activations<B>) -> &B::Buf,
+    ) -> Result<Option<Vec<B::Float>>, ModelError> {
+        let Some(acts) = &self.acts else {
+            return Ok(None);
+        };
+        let buf = buffer(acts);
+        let needed = float_bytes::<B::Float>(self.backend.len(buf), 1);
+        let what = Allocation::Activations {
+            batch: acts.batch,
+            seq: acts.seq,
+        };
+        self.backend
+            .download(buf)
+            .map(Some)
+            .map_err(ModelError::allocating(what, needed))
     }
 }

@@ -5,6 +5,7 @@ mod decode;
 mod dispatch;
 pub mod hf_config;
 mod llama;
+mod memory;
 mod presets;
 pub mod safetensors;
 pub mod shape;
@@ -13,7 +14,8 @@ pub use decode::Decoder;
 pub use dispatch::{DispatchError, ModelJob, run_model};
 pub use hf_config::HfConfig;
 pub use llama::{Llama, LlamaConfig, ModelError, ParamInfo, Params, param_layout};
-pub use presets::{ModelDims, Preset};
+pub use memory::Allocation;
+pub use presets::{DimsError, MAX_HEAD_DIM, ModelDims, Preset};
 pub use shape::{Dims, RuntimeShape, Shape, ShapeError, ShapeJob, with_shape};
 
 #[cfg(test)]

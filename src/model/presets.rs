@@ -1,7 +1,10 @@
-//! Named model presets and the runtime dimensions every model is described by.
+//! Named model presets and the runtime dimensions every model is described by, with the one
+//! rule set ([`ModelDims::check`]) that spec validation and model construction both apply.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::tokenizer::MAX_VOCAB_SIZE;
 
 /// The dimensions of a LLaMA2 decoder, as llama2.c's `Config` and Hugging Face's `LlamaConfig`
 /// describe it.
@@ -28,6 +31,74 @@ impl ModelDims {
     pub fn head_dim(&self) -> usize {
         self.dim / self.n_heads
     }
+
+    /// Checks the rules every model obeys; the only place they are written. Spec validation
+    /// reports a broken rule as `model.<field>`, model construction as an invalid shape, so a
+    /// spec that validates always makes a model.
+    pub fn check(&self) -> Result<(), DimsError> {
+        let fail = |field: &'static str, message: String| Err(DimsError { field, message });
+        for (field, value) in [
+            ("dim", self.dim),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("vocab_size", self.vocab_size),
+            ("multiple_of", self.multiple_of),
+            ("max_seq_len", self.max_seq_len),
+        ] {
+            if value == 0 {
+                return fail(field, "must be positive".into());
+            }
+        }
+        if !self.dim.is_multiple_of(self.n_heads) {
+            return fail(
+                "n_heads",
+                format!("{} does not divide dim {}", self.n_heads, self.dim),
+            );
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return fail(
+                "n_kv_heads",
+                format!(
+                    "{} does not divide n_heads {}",
+                    self.n_kv_heads, self.n_heads
+                ),
+            );
+        }
+        let head_dim = self.head_dim();
+        if !head_dim.is_multiple_of(2) || head_dim > MAX_HEAD_DIM {
+            return fail(
+                "dim",
+                format!(
+                    "{} gives a head size dim/n_heads = {head_dim}, which must be even and at most \
+                     {MAX_HEAD_DIM} for rotary embeddings",
+                    self.dim
+                ),
+            );
+        }
+        if self.vocab_size > MAX_VOCAB_SIZE {
+            return fail(
+                "vocab_size",
+                format!(
+                    "{} is above {MAX_VOCAB_SIZE}: token ids are stored as u16",
+                    self.vocab_size
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The largest head size: the rotary embedding kernels keep one head's angles in a fixed array.
+pub const MAX_HEAD_DIM: usize = 512;
+
+/// A broken rule of [`ModelDims::check`]: the field it is charged to, and what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field} {message}")]
+pub struct DimsError {
+    /// The field's name in [`ModelDims`] (and in a spec's `[model]` table), e.g. `"dim"`.
+    pub field: &'static str,
+    pub message: String,
 }
 
 /// The model presets: the tutorial's model, llama2.c's published ones, and the quickstart's.
@@ -98,5 +169,144 @@ mod tests {
         assert_eq!(Preset::Stories42M.dims().hidden_dim(), 1376);
         assert_eq!(Preset::Stories110M.dims().hidden_dim(), 2048);
         assert_eq!(Preset::Stories260K.dims().hidden_dim(), 172);
+    }
+
+    /// The field a broken rule is charged to, or `None` when the dimensions pass.
+    fn broken(dims: ModelDims) -> Option<&'static str> {
+        dims.check().err().map(|e| e.field)
+    }
+
+    #[test]
+    fn every_preset_passes_the_checks() {
+        for preset in Preset::ALL {
+            assert_eq!(preset.dims().check(), Ok(()), "{}", preset.name());
+        }
+    }
+
+    #[test]
+    fn every_field_must_be_positive() {
+        let good = Preset::Tutorial.dims();
+        let zeroed = [
+            ("dim", ModelDims { dim: 0, ..good }),
+            (
+                "n_layers",
+                ModelDims {
+                    n_layers: 0,
+                    ..good
+                },
+            ),
+            ("n_heads", ModelDims { n_heads: 0, ..good }),
+            (
+                "n_kv_heads",
+                ModelDims {
+                    n_kv_heads: 0,
+                    ..good
+                },
+            ),
+            (
+                "vocab_size",
+                ModelDims {
+                    vocab_size: 0,
+                    ..good
+                },
+            ),
+            (
+                "multiple_of",
+                ModelDims {
+                    multiple_of: 0,
+                    ..good
+                },
+            ),
+            (
+                "max_seq_len",
+                ModelDims {
+                    max_seq_len: 0,
+                    ..good
+                },
+            ),
+        ];
+        for (field, dims) in zeroed {
+            let err = dims.check().unwrap_err();
+            assert_eq!(err.field, field);
+            assert_eq!(err.to_string(), format!("{field} must be positive"));
+        }
+    }
+
+    #[test]
+    fn heads_must_divide_dim_and_kv_heads_must_divide_heads() {
+        let good = Preset::Tutorial.dims();
+        let err = ModelDims { n_heads: 5, ..good }.check().unwrap_err();
+        assert_eq!(err.field, "n_heads");
+        assert_eq!(err.message, "5 does not divide dim 288");
+        let err = ModelDims {
+            n_kv_heads: 3,
+            ..good
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(err.field, "n_kv_heads");
+        assert_eq!(err.message, "3 does not divide n_heads 8");
+        assert_eq!(
+            broken(ModelDims {
+                n_kv_heads: 8,
+                ..good
+            }),
+            None
+        );
+        assert_eq!(
+            broken(ModelDims {
+                n_kv_heads: 1,
+                ..good
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn the_head_size_must_be_even_and_at_most_512() {
+        let good = Preset::Tutorial.dims();
+        let odd = ModelDims {
+            dim: 18,
+            n_heads: 2,
+            n_kv_heads: 1,
+            ..good
+        };
+        let err = odd.check().unwrap_err();
+        assert_eq!(err.field, "dim");
+        assert!(err.message.contains("head size dim/n_heads = 9"), "{err}");
+        let one_head = |dim| ModelDims {
+            dim,
+            n_heads: 1,
+            n_kv_heads: 1,
+            ..good
+        };
+        assert_eq!(broken(one_head(512)), None);
+        let err = one_head(514).check().unwrap_err();
+        assert_eq!(err.field, "dim");
+        assert!(err.message.contains("at most 512"), "{err}");
+        assert_eq!(broken(one_head(1040)), Some("dim"));
+    }
+
+    #[test]
+    fn the_vocabulary_must_fit_in_u16() {
+        let good = Preset::Tutorial.dims();
+        assert_eq!(
+            broken(ModelDims {
+                vocab_size: 65_535,
+                ..good
+            }),
+            None
+        );
+        let err = ModelDims {
+            vocab_size: 65_536,
+            ..good
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(err.field, "vocab_size");
+        assert_eq!(
+            err.to_string(),
+            "vocab_size 65536 is above 65535: token ids are stored as u16"
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
 
-use super::{Llama, LlamaConfig, ParamInfo, Params, Shape, param_layout};
+use super::{Allocation, Llama, LlamaConfig, ModelError, ParamInfo, Params, Shape, param_layout};
 use crate::engine::Backend;
 use crate::fsutil;
 
@@ -37,6 +37,9 @@ pub enum SafetensorsError {
         name: String,
         dtype: String,
     },
+    /// The weights could not be moved between the file and the model (e.g. out of memory).
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 /// Writes `tensors` (in `layout` order) atomically to `path`, with `metadata` in the header.
@@ -171,13 +174,8 @@ impl<S: Shape, B: Backend<Float = f32>> Llama<S, B> {
         path: &Path,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), SafetensorsError> {
-        let tensors: Vec<Vec<f32>> = self
-            .params
-            .tensors
-            .iter()
-            .map(|t| self.backend.download(t))
-            .collect();
-        save(path, &self.layout, &tensors, metadata)
+        let tensors = self.state_tensors()?;
+        save(path, self.layout(), &tensors, metadata)
     }
 
     /// A model with the weights of a safetensors file (Hugging Face names), every shape checked.
@@ -189,11 +187,21 @@ impl<S: Shape, B: Backend<Float = f32>> Llama<S, B> {
     ) -> Result<Self, SafetensorsError> {
         let layout = param_layout(&shape.dims(), &config);
         let tensors = load(path, &layout)?;
-        let buffers = tensors.iter().map(|t| backend.upload(t)).collect();
-        Ok(
-            Llama::with_params(backend, shape, config, Params::from_tensors(buffers))
-                .expect("every tensor's shape was checked against the layout"),
-        )
+        let params: usize = layout.iter().map(ParamInfo::numel).sum();
+        let buffers = tensors
+            .iter()
+            .map(|t| backend.upload(t))
+            .collect::<Result<_, _>>()
+            .map_err(ModelError::allocating(
+                Allocation::Parameters { params },
+                super::memory::float_bytes::<f32>(params, 2),
+            ))?;
+        Ok(Llama::with_params(
+            backend,
+            shape,
+            config,
+            Params::from_tensors(buffers),
+        )?)
     }
 }
 

@@ -91,47 +91,14 @@ preset_type!(
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RuntimeShape(ModelDims);
 
-/// Why a set of dimensions cannot make a model.
+/// Why a set of dimensions cannot make a model: the rule of [`ModelDims::check`] they break.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid model shape: {0}")]
-pub struct ShapeError(pub String);
+pub struct ShapeError(#[from] pub super::DimsError);
 
 impl RuntimeShape {
     pub fn new(dims: ModelDims) -> Result<RuntimeShape, ShapeError> {
-        let fail = |m: String| Err(ShapeError(m));
-        let fields = [
-            ("dim", dims.dim),
-            ("n_layers", dims.n_layers),
-            ("n_heads", dims.n_heads),
-            ("n_kv_heads", dims.n_kv_heads),
-            ("vocab_size", dims.vocab_size),
-            ("multiple_of", dims.multiple_of),
-            ("max_seq_len", dims.max_seq_len),
-        ];
-        if let Some((name, _)) = fields.iter().find(|(_, v)| *v == 0) {
-            return fail(format!("{name} must be positive"));
-        }
-        if !dims.dim.is_multiple_of(dims.n_heads) {
-            return fail(format!(
-                "n_heads {} does not divide dim {}",
-                dims.n_heads, dims.dim
-            ));
-        }
-        if !dims.n_heads.is_multiple_of(dims.n_kv_heads) {
-            return fail(format!(
-                "n_kv_heads {} does not divide n_heads {}",
-                dims.n_kv_heads, dims.n_heads
-            ));
-        }
-        if !dims.head_dim().is_multiple_of(2) || dims.head_dim() > 512 {
-            return fail(format!(
-                "head size {} must be even and at most 512 for rotary embeddings",
-                dims.head_dim()
-            ));
-        }
-        if dims.vocab_size > 65_535 {
-            return fail(format!("vocab_size {} is above 65535", dims.vocab_size));
-        }
+        dims.check()?;
         Ok(RuntimeShape(dims))
     }
 }

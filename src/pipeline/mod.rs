@@ -1,4 +1,5 @@
-//! Pipelines: the spec and its overlays, the stage DAG, the content-hashed cache, and the runner.
+//! Pipelines: the spec and its overlays, the stage DAG, what each stage sees of the spec, the
+//! content-hashed cache, and the runner.
 
 pub mod cache;
 pub mod dag;
@@ -7,6 +8,7 @@ pub mod report;
 pub mod runner;
 pub mod spec;
 pub mod stage;
+pub mod view;
 
 pub use cache::{Artifact, Cache};
 pub use dag::StageId;
@@ -14,3 +16,4 @@ pub use overlay::{LoadedSpec, SpecError, SpecSources, Variant, load};
 pub use runner::{RunError, RunOptions, run};
 pub use spec::PipelineSpec;
 pub use stage::{Stage, StageContext, StageFailure, StageRegistry, StageReport};
+pub use view::{StageView, StageViews};

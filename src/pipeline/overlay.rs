@@ -1,8 +1,8 @@
 //! From files and flags to validated specs: the spec file, `--overlay` files merged in order,
 //! `--set KEY=VALUE` on top, then one variant per combination of the sweep.
 //!
-//! Every value remembers where it came from, so an error names the file (with line and column
-//! where it has them), the `--set` or `--sweep` argument, and the dotted key.
+//! Every value remembers where it came from, so an error names the file (with the line of the key
+//! when the file writes it), the `--set` or `--sweep` argument, and the dotted key.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,7 +11,19 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 use toml::de::{DeTable, DeValue};
 
-use super::spec::{PipelineSpec, json_schema};
+use super::spec::{PipelineSpec, Violation};
+use super::view::StageViews;
+
+mod schema_keys;
+mod sweep;
+#[cfg(test)]
+mod tests;
+
+use schema_keys::SchemaKeys;
+use sweep::{
+    cartesian, check_distinct, check_sweep_key, parse_sweep_flag, sweep_axes_from_spec,
+    variant_name,
+};
 
 /// Where a value of the merged spec came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +97,8 @@ pub struct Variant {
     /// The swept keys and this variant's values for them.
     pub overrides: Vec<(String, Json)>,
     pub spec: PipelineSpec,
+    /// What each stage may read of `spec` (and what keys its artifact).
+    pub views: StageViews,
 }
 
 /// The validated variants of a spec.
@@ -99,10 +113,11 @@ pub struct LoadedSpec {
 pub fn load(sources: &SpecSources) -> Result<LoadedSpec, SpecError> {
     let schema = SchemaKeys::new();
     let mut merged = toml::Table::new();
-    let mut origins = Provenance::default();
+    let mut origins = Provenance::new(&sources.spec);
 
     for path in std::iter::once(&sources.spec).chain(&sources.overlays) {
-        let table = read_toml_file(path, &schema)?;
+        let (table, lines) = read_toml_file(path, &schema)?;
+        origins.lines.insert(path.clone(), lines);
         merge(
             &mut merged,
             table,
@@ -160,11 +175,13 @@ pub fn load(sources: &SpecSources) -> Result<LoadedSpec, SpecError> {
             overrides.push((key.clone(), value.clone()));
         }
         let spec = to_spec(table, &variant_origins)?;
+        let views = StageViews::new(&spec).map_err(|v| variant_origins.violation(v))?;
         let name = variant_name(&overrides);
         variants.push(Variant {
             name,
             overrides,
             spec,
+            views,
         });
     }
     Ok(LoadedSpec {
@@ -174,8 +191,8 @@ pub fn load(sources: &SpecSources) -> Result<LoadedSpec, SpecError> {
     })
 }
 
-/// Parses one TOML file and checks every key against the spec's schema.
-fn read_toml_file(path: &Path, schema: &SchemaKeys) -> Result<toml::Table, SpecError> {
+/// Parses one TOML file, checks every key against the spec's schema, and notes the line of each.
+fn read_toml_file(path: &Path, schema: &SchemaKeys) -> Result<(toml::Table, KeyLines), SpecError> {
     let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
         path: path.to_path_buf(),
         source,
@@ -200,7 +217,39 @@ fn read_toml_file(path: &Path, schema: &SchemaKeys) -> Result<toml::Table, SpecE
                 hint,
             }
         })?;
-    toml::from_str::<toml::Table>(&text).map_err(|e| syntax(e.span(), e.message()))
+    let mut lines = KeyLines::new();
+    note_lines(&text, document.get_ref(), "", &mut lines);
+    let table = toml::from_str::<toml::Table>(&text).map_err(|e| syntax(e.span(), e.message()))?;
+    Ok((table, lines))
+}
+
+/// The line of every key a file writes, by dotted path (`model.dim`, `download.files[0].name`).
+type KeyLines = BTreeMap<String, usize>;
+
+fn note_lines(text: &str, table: &DeTable<'_>, prefix: &str, lines: &mut KeyLines) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        lines.insert(path.clone(), line_column(text, key.span().start).0);
+        note_value_lines(text, value.get_ref(), &path, lines);
+    }
+}
+
+fn note_value_lines(text: &str, value: &DeValue<'_>, path: &str, lines: &mut KeyLines) {
+    match value {
+        DeValue::Table(inner) => note_lines(text, inner, path, lines),
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let item_path = format!("{path}[{i}]");
+                lines.insert(item_path.clone(), line_column(text, item.span().start).0);
+                note_value_lines(text, item.get_ref(), &item_path, lines);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -211,27 +260,65 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Dotted key → where its value came from; a lookup takes the longest recorded prefix.
-#[derive(Debug, Clone, Default)]
-struct Provenance(BTreeMap<String, Origin>);
+/// Where each value of the merged spec came from, and the line of every key each file writes.
+#[derive(Debug, Clone)]
+struct Provenance {
+    /// Dotted key → where its value came from; a lookup takes the longest recorded prefix.
+    origins: BTreeMap<String, Origin>,
+    lines: BTreeMap<PathBuf, KeyLines>,
+    /// Charged with the keys nothing wrote (defaults).
+    spec_file: PathBuf,
+}
 
 impl Provenance {
+    fn new(spec_file: &Path) -> Provenance {
+        Provenance {
+            origins: BTreeMap::new(),
+            lines: BTreeMap::new(),
+            spec_file: spec_file.to_path_buf(),
+        }
+    }
+
     fn record(&mut self, key: &str, origin: Origin) {
         let prefix = format!("{key}.");
-        self.0.retain(|k, _| !k.starts_with(&prefix));
-        self.0.insert(key.to_string(), origin);
+        self.origins.retain(|k, _| !k.starts_with(&prefix));
+        self.origins.insert(key.to_string(), origin);
     }
 
     fn find(&self, key: &str) -> Option<&Origin> {
         let mut probe = key.to_string();
         loop {
-            if let Some(origin) = self.0.get(&probe) {
+            if let Some(origin) = self.origins.get(&probe) {
                 return Some(origin);
             }
             probe = match probe.rfind(['.', '[']) {
                 Some(i) => probe[..i].to_string(),
                 None => return None,
             };
+        }
+    }
+
+    /// Where to look for the value of `key`: the file with the key's line when the file writes
+    /// the key itself, the file alone when it only writes a table above it (the key keeps its
+    /// default), the flag that set it, or the spec file for a key nothing wrote.
+    fn place(&self, key: &str) -> String {
+        let file = match self.find(key) {
+            Some(Origin::File(path)) => path,
+            Some(other) => return other.to_string(),
+            None => &self.spec_file,
+        };
+        match self.lines.get(file).and_then(|lines| lines.get(key)) {
+            Some(line) => format!("{}:{line}", file.display()),
+            None => file.display().to_string(),
+        }
+    }
+
+    /// A broken rule of the spec, charged to where its key's value came from.
+    fn violation(&self, violation: Violation) -> SpecError {
+        SpecError::BadValue {
+            origin: self.place(&violation.key),
+            key: violation.key,
+            message: violation.message,
         }
     }
 }
@@ -356,213 +443,8 @@ fn parse_value(raw: &str) -> Result<toml::Value, String> {
     }
 }
 
-/// `KEY=a,b,c` with each value parsed like `--set` values; commas inside brackets or quotes do
-/// not split.
-fn parse_sweep_flag(arg: &str) -> Result<(String, Vec<Json>), SpecError> {
-    let bad = |message: String| SpecError::BadFlag {
-        flag: "--sweep",
-        arg: arg.to_string(),
-        message,
-    };
-    let (key, raw) = arg
-        .split_once('=')
-        .ok_or_else(|| bad("expected KEY=V1,V2,..., e.g. train.lr=1e-3,3e-4".into()))?;
-    let key = key.trim().to_string();
-    check_key_syntax(&key).map_err(bad)?;
-    let mut values = Vec::new();
-    for piece in split_top_level(raw) {
-        let value = parse_value(piece.trim()).map_err(bad)?;
-        values.push(toml_to_json(value));
-    }
-    Ok((key, values))
-}
-
-fn split_top_level(raw: &str) -> Vec<&str> {
-    let (mut depth, mut quote, mut start) = (0i32, None, 0);
-    let mut pieces = Vec::new();
-    for (i, c) in raw.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, '[' | '{') => depth += 1,
-            (None, ']' | '}') => depth -= 1,
-            (None, ',') if depth == 0 => {
-                pieces.push(&raw[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    pieces.push(&raw[start..]);
-    pieces
-}
-
-type Axis = (String, Vec<Json>, Origin);
-
-/// Takes the `[sweep]` table out of the merged spec and checks its keys.
-fn sweep_axes_from_spec(
-    merged: &mut toml::Table,
-    schema: &SchemaKeys,
-    origins: &Provenance,
-) -> Result<Vec<Axis>, SpecError> {
-    let Some(sweep) = merged.remove("sweep") else {
-        return Ok(Vec::new());
-    };
-    let toml::Value::Table(sweep) = sweep else {
-        let origin = origins
-            .find("sweep")
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        return Err(SpecError::BadValue {
-            origin,
-            key: "sweep".into(),
-            message: "must be a table of dotted keys to lists of values".into(),
-        });
-    };
-    let mut axes = Vec::new();
-    for (key, values) in flatten_sweep(sweep) {
-        let origin = origins
-            .find(&format!("sweep.{key}"))
-            .or_else(|| origins.find("sweep"))
-            .cloned()
-            .unwrap_or(Origin::Sweep(key.clone()));
-        check_sweep_key(schema, &key, &origin.to_string())?;
-        let toml::Value::Array(values) = values else {
-            return Err(SpecError::BadValue {
-                origin: origin.to_string(),
-                key: format!("sweep.\"{key}\""),
-                message: "must be a list of values".into(),
-            });
-        };
-        if values.is_empty() {
-            return Err(SpecError::BadValue {
-                origin: origin.to_string(),
-                key: format!("sweep.\"{key}\""),
-                message: "must list at least one value".into(),
-            });
-        }
-        let values: Vec<Json> = values.into_iter().map(toml_to_json).collect();
-        check_distinct(&key, &values, &origin)?;
-        axes.push((key, values, origin));
-    }
-    Ok(axes)
-}
-
-/// `[sweep] "train.lr" = [...]` and `[sweep.train] lr = [...]` both mean the key `train.lr`.
-fn flatten_sweep(table: toml::Table) -> Vec<(String, toml::Value)> {
-    let mut out = Vec::new();
-    for (key, value) in table {
-        match value {
-            toml::Value::Table(inner) => {
-                for (sub, v) in flatten_sweep(inner) {
-                    out.push((format!("{key}.{sub}"), v));
-                }
-            }
-            other => out.push((key, other)),
-        }
-    }
-    out
-}
-
-/// Two equal values would make two variants with the same name and run folder.
-fn check_distinct(key: &str, values: &[Json], origin: &Origin) -> Result<(), SpecError> {
-    for (i, value) in values.iter().enumerate() {
-        if values[..i].contains(value) {
-            return Err(SpecError::BadValue {
-                origin: origin.to_string(),
-                key: key.to_string(),
-                message: format!("the sweep lists {value} twice"),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn check_sweep_key(schema: &SchemaKeys, key: &str, place: &str) -> Result<(), SpecError> {
-    if key.starts_with("pipeline.") || key.starts_with("sweep.") || !key.contains('.') {
-        return Err(SpecError::BadValue {
-            origin: place.to_string(),
-            key: key.to_string(),
-            message: "a sweep varies a stage setting such as train.lr, not a whole section or the pipeline's own settings".into(),
-        });
-    }
-    schema
-        .check_path(key)
-        .map_err(|(key, hint)| SpecError::UnknownKey {
-            place: place.to_string(),
-            key,
-            hint,
-        })
-}
-
-fn cartesian(axes: &[Axis]) -> Vec<Vec<&Json>> {
-    let mut points: Vec<Vec<&Json>> = vec![Vec::new()];
-    for (_, values, _) in axes {
-        points = points
-            .into_iter()
-            .flat_map(|point| {
-                values.iter().map(move |v| {
-                    let mut next = point.clone();
-                    next.push(v);
-                    next
-                })
-            })
-            .collect();
-    }
-    points
-}
-
-/// A folder-safe name from a variant's overrides: the last key segment when it is unique.
-fn variant_name(overrides: &[(String, Json)]) -> String {
-    if overrides.is_empty() {
-        return "default".to_string();
-    }
-    let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
-    let unique_last = {
-        let mut lasts: Vec<String> = overrides.iter().map(|(k, _)| last(k)).collect();
-        lasts.sort();
-        lasts.windows(2).all(|w| w[0] != w[1])
-    };
-    let parts: Vec<String> = overrides
-        .iter()
-        .map(|(key, value)| {
-            let key = if unique_last { last(key) } else { key.clone() };
-            let value = match value {
-                Json::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            format!("{key}={value}")
-        })
-        .collect();
-    parts
-        .join(",")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._=,+-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// Deserializes the merged table; a type error names the key and where its value came from.
 fn to_spec(table: toml::Table, origins: &Provenance) -> Result<PipelineSpec, SpecError> {
-    let origin_of = |key: &str| {
-        origins
-            .find(key)
-            .map(ToString::to_string)
-            .or_else(|| {
-                origins
-                    .0
-                    .values()
-                    .find(|o| matches!(o, Origin::File(_)))
-                    .map(ToString::to_string)
-            })
-            .unwrap_or_else(|| "spec".to_string())
-    };
     let spec: PipelineSpec =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
             let mut key = err.path().to_string();
@@ -579,17 +461,10 @@ fn to_spec(table: toml::Table, origins: &Provenance) -> Result<PipelineSpec, Spe
                 };
                 message = "is required".to_string();
             }
-            SpecError::BadValue {
-                origin: origin_of(&key),
-                key,
-                message,
-            }
+            origins.violation(Violation { key, message })
         })?;
-    spec.validate().map_err(|violation| SpecError::BadValue {
-        origin: origin_of(&violation.key),
-        key: violation.key,
-        message: violation.message,
-    })?;
+    spec.validate()
+        .map_err(|violation| origins.violation(violation))?;
     Ok(spec)
 }
 
@@ -628,292 +503,4 @@ fn json_to_toml(value: &Json) -> Option<toml::Value> {
                 .collect::<Option<_>>()?,
         ),
     })
-}
-
-/// The spec's key tree, read from its JSON Schema, for unknown-key errors with suggestions.
-struct SchemaKeys {
-    root: Json,
-}
-
-/// An unknown key: its dotted path, and a "did you mean" hint (possibly empty).
-type Unknown = (String, String);
-
-impl SchemaKeys {
-    fn new() -> Self {
-        SchemaKeys {
-            root: json_schema(),
-        }
-    }
-
-    /// Follows `$ref` and picks the non-null branch of an `Option`'s `anyOf`.
-    fn resolve<'a>(&'a self, mut node: &'a Json) -> &'a Json {
-        loop {
-            if let Some(reference) = node.get("$ref").and_then(Json::as_str) {
-                let name = reference.rsplit('/').next().unwrap_or_default();
-                match self.root.get("$defs").and_then(|d| d.get(name)) {
-                    Some(target) => node = target,
-                    None => return node,
-                }
-                continue;
-            }
-            let branches = node
-                .get("anyOf")
-                .or_else(|| node.get("oneOf"))
-                .and_then(Json::as_array);
-            if let Some(branches) = branches {
-                let structured = branches.iter().find(|b| {
-                    b.get("$ref").is_some()
-                        || b.get("properties").is_some()
-                        || b.get("items").is_some()
-                });
-                if let Some(branch) = structured {
-                    node = branch;
-                    continue;
-                }
-            }
-            return node;
-        }
-    }
-
-    /// The schema of key `name` inside table schema `node`: `Ok(None)` for a free-form map,
-    /// `Err` with the known keys when the name is not one of them.
-    fn child<'a>(&'a self, node: &'a Json, name: &str) -> Result<Option<&'a Json>, Vec<String>> {
-        let node = self.resolve(node);
-        if let Some(props) = node.get("properties").and_then(Json::as_object) {
-            return match props.get(name) {
-                Some(child) => Ok(Some(child)),
-                None => Err(props.keys().cloned().collect()),
-            };
-        }
-        match node.get("additionalProperties") {
-            Some(Json::Bool(false)) => Err(Vec::new()),
-            Some(Json::Object(_)) | Some(Json::Bool(true)) | None => Ok(None),
-            Some(_) => Ok(None),
-        }
-    }
-
-    fn check_table(
-        &self,
-        table: &DeTable<'_>,
-        prefix: &str,
-    ) -> Result<(), (String, std::ops::Range<usize>, String)> {
-        self.check_table_at(&self.root, table, prefix)
-    }
-
-    fn check_table_at(
-        &self,
-        node: &Json,
-        table: &DeTable<'_>,
-        prefix: &str,
-    ) -> Result<(), (String, std::ops::Range<usize>, String)> {
-        for (key, value) in table {
-            let name: &str = key.get_ref();
-            let path = join(prefix, name);
-            match self.child(node, name) {
-                Ok(Some(child)) => self.check_value(child, value.get_ref(), &path)?,
-                Ok(None) => {}
-                Err(known) => {
-                    return Err((path, key.span(), did_you_mean(prefix, name, &known)));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn check_value(
-        &self,
-        node: &Json,
-        value: &DeValue<'_>,
-        path: &str,
-    ) -> Result<(), (String, std::ops::Range<usize>, String)> {
-        let node = self.resolve(node);
-        match value {
-            DeValue::Table(inner) if node.get("properties").is_some() => {
-                self.check_table_at(node, inner, path)
-            }
-            DeValue::Array(items) => {
-                if let Some(item_schema) = node.get("items") {
-                    for (i, item) in items.iter().enumerate() {
-                        self.check_value(item_schema, item.get_ref(), &format!("{path}[{i}]"))?;
-                    }
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Checks a dotted key (`train.lr`) names a setting of the spec.
-    fn check_path(&self, key: &str) -> Result<(), Unknown> {
-        let mut node = &self.root;
-        let mut walked = String::new();
-        for part in key.split('.') {
-            let parent = walked.clone();
-            walked = join(&walked, part);
-            let resolved = self.resolve(node);
-            if resolved.get("properties").is_none()
-                && resolved.get("additionalProperties").is_none()
-            {
-                return Err((walked, format!(" (`{parent}` is a value, not a table)")));
-            }
-            match self.child(node, part) {
-                Ok(Some(child)) => node = child,
-                Ok(None) => return Ok(()),
-                Err(known) => return Err((walked, did_you_mean(&parent, part, &known))),
-            }
-        }
-        Ok(())
-    }
-}
-
-fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
-
-/// ` (did you mean `x`?)` for the closest known key, if one is close enough.
-fn did_you_mean(prefix: &str, name: &str, known: &[String]) -> String {
-    let best = known
-        .iter()
-        .map(|k| (strsim::jaro_winkler(name, k), k))
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    match best {
-        Some((score, key)) if score >= 0.8 => format!(" (did you mean `{}`?)", join(prefix, key)),
-        _ if !known.is_empty() => {
-            let mut known = known.to_vec();
-            known.sort();
-            format!(" (known keys: {})", known.join(", "))
-        }
-        _ => String::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn sources(spec: PathBuf) -> SpecSources {
-        SpecSources {
-            spec,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn overlays_merge_deeply_and_set_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = write(
-            dir.path(),
-            "p.toml",
-            "[pipeline]\nname = \"p\"\n[train]\nlr = 1e-3\nbatch_size = 4\n",
-        );
-        let overlay = write(dir.path(), "o.toml", "[train]\nbatch_size = 2\n");
-        let loaded = load(&SpecSources {
-            spec,
-            overlays: vec![overlay],
-            sets: vec!["train.seed=7".into(), "sample.prompts=[\"Hi\"]".into()],
-            sweeps: vec![],
-        })
-        .unwrap();
-        let spec = &loaded.variants[0].spec;
-        assert_eq!(spec.train.lr, 1e-3);
-        assert_eq!(spec.train.batch_size, 2);
-        assert_eq!(spec.train.seed, 7);
-        assert_eq!(spec.sample.prompts, vec!["Hi".to_string()]);
-        assert_eq!(loaded.variants[0].name, "default");
-    }
-
-    #[test]
-    fn bare_words_are_strings() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = write(dir.path(), "p.toml", "[pipeline]\nname = \"p\"\n");
-        let mut s = sources(spec);
-        s.sets = vec!["train_vocab.kind=char".into()];
-        let loaded = load(&s).unwrap();
-        assert_eq!(
-            loaded.variants[0].spec.train_vocab.kind,
-            crate::pipeline::spec::TokenizerKind::Char
-        );
-    }
-
-    #[test]
-    fn unknown_key_names_file_line_and_suggestion() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = write(
-            dir.path(),
-            "p.toml",
-            "[pipeline]\nname = \"p\"\n\n[train]\nlrr = 1e-3\n",
-        );
-        let err = load(&sources(spec)).unwrap_err().to_string();
-        assert!(err.contains("p.toml:5:1"), "{err}");
-        assert!(err.contains("unknown key `train.lrr`"), "{err}");
-        assert!(err.contains("did you mean `train.lr`"), "{err}");
-    }
-
-    #[test]
-    fn type_errors_name_the_key_and_its_origin() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = write(dir.path(), "p.toml", "[pipeline]\nname = \"p\"\n");
-        let overlay = write(dir.path(), "o.toml", "[train]\nlr = \"fast\"\n");
-        let err = load(&SpecSources {
-            spec,
-            overlays: vec![overlay],
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("o.toml"), "{err}");
-        assert!(err.contains("train.lr"), "{err}");
-    }
-
-    #[test]
-    fn sweep_table_and_flag_make_the_cartesian_product() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = write(
-            dir.path(),
-            "p.toml",
-            "[pipeline]\nname = \"p\"\n[sweep]\n\"train.lr\" = [1e-3, 3e-4]\n",
-        );
-        let mut s = sources(spec);
-        s.sweeps = vec!["train.seed=1,2,3".into()];
-        let loaded = load(&s).unwrap();
-        assert_eq!(loaded.variants.len(), 6);
-        assert_eq!(loaded.swept_keys, vec!["train.lr", "train.seed"]);
-        assert_eq!(loaded.variants[0].name, "lr=0.001,seed=1");
-        assert_eq!(loaded.variants[5].spec.train.lr, 3e-4);
-        assert_eq!(loaded.variants[5].spec.train.seed, 3);
-        assert!(loaded.variants.iter().all(|v| v.spec.sweep.is_empty()));
-    }
-
-    #[test]
-    fn missing_required_keys_and_repeated_sweep_values_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = write(dir.path(), "p.toml", "[train]\nlr = 1e-3\n");
-        let err = load(&sources(spec)).unwrap_err().to_string();
-        assert!(err.contains("p.toml: key `pipeline`: is required"), "{err}");
-
-        let spec = write(dir.path(), "q.toml", "[pipeline]\nname = \"q\"\n");
-        let mut s = sources(spec);
-        s.sweeps = vec!["train.lr=1e-3,0.001".into()];
-        let err = load(&s).unwrap_err().to_string();
-        assert!(err.contains("--sweep train.lr=1e-3,0.001"), "{err}");
-        assert!(err.contains("lists 0.001 twice"), "{err}");
-    }
-
-    #[test]
-    fn split_respects_brackets_and_quotes() {
-        assert_eq!(
-            split_top_level("[\"a,b\", \"c\"],'x,y',3"),
-            vec!["[\"a,b\", \"c\"]", "'x,y'", "3"]
-        );
-    }
 }

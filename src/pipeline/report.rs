@@ -1,12 +1,14 @@
 //! The human-facing summaries of a run folder: `report.md` for each variant (its stages, its
-//! validation figures and loss plot) and, for a sweep, `runs/<pipeline>/report.md` with the
-//! comparison table and one plot of every variant's loss curves.
+//! validation figures and loss plot) and, for a sweep, the comparison table (printed, and
+//! written as `sweep.csv`) and `runs/<pipeline>/report.md` with the table and one plot of every
+//! variant's loss curves.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use super::dag::StageId;
-use super::runner::{Outcome, SweepTable, VariantResult};
+use super::runner::{Outcome, VariantResult};
 use crate::fsutil;
 use crate::train::metrics::{self, METRICS_JSONL, MetricRecord};
 use crate::train::plot;
@@ -98,4 +100,122 @@ pub fn write_sweep_report(
     }
     fsutil::write_atomic(&pipeline_dir.join("report.md"), text.as_bytes())?;
     Ok(())
+}
+
+/// The comparison of a sweep's variants: their swept values, then the metrics of every stage
+/// whose artifact differs between them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepTable {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+pub fn sweep_table(swept_keys: &[String], results: &[VariantResult]) -> SweepTable {
+    let varying: Vec<StageId> = StageId::ALL
+        .into_iter()
+        .filter(|stage| {
+            let keys: BTreeSet<&str> = results
+                .iter()
+                .flat_map(|r| r.stages.iter().filter(|s| s.stage == *stage))
+                .map(|s| s.key.as_str())
+                .collect();
+            keys.len() > 1
+        })
+        .collect();
+    let mut metric_columns: Vec<(StageId, String)> = Vec::new();
+    for stage in &varying {
+        let names: BTreeSet<&String> = results
+            .iter()
+            .flat_map(|r| r.stages.iter().filter(|s| s.stage == *stage))
+            .flat_map(|s| s.metrics.keys())
+            .collect();
+        metric_columns.extend(names.into_iter().map(|n| (*stage, n.clone())));
+    }
+    let mut header = vec!["variant".to_string()];
+    header.extend(swept_keys.iter().cloned());
+    header.extend(metric_columns.iter().map(|(s, n)| format!("{s}.{n}")));
+    let rows = results
+        .iter()
+        .map(|result| {
+            let mut row = vec![result.name.clone()];
+            for key in swept_keys {
+                let value = result
+                    .overrides
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_default();
+                row.push(value);
+            }
+            for (stage, name) in &metric_columns {
+                let value = result
+                    .stages
+                    .iter()
+                    .find(|s| s.stage == *stage)
+                    .and_then(|s| s.metrics.get(name))
+                    .map(|v| format_metric(*v))
+                    .unwrap_or_else(|| "-".to_string());
+                row.push(value);
+            }
+            row
+        })
+        .collect();
+    SweepTable { header, rows }
+}
+
+fn format_metric(value: f64) -> String {
+    if value == value.trunc() && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else if value.abs() >= 0.01 {
+        format!("{value:.4}")
+    } else {
+        format!("{value:.4e}")
+    }
+}
+
+impl SweepTable {
+    /// Columns padded to their widest cell.
+    pub fn render(&self) -> String {
+        let widths: Vec<usize> = (0..self.header.len())
+            .map(|i| {
+                std::iter::once(&self.header)
+                    .chain(&self.rows)
+                    .map(|row| row[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |row: &Vec<String>| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            format!("{}\n", cells.join("  ").trim_end())
+        };
+        let mut text = line(&self.header);
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        text.push_str(&format!("{}\n", rule.join("  ")));
+        for row in &self.rows {
+            text.push_str(&line(row));
+        }
+        text
+    }
+
+    pub fn to_csv(&self) -> String {
+        let quote = |cell: &String| {
+            if cell.contains([',', '"', '\n']) {
+                format!("\"{}\"", cell.replace('"', "\"\""))
+            } else {
+                cell.clone()
+            }
+        };
+        std::iter::once(&self.header)
+            .chain(&self.rows)
+            .map(|row| row.iter().map(quote).collect::<Vec<_>>().join(",") + "\n")
+            .collect()
+    }
 }

@@ -14,6 +14,7 @@ use super::cache::{Artifact, Cache, CacheError, Lookup, Manifest, Verify, cache_
 use super::dag::StageId;
 use super::overlay::{LoadedSpec, Variant};
 use super::report;
+pub use super::report::{SweepTable, sweep_table};
 use super::stage::{StageContext, StageFailure, StageRegistry};
 use crate::fsutil;
 
@@ -66,6 +67,8 @@ pub enum PlanState {
 pub struct PlannedStage {
     pub stage: StageId,
     pub key: String,
+    /// The stage's view as keyed (and recorded in the manifest).
+    pub config: serde_json::Value,
     pub inputs: BTreeMap<String, String>,
     pub state: PlanState,
 }
@@ -135,7 +138,8 @@ pub fn plan(loaded: &LoadedSpec, opts: &RunOptions) -> Vec<VariantPlan> {
                     .iter()
                     .map(|s| (s.name().to_string(), keys[s].clone()))
                     .collect();
-                let key = cache_key(stage, &stage.key_config(&variant.spec), &inputs);
+                let config = variant.views.get(stage).key_config();
+                let key = cache_key(stage, &config, &inputs);
                 keys.insert(stage, key.clone());
                 let state = checked
                     .entry((stage, key.clone()))
@@ -153,6 +157,7 @@ pub fn plan(loaded: &LoadedSpec, opts: &RunOptions) -> Vec<VariantPlan> {
                 stages.push(PlannedStage {
                     stage,
                     key,
+                    config,
                     inputs,
                     state,
                 });
@@ -370,7 +375,7 @@ fn build(
     out.flush()?;
     let started = Instant::now();
     let mut cx = StageContext {
-        spec: &plan.variant.spec,
+        view: plan.variant.views.get(stage),
         out_dir: &pending.dir,
         scratch_dir: &scratch_dir,
         run_dir: &plan.run_dir,
@@ -389,7 +394,7 @@ fn build(
         stage: stage.name().to_string(),
         stage_version: stage.version(),
         key: planned.key.clone(),
-        config: stage.key_config(&plan.variant.spec),
+        config: planned.config.clone(),
         inputs: planned.inputs.clone(),
         files: Vec::new(),
         metrics: report.metrics,
@@ -495,122 +500,4 @@ fn write_stage_record(run_dir: &Path, results: &[StageResult]) -> Result<(), Run
     let path = run_dir.join("stages.json");
     let text = serde_json::to_vec_pretty(&json!({ "stages": stages })).expect("JSON serializes");
     fsutil::write_atomic(&path, &text).map_err(run_folder_err(&path))
-}
-
-/// The comparison of a sweep's variants: their swept values, then the metrics of every stage
-/// whose artifact differs between them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SweepTable {
-    pub header: Vec<String>,
-    pub rows: Vec<Vec<String>>,
-}
-
-pub fn sweep_table(swept_keys: &[String], results: &[VariantResult]) -> SweepTable {
-    let varying: Vec<StageId> = StageId::ALL
-        .into_iter()
-        .filter(|stage| {
-            let keys: BTreeSet<&str> = results
-                .iter()
-                .flat_map(|r| r.stages.iter().filter(|s| s.stage == *stage))
-                .map(|s| s.key.as_str())
-                .collect();
-            keys.len() > 1
-        })
-        .collect();
-    let mut metric_columns: Vec<(StageId, String)> = Vec::new();
-    for stage in &varying {
-        let names: BTreeSet<&String> = results
-            .iter()
-            .flat_map(|r| r.stages.iter().filter(|s| s.stage == *stage))
-            .flat_map(|s| s.metrics.keys())
-            .collect();
-        metric_columns.extend(names.into_iter().map(|n| (*stage, n.clone())));
-    }
-    let mut header = vec!["variant".to_string()];
-    header.extend(swept_keys.iter().cloned());
-    header.extend(metric_columns.iter().map(|(s, n)| format!("{s}.{n}")));
-    let rows = results
-        .iter()
-        .map(|result| {
-            let mut row = vec![result.name.clone()];
-            for key in swept_keys {
-                let value = result
-                    .overrides
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, v)| match v {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .unwrap_or_default();
-                row.push(value);
-            }
-            for (stage, name) in &metric_columns {
-                let value = result
-                    .stages
-                    .iter()
-                    .find(|s| s.stage == *stage)
-                    .and_then(|s| s.metrics.get(name))
-                    .map(|v| format_metric(*v))
-                    .unwrap_or_else(|| "-".to_string());
-                row.push(value);
-            }
-            row
-        })
-        .collect();
-    SweepTable { header, rows }
-}
-
-fn format_metric(value: f64) -> String {
-    if value == value.trunc() && value.abs() < 1e15 {
-        format!("{value:.0}")
-    } else if value.abs() >= 0.01 {
-        format!("{value:.4}")
-    } else {
-        format!("{value:.4e}")
-    }
-}
-
-impl SweepTable {
-    /// Columns padded to their widest cell.
-    pub fn render(&self) -> String {
-        let widths: Vec<usize> = (0..self.header.len())
-            .map(|i| {
-                std::iter::once(&self.header)
-                    .chain(&self.rows)
-                    .map(|row| row[i].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |row: &Vec<String>| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            format!("{}\n", cells.join("  ").trim_end())
-        };
-        let mut text = line(&self.header);
-        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-        text.push_str(&format!("{}\n", rule.join("  ")));
-        for row in &self.rows {
-            text.push_str(&line(row));
-        }
-        text
-    }
-
-    pub fn to_csv(&self) -> String {
-        let quote = |cell: &String| {
-            if cell.contains([',', '"', '\n']) {
-                format!("\"{}\"", cell.replace('"', "\"\""))
-            } else {
-                cell.clone()
-            }
-        };
-        std::iter::once(&self.header)
-            .chain(&self.rows)
-            .map(|row| row.iter().map(quote).collect::<Vec<_>>().join(",") + "\n")
-            .collect()
-    }
 }

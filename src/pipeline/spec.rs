@@ -2,7 +2,9 @@
 //!
 //! Every struct denies unknown fields and has defaults, so a spec file states only what differs
 //! from the tutorial's recipe. Fields that do not change a stage's result (threads, retries,
-//! logging) are listed in each section's `NON_SEMANTIC` and stay out of the cache key.
+//! logging) are listed in each section's `NON_SEMANTIC` and stay out of the cache key. The rules
+//! types cannot express are checked by [`PipelineSpec::validate`] (in `spec/validate.rs`); what
+//! each stage reads of a spec is its view ([`crate::pipeline::view`]).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ModelDims, Preset};
+
+mod validate;
+
+pub use validate::Violation;
 
 /// A whole pipeline: its name and folders, one section per stage, and an optional sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -223,6 +229,23 @@ impl Default for CorpusConfig {
     }
 }
 
+impl CorpusConfig {
+    /// How stories are laid out in the corpus files.
+    pub fn layout(&self) -> StoryLayout {
+        StoryLayout {
+            format: self.format,
+            separator: self.separator.clone(),
+        }
+    }
+}
+
+/// The part of `[corpus]` that reading one file's stories needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoryLayout {
+    pub format: TextFormat,
+    pub separator: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PretokenizeConfig {
@@ -291,15 +314,6 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// The model's settings besides its shape.
-    pub fn llama_config(&self) -> crate::model::LlamaConfig {
-        crate::model::LlamaConfig {
-            norm_eps: self.norm_eps,
-            rope_theta: self.rope_theta,
-            tie_embeddings: self.tie_embeddings,
-        }
-    }
-
     /// The model's dimensions: the preset (default `tutorial`) with explicit fields on top. With
     /// an explicit preset, a field that disagrees with it is an error naming both.
     pub fn resolve(&self, tokenizer_vocab: usize) -> Result<ModelDims, (String, String)> {
@@ -451,268 +465,6 @@ impl Default for SampleConfig {
             seed: 42,
             device: Device::Cpu,
         }
-    }
-}
-
-/// One violated rule of a spec: the dotted key and what is wrong with its value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Violation {
-    pub key: String,
-    pub message: String,
-}
-
-impl PipelineSpec {
-    /// Checks the rules that types cannot express. Returns the first violation.
-    pub fn validate(&self) -> Result<(), Violation> {
-        let fail = |key: &str, message: String| {
-            Err(Violation {
-                key: key.to_string(),
-                message,
-            })
-        };
-        let name = &self.pipeline.name;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            || name.starts_with('.')
-        {
-            return fail(
-                "pipeline.name",
-                format!(
-                    "{name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
-                ),
-            );
-        }
-        if self.pipeline.threads == Some(0) {
-            return fail("pipeline.threads", "must be at least 1".into());
-        }
-        if self.download.files.is_empty() {
-            return fail("download.files", "must list at least one file".into());
-        }
-        for (i, file) in self.download.files.iter().enumerate() {
-            let key = format!("download.files[{i}]");
-            if file.mirrors.is_empty() {
-                return fail(
-                    &format!("{key}.mirrors"),
-                    "must list at least one mirror".into(),
-                );
-            }
-            let name = file.file_name();
-            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
-                return fail(
-                    &format!("{key}.name"),
-                    format!("{name:?} is not a plain file name; set `name`"),
-                );
-            }
-            if let Some(sha) = &file.sha256
-                && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
-            {
-                return fail(
-                    &format!("{key}.sha256"),
-                    format!("{sha:?} is not 64 hexadecimal digits"),
-                );
-            }
-        }
-
-        let vocab = self.train_vocab.vocab_size;
-        if vocab > 65_535 {
-            return fail(
-                "train_vocab.vocab_size",
-                format!("{vocab} is above 65535: token ids are stored as u16"),
-            );
-        }
-        if vocab < crate::tokenizer::MIN_VOCAB {
-            return fail(
-                "train_vocab.vocab_size",
-                format!("{vocab} is below 259, the 3 special tokens plus 256 byte-fallback tokens"),
-            );
-        }
-        if self.train_vocab.max_train_bytes == 0 {
-            return fail("train_vocab.max_train_bytes", "must be positive".into());
-        }
-
-        let p = &self.pretokenize;
-        if !(0.0..1.0).contains(&p.val_fraction) {
-            return fail(
-                "pretokenize.val_fraction",
-                format!("{} must be in [0, 1)", p.val_fraction),
-            );
-        }
-        let corpus = &self.corpus;
-        if corpus.train_files.is_empty() {
-            return fail(
-                "corpus.train_files",
-                "must list at least one pattern".into(),
-            );
-        }
-        if corpus.format == TextFormat::Separator && corpus.separator.is_empty() {
-            return fail("corpus.separator", "must not be empty".into());
-        }
-
-        let dims = self.model_dims()?;
-        for (key, value) in [
-            ("model.dim", dims.dim),
-            ("model.n_layers", dims.n_layers),
-            ("model.n_heads", dims.n_heads),
-            ("model.n_kv_heads", dims.n_kv_heads),
-            ("model.vocab_size", dims.vocab_size),
-            ("model.multiple_of", dims.multiple_of),
-            ("model.max_seq_len", dims.max_seq_len),
-        ] {
-            if value == 0 {
-                return fail(key, "must be positive".into());
-            }
-        }
-        if dims.dim % dims.n_heads != 0 {
-            return fail(
-                "model.n_heads",
-                format!("{} does not divide dim {}", dims.n_heads, dims.dim),
-            );
-        }
-        if dims.n_heads % dims.n_kv_heads != 0 {
-            return fail(
-                "model.n_kv_heads",
-                format!(
-                    "{} does not divide n_heads {}",
-                    dims.n_kv_heads, dims.n_heads
-                ),
-            );
-        }
-        if dims.head_dim() % 2 != 0 {
-            return fail(
-                "model.n_heads",
-                format!(
-                    "head size dim/n_heads = {} must be even for rotary embeddings",
-                    dims.head_dim()
-                ),
-            );
-        }
-        if dims.vocab_size > 65_535 {
-            return fail(
-                "model.vocab_size",
-                format!(
-                    "{} is above 65535: token ids are stored as u16",
-                    dims.vocab_size
-                ),
-            );
-        }
-        if dims.vocab_size < vocab {
-            return fail(
-                "model.vocab_size",
-                format!(
-                    "{} is smaller than the tokenizer's vocab_size {vocab}",
-                    dims.vocab_size
-                ),
-            );
-        }
-        let m = &self.model;
-        if m.norm_eps.is_nan() || m.norm_eps <= 0.0 {
-            return fail("model.norm_eps", format!("{} must be positive", m.norm_eps));
-        }
-        if m.rope_theta.is_nan() || m.rope_theta <= 0.0 {
-            return fail(
-                "model.rope_theta",
-                format!("{} must be positive", m.rope_theta),
-            );
-        }
-        if m.dropout != 0.0 {
-            return fail(
-                "model.dropout",
-                format!(
-                    "{} is not supported: tinyllm's engine has no dropout (the tutorial trains with 0.0)",
-                    m.dropout
-                ),
-            );
-        }
-
-        let t = &self.train;
-        for (key, value) in [
-            ("train.batch_size", t.batch_size),
-            ("train.seq_len", t.seq_len),
-            ("train.grad_accum_steps", t.grad_accum_steps),
-            ("train.max_iters", t.max_iters),
-            ("train.eval_interval", t.eval_interval),
-            ("train.checkpoint_interval", t.checkpoint_interval),
-            ("train.log_interval", t.log_interval),
-        ] {
-            if value == 0 {
-                return fail(key, "must be positive".into());
-            }
-        }
-        if t.seq_len > dims.max_seq_len {
-            return fail(
-                "train.seq_len",
-                format!(
-                    "{} is above model.max_seq_len {}",
-                    t.seq_len, dims.max_seq_len
-                ),
-            );
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return fail("train.lr", format!("{} must be positive", t.lr));
-        }
-        if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
-            return fail(
-                "train.min_lr",
-                format!("{} must be in [0, lr = {}]", t.min_lr, t.lr),
-            );
-        }
-        if t.weight_decay.is_nan() || t.weight_decay < 0.0 {
-            return fail(
-                "train.weight_decay",
-                format!("{} must not be negative", t.weight_decay),
-            );
-        }
-        for (key, beta) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
-            if !(0.0..1.0).contains(&beta) {
-                return fail(key, format!("{beta} must be in [0, 1)"));
-            }
-        }
-        if t.grad_clip.is_nan() || t.grad_clip < 0.0 {
-            return fail(
-                "train.grad_clip",
-                format!("{} must not be negative", t.grad_clip),
-            );
-        }
-
-        let s = &self.sample;
-        if s.prompts.is_empty() {
-            return fail("sample.prompts", "must list at least one prompt".into());
-        }
-        if s.max_new_tokens == 0 || s.num_samples == 0 {
-            let key = if s.num_samples == 0 {
-                "sample.num_samples"
-            } else {
-                "sample.max_new_tokens"
-            };
-            return fail(key, "must be positive".into());
-        }
-        if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
-            return fail(
-                "sample.temperature",
-                format!("{} must not be negative", s.temperature),
-            );
-        }
-        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-            return fail("sample.top_p", format!("{} must be in (0, 1]", s.top_p));
-        }
-        for (key, values) in &self.sweep {
-            if values.is_empty() {
-                return fail(
-                    &format!("sweep.{key}"),
-                    "must list at least one value".into(),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// The model dimensions the spec resolves to.
-    pub fn model_dims(&self) -> Result<ModelDims, Violation> {
-        self.model
-            .resolve(self.train_vocab.vocab_size)
-            .map_err(|(key, message)| Violation { key, message })
     }
 }
 

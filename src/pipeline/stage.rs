@@ -1,5 +1,5 @@
-//! What a stage is to the runner: a step that reads the artifacts of its inputs and the spec, and
-//! writes its own artifact into a folder the runner gives it.
+//! What a stage is to the runner: a step that reads the artifacts of its inputs and its view of
+//! the spec, and writes its own artifact into a folder the runner gives it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::cache::Artifact;
 use super::dag::StageId;
-use super::spec::PipelineSpec;
+use super::view::StageView;
 
 /// Any error a stage reports; the runner prefixes it with the stage's name.
 pub type StageFailure = Box<dyn std::error::Error + Send + Sync>;
@@ -20,8 +20,8 @@ pub struct StageReport {
     pub summary: String,
 }
 
-/// One step of the pipeline. Its cache key comes from the spec ([`StageId::key_config`]), so the
-/// implementation only has to turn inputs into an output.
+/// One step of the pipeline. Its cache key comes from its view of the spec
+/// ([`StageView::key_config`]), so the implementation only has to turn inputs into an output.
 pub trait Stage: Send + Sync {
     fn id(&self) -> StageId;
 
@@ -31,7 +31,9 @@ pub trait Stage: Send + Sync {
 
 /// What a running stage gets from the runner.
 pub struct StageContext<'a> {
-    pub spec: &'a PipelineSpec,
+    /// The part of the spec this stage may read: exactly what its cache key covers (ask for it
+    /// with the accessor of the stage's name, e.g. `cx.view.train()?`).
+    pub view: &'a StageView,
     /// The artifact's folder while it is built; renamed into the cache when the stage succeeds.
     pub out_dir: &'a Path,
     /// Survives a crash (for resumable work such as partial downloads or checkpoints); removed

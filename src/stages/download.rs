@@ -89,7 +89,7 @@ impl Stage for Download {
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
-        let config = &cx.spec.download;
+        let config = &cx.view.download()?.download;
         let files_dir = cx.out_dir.join(FILES_DIR);
         fs::create_dir_all(&files_dir).map_err(io_err(&files_dir))?;
         let fetcher = Fetcher::new(config)?;

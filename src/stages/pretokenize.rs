@@ -114,7 +114,9 @@ impl Stage for Pretokenize {
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
-        let corpus_config = &cx.spec.corpus;
+        let view = cx.view.pretokenize()?;
+        let corpus_config = &view.corpus;
+        let layout = corpus_config.layout();
         let corpus = Corpus::open(cx.input(StageId::Download)?)?;
         let tokenizer = train_vocab::open(cx.input(StageId::TrainVocab)?)?;
         let train_files = matching_files(
@@ -132,7 +134,7 @@ impl Stage for Pretokenize {
             )?
         };
         let hold_out = if val_files.is_empty() {
-            cx.spec.pretokenize.val_fraction
+            view.pretokenize.val_fraction
         } else {
             0.0
         };
@@ -145,7 +147,7 @@ impl Stage for Pretokenize {
         let mut story_index = 0u64;
         for file in &train_files {
             let mut writer = ShardWriter::create(cx.out_dir, Split::Train, &shard_name(file))?;
-            encode_file(&tokenizer, file, corpus_config, |tokens, text_bytes| {
+            encode_file(&tokenizer, file, &layout, |tokens, text_bytes| {
                 // Whole stories go to validation by a fixed rule on their index, so the split
                 // does not depend on thread count or chunking.
                 let to_val = hold_out > 0.0 && held_out_story(story_index, hold_out);
@@ -157,7 +159,7 @@ impl Stage for Pretokenize {
         }
         for file in &val_files {
             let mut writer = ShardWriter::create(cx.out_dir, Split::Val, &shard_name(file))?;
-            encode_file(&tokenizer, file, corpus_config, |tokens, bytes| {
+            encode_file(&tokenizer, file, &layout, |tokens, bytes| {
                 writer.push(tokens, bytes)
             })?;
             shards.push(writer.finish()?);
@@ -237,11 +239,11 @@ pub fn held_out_story(index: u64, fraction: f64) -> bool {
 pub fn encode_file(
     tokenizer: &Tokenizer,
     file: &Path,
-    config: &crate::pipeline::spec::CorpusConfig,
+    layout: &crate::pipeline::spec::StoryLayout,
     mut sink: impl FnMut(&[u32], u64) -> std::io::Result<()>,
 ) -> Result<(), StageFailure> {
     let mut stories = Vec::new();
-    for_each_story(file, config, |story| stories.push(story))?;
+    for_each_story(file, layout, |story| stories.push(story))?;
     for chunk in stories.chunks(CHUNK_STORIES) {
         let encoded: Vec<Vec<u32>> = chunk
             .par_iter()

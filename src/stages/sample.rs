@@ -28,7 +28,7 @@ impl Stage for Sample {
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
-        let cfg = &cx.spec.sample;
+        let cfg = &cx.view.sample()?.sample;
         let folder = ModelFolder::open(&cx.input(StageId::Train)?.dir)?;
         let mut sink = StageSink::new(cfg, !cx.quiet);
         let prompts = cfg.prompts.iter().flat_map(|prompt| {

@@ -28,14 +28,12 @@ impl Stage for Train {
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
-        let spec = cx.spec;
-        let cfg = &spec.train;
+        let view = cx.view.train()?;
+        let cfg = &view.train;
         let vocab_artifact = cx.input(StageId::TrainVocab)?;
         let tokenizer = train_vocab::open(vocab_artifact)?;
         let shards = TokenShards::open(cx.input(StageId::Pretokenize)?)?;
-        let dims = spec
-            .model_dims()
-            .map_err(|v| format!("{}: {}", v.key, v.message))?;
+        let dims = view.model.dims;
         if shards.set.vocab_size != tokenizer.vocab_size() {
             return Err(format!(
                 "the token shards were encoded with a {}-token vocabulary but the tokenizer has {}",
@@ -80,7 +78,7 @@ impl Stage for Train {
         let job = TrainJob {
             config: cfg.clone(),
             dims,
-            llama: spec.model.llama_config(),
+            llama: view.model.llama_config(),
             train_shards: train_paths,
             eval,
             checkpoints_dir: cx.scratch_dir.join("checkpoints"),
@@ -109,6 +107,10 @@ impl Stage for Train {
             "elapsed_secs": outcome.elapsed_secs,
             "tokens_per_sec": tokens_per_sec,
             "validation_windows": job.eval.windows(),
+            "step_tokens_per_sec": outcome.time.step_tokens_per_sec(
+                (cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps) as u64
+            ),
+            "time_this_process": outcome.time,
             "final": {
                 "val_loss": outcome.final_eval.loss,
                 "val_bpb": outcome.final_eval.bits_per_byte,

@@ -30,11 +30,12 @@ impl Stage for TrainVocab {
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
-        let config = &cx.spec.train_vocab;
+        let view = cx.view.train_vocab()?;
+        let config = &view.train_vocab;
         let corpus = Corpus::open(cx.input(StageId::Download)?)?;
         let files = matching_files(
             &corpus.files_dir,
-            &cx.spec.corpus.train_files,
+            &view.corpus.train_files,
             "corpus.train_files",
         )?;
 
@@ -50,7 +51,7 @@ impl Stage for TrainVocab {
         let mut sample = Vec::new();
         let mut sampled_bytes = 0u64;
         for file in &files {
-            for_each_story(file, &cx.spec.corpus, |story| {
+            for_each_story(file, &view.corpus.layout, |story| {
                 if sampled_bytes < config.max_train_bytes && rng.uniform() < keep {
                     sampled_bytes += story.len() as u64;
                     sample.push(story);

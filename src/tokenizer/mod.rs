@@ -27,6 +27,8 @@ pub const EOS: u32 = 2;
 pub const BYTE_BASE: u32 = 3;
 /// The smallest vocabulary: 3 special tokens and 256 byte tokens.
 pub const MIN_VOCAB: usize = 3 + 256;
+/// The largest vocabulary: token ids are stored as u16 in the shards.
+pub const MAX_VOCAB_SIZE: usize = u16::MAX as usize;
 const SPACE: char = '▁';
 const SPECIALS: [&str; 3] = ["<unk>", "<s>", "</s>"];
 
@@ -38,7 +40,7 @@ pub enum TokenizerError {
     Training(String),
     #[error("vocab_size {0} is below {MIN_VOCAB}, the 3 special tokens plus 256 byte tokens")]
     VocabTooSmall(usize),
-    #[error("vocab_size {0} is above 65535: token ids are stored as u16")]
+    #[error("vocab_size {0} is above {MAX_VOCAB_SIZE}: token ids are stored as u16")]
     VocabTooLarge(usize),
     #[error("no text to train the tokenizer on")]
     NoText,
@@ -62,7 +64,7 @@ impl Tokenizer {
         if vocab_size < MIN_VOCAB {
             return Err(TokenizerError::VocabTooSmall(vocab_size));
         }
-        if vocab_size > 65_535 {
+        if vocab_size > MAX_VOCAB_SIZE {
             return Err(TokenizerError::VocabTooLarge(vocab_size));
         }
         if texts.iter().all(|t| t.is_empty()) {

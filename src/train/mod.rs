@@ -6,6 +6,8 @@ pub mod eval;
 pub mod metrics;
 pub mod plot;
 pub mod schedule;
+pub mod step;
 mod trainer;
 
-pub use trainer::{TrainError, TrainJob, TrainOutcome, train};
+pub(crate) use trainer::save_checkpoint;
+pub use trainer::{TimeSplit, TrainError, TrainJob, TrainOutcome, train};

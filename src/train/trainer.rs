@@ -17,13 +17,14 @@ use super::checkpoint::{
 use super::eval::{EvalResult, EvalSet};
 use super::metrics::{MetricRecord, MetricsLog, read_jsonl};
 use super::schedule::LrSchedule;
+use super::step::{StepConfig, Stepper};
 use crate::data::loader::{Loader, LoaderError};
-use crate::engine::{AdamWOptimizer, Backend, DeviceInfo, clip_grad_norm};
+use crate::engine::{AdamWOptimizer, Backend, DeviceInfo};
 use crate::fsutil;
 use crate::model::hf_config::{HfConfig, HfConfigError};
 use crate::model::safetensors::{self, SafetensorsError};
 use crate::model::{
-    DispatchError, Llama, LlamaConfig, ModelDims, ModelError, ModelJob, ParamInfo, Shape, run_model,
+    DispatchError, Llama, LlamaConfig, ModelDims, ModelError, ModelJob, Shape, run_model,
 };
 use crate::pipeline::spec::TrainConfig;
 
@@ -53,6 +54,27 @@ pub struct TrainOutcome {
     pub records: Vec<MetricRecord>,
     /// The step this process continued from, when it resumed a checkpoint.
     pub resumed_from: Option<u64>,
+    /// Where this process's time went.
+    pub time: TimeSplit,
+}
+
+/// Where the wall time of a training process goes: optimizer steps, validation passes,
+/// checkpoints (writing and pruning), and the metrics log. Counts this process only (a resumed
+/// run's earlier processes are in `elapsed_secs`, not here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct TimeSplit {
+    pub steps: u64,
+    pub step_secs: f64,
+    pub validation_secs: f64,
+    pub checkpoint_secs: f64,
+    pub metrics_secs: f64,
+}
+
+impl TimeSplit {
+    /// Tokens per second of the optimizer steps alone.
+    pub fn step_tokens_per_sec(&self, tokens_per_step: u64) -> f64 {
+        (self.steps * tokens_per_step) as f64 / self.step_secs.max(1e-9)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,48 +116,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// The model and optimizer of one run, on the backend `B`.
-struct Run<S: Shape, B: Backend<Float = f32>> {
-    model: Llama<S, B>,
-    optimizer: AdamWOptimizer<B>,
-}
-
-impl<S: Shape, B: Backend<Float = f32>> Run<S, B> {
-    /// Zeroes the gradients and sums those of `accum` micro-batches into them, each scaled so
-    /// the sum is the gradient of the mean loss over all their tokens. Returns that mean loss
-    /// (stopping early once it is not finite).
-    fn accumulate_gradients(
-        &mut self,
-        loader: &mut Loader,
-        batch: usize,
-        seq: usize,
-        accum: usize,
-        inputs: &mut Vec<u32>,
-        targets: &mut Vec<u32>,
-    ) -> Result<f64, ModelError> {
-        let grad_scale = 1.0 / (batch * seq * accum) as f64;
-        self.model.zero_grad();
-        let mut loss = 0.0;
-        for _ in 0..accum {
-            loader.next_batch(batch, inputs, targets);
-            let micro = self
-                .model
-                .forward(inputs, Some(targets), batch, seq, grad_scale)?
-                .expect("a forward pass with targets returns its loss");
-            loss += micro / accum as f64;
-            if !micro.is_finite() {
-                break;
-            }
-            self.model.backward();
-        }
-        Ok(loss)
-    }
-}
-
 /// A fresh state, or the newest good checkpoint loaded into `run` and `loader` (reporting the
 /// damaged ones it skipped). Returns the state, the log so far and the checkpoint used.
 fn start_or_resume<S: Shape, B: Backend<Float = f32>>(
-    run: &mut Run<S, B>,
+    run: &mut Stepper<S, B>,
     loader: &mut Loader,
     checkpoints: &Checkpoints,
 ) -> Result<(TrainingState, Vec<MetricRecord>, Option<Checkpoint>), TrainError> {
@@ -207,15 +191,11 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
     out_dir: &Path,
 ) -> Result<TrainOutcome, TrainError> {
     let cfg = &job.config;
-    let model = Llama::new(backend, shape, job.llama, cfg.seed);
-    let optimizer = AdamWOptimizer::new(
-        &model.backend,
-        &model.params.tensors,
-        cfg.beta1,
-        cfg.beta2,
-        cfg.weight_decay,
-    );
-    let mut run = Run { model, optimizer };
+    let mut model = Llama::new(backend, shape, job.llama, cfg.seed)?;
+    let optimizer = model.optimizer(cfg.beta1, cfg.beta2, cfg.weight_decay)?;
+    // Before any batch is read: a batch too large for memory is an error now, not an abort.
+    model.allocate_activations(cfg.batch_size, cfg.seq_len)?;
+    let mut run = Stepper::new(model, optimizer, StepConfig::of(cfg));
     let mut loader = Loader::open(&job.train_shards, cfg.seq_len, cfg.seed, 0, 1)?;
     let checkpoints = Checkpoints::new(&job.checkpoints_dir);
 
@@ -232,25 +212,23 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
         warmup: cfg.warmup_iters,
         total: cfg.max_iters,
     };
-    let (batch, seq, accum) = (cfg.batch_size, cfg.seq_len, cfg.grad_accum_steps);
-    let tokens_per_step = (batch * seq * accum) as u64;
+    let tokens_per_step = run.config().tokens() as u64;
     let bar = progress_bar(cfg.max_iters as u64, state.step, job.quiet);
     let started = Instant::now();
     let elapsed_before = state.elapsed_secs;
     let mut interval_start = (Instant::now(), state.tokens_seen);
-    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
-    let decay = run.model.decay_mask().to_vec();
+
+    let mut time = TimeSplit::default();
 
     for step in state.step + 1..=cfg.max_iters as u64 {
         let lr = schedule.at(step as usize - 1);
-        let loss =
-            run.accumulate_gradients(&mut loader, batch, seq, accum, &mut inputs, &mut targets)?;
-        let grad_norm = clip_grad_norm(
-            &run.model.backend,
-            &mut run.model.grads.tensors,
-            cfg.grad_clip,
-        );
-        if !loss.is_finite() || !grad_norm.is_finite() {
+        let step_started = Instant::now();
+        let outcome = run.step(&mut loader, lr)?;
+        run.model.backend().synchronize();
+        time.step_secs += step_started.elapsed().as_secs_f64();
+        time.steps += 1;
+        let (loss, grad_norm) = (outcome.loss, outcome.grad_norm);
+        if !outcome.is_finite() {
             bar.finish_and_clear();
             let value = if loss.is_finite() { grad_norm } else { loss };
             return Err(TrainError::Diverged {
@@ -267,13 +245,6 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
                 },
             });
         }
-        run.optimizer.step(
-            &run.model.backend,
-            &mut run.model.params.tensors,
-            &run.model.grads.tensors,
-            &decay,
-            lr,
-        );
 
         state.step = step;
         state.loader = loader.state();
@@ -289,6 +260,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
             "loss {loss:.3}  lr {lr:.2e}  {tokens_per_sec:.0} tok/s"
         ));
         if step.is_multiple_of(cfg.log_interval as u64) || last {
+            let log_started = Instant::now();
             let (sum, count) = state.loss_since_log;
             log.push(MetricRecord::Train {
                 step,
@@ -301,12 +273,14 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
             })
             .map_err(io_err(&live_path))?;
             state.loss_since_log = (0.0, 0);
+            time.metrics_secs += log_started.elapsed().as_secs_f64();
             interval_start = (Instant::now(), state.tokens_seen);
         }
 
         let mut improved = false;
         if step.is_multiple_of(cfg.eval_interval as u64) || last {
-            let result = job.eval.evaluate(&mut run.model, batch)?;
+            let eval_started = Instant::now();
+            let result = job.eval.evaluate(&mut run.model, cfg.batch_size)?;
             improved = state.best.is_none_or(|b| result.loss < b.val_loss);
             if improved {
                 state.best = Some(BestEval {
@@ -330,13 +304,17 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
                     if improved { " (best so far)" } else { "" }
                 )
             });
+            time.validation_secs += eval_started.elapsed().as_secs_f64();
             // Throughput figures count training only.
             interval_start = (Instant::now(), state.tokens_seen);
         }
         if step.is_multiple_of(cfg.checkpoint_interval as u64) || last || improved {
+            let checkpoint_started = Instant::now();
             let checkpoint = save_checkpoint(&run, &checkpoints, &state, &log)?;
             checkpoints.prune(cfg.keep_checkpoints, state.best.map(|b| b.step))?;
             last_good = Some(checkpoint);
+            time.checkpoint_secs += checkpoint_started.elapsed().as_secs_f64();
+            interval_start = (Instant::now(), state.tokens_seen);
         }
     }
     bar.finish_and_clear();
@@ -379,6 +357,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
         best,
         records: log.records,
         resumed_from,
+        time,
     })
 }
 
@@ -403,42 +382,25 @@ fn write_model<S: Shape, B: Backend<Float = f32>>(
     // transformers refuses safetensors files without this metadata.
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     model.save_safetensors(&dir.join(MODEL_FILE), &metadata)?;
-    HfConfig::new(model.dims(), &model.config).save(&dir.join(CONFIG_FILE))?;
+    HfConfig::new(model.dims(), model.config()).save(&dir.join(CONFIG_FILE))?;
     Ok(())
 }
 
-/// The optimizer's moments as tensors named `m.<param>` and `v.<param>`.
-fn moment_layout(layout: &[ParamInfo]) -> Vec<ParamInfo> {
-    ["m", "v"]
-        .iter()
-        .flat_map(|prefix| {
-            layout.iter().map(move |info| ParamInfo {
-                name: format!("{prefix}.{}", info.name),
-                ..info.clone()
-            })
-        })
-        .collect()
-}
-
-fn save_checkpoint<S: Shape, B: Backend<Float = f32>>(
-    run: &Run<S, B>,
+pub(crate) fn save_checkpoint<S: Shape, B: Backend<Float = f32>>(
+    run: &Stepper<S, B>,
     checkpoints: &Checkpoints,
     state: &TrainingState,
     log: &MetricsLog,
 ) -> Result<Checkpoint, TrainError> {
     let staging = checkpoints.begin(state.step)?;
     write_model(&run.model, &staging.dir)?;
-    let backend = &run.model.backend;
-    let moments: Vec<Vec<f32>> = run
+    let moments = run
         .optimizer
-        .m
-        .iter()
-        .chain(&run.optimizer.v)
-        .map(|t| backend.download(t))
-        .collect();
+        .state_tensors(run.model.backend())
+        .map_err(ModelError::from)?;
     safetensors::save(
         &staging.dir.join(OPTIMIZER_FILE),
-        &moment_layout(&run.model.layout),
+        &AdamWOptimizer::<B>::state_layout(run.model.layout()),
         &moments,
         &BTreeMap::new(),
     )?;
@@ -452,26 +414,14 @@ fn save_checkpoint<S: Shape, B: Backend<Float = f32>>(
 
 /// Loads a verified checkpoint into `run`.
 fn restore<S: Shape, B: Backend<Float = f32>>(
-    run: &mut Run<S, B>,
+    run: &mut Stepper<S, B>,
     checkpoint: &Checkpoint,
 ) -> Result<(TrainingState, Vec<MetricRecord>), TrainError> {
     let dir = &checkpoint.dir;
-    let params = safetensors::load(&dir.join(MODEL_FILE), &run.model.layout)?;
-    let moments = safetensors::load(&dir.join(OPTIMIZER_FILE), &moment_layout(&run.model.layout))?;
-    let n = run.model.layout.len();
-    let model = &mut run.model;
-    let backend = &model.backend;
-    for (tensor, values) in model.params.tensors.iter_mut().zip(&params) {
-        backend.upload_into(tensor, values);
-    }
-    for (i, moment) in moments.iter().enumerate() {
-        let target = if i < n {
-            &mut run.optimizer.m[i]
-        } else {
-            &mut run.optimizer.v[i - n]
-        };
-        backend.upload_into(target, moment);
-    }
+    let params = safetensors::load(&dir.join(MODEL_FILE), run.model.layout())?;
+    let moment_layout = AdamWOptimizer::<B>::state_layout(run.model.layout());
+    let moments = safetensors::load(&dir.join(OPTIMIZER_FILE), &moment_layout)?;
+    run.model.load_params(&params)?;
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read(&state_path).map_err(io_err(&state_path))?;
     let state: TrainingState =
@@ -479,7 +429,9 @@ fn restore<S: Shape, B: Backend<Float = f32>>(
             path: state_path.clone(),
             reason: e.to_string(),
         })?;
-    run.optimizer.step = state.step;
+    run.optimizer
+        .load_state(run.model.backend(), state.step, &moments)
+        .map_err(ModelError::from)?;
     let metrics_path = dir.join(METRICS_FILE);
     let records = read_jsonl(&metrics_path).map_err(io_err(&metrics_path))?;
     Ok((state, records))

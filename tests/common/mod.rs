@@ -17,8 +17,8 @@ use tinyllm::pipeline::{
 };
 use tinyllm::stages::download::Download;
 
-/// A test stage: writes what it was given (its section of the spec and its inputs' keys) so that
-/// downstream keys depend on it, and reports a metric derived from its config.
+/// A test stage: writes what it was given (its view of the spec, as keyed, and its inputs' keys)
+/// so that downstream keys depend on it, and reports a metric derived from its config.
 pub struct Recorder(pub StageId);
 
 impl Stage for Recorder {
@@ -27,7 +27,7 @@ impl Stage for Recorder {
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
-        let config = self.0.key_config(cx.spec);
+        let config = cx.view.key_config();
         let mut inputs = BTreeMap::new();
         for input in self.0.inputs() {
             inputs.insert(input.name(), cx.input(*input)?.key().to_string());
@@ -40,7 +40,7 @@ impl Stage for Recorder {
         };
         if self.0 == StageId::Train {
             // A made-up loss with its minimum at lr = 5e-4, so a sweep table has something to show.
-            let lr = cx.spec.train.lr;
+            let lr = cx.view.train()?.train.lr;
             report
                 .metrics
                 .insert("final_loss".into(), 1.0 + (lr / 5e-4).ln().powi(2));

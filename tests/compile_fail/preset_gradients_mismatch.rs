@@ -4,8 +4,7 @@ use tinyllm::model::shape::{Stories260K, Tutorial};
 use tinyllm::model::{Llama, LlamaConfig, Params};
 
 fn main() {
-    let small = Llama::new(Cpu::<f32>::new(), Stories260K, LlamaConfig::default(), 1);
-    let grads: Params<Stories260K, Cpu<f32>> = small.grads;
-    let mut big = Llama::new(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), 1);
-    big.params = grads;
+    let small = Llama::new(Cpu::<f32>::new(), Stories260K, LlamaConfig::default(), 1).unwrap();
+    let grads: Params<Stories260K, Cpu<f32>> = small.grads().clone();
+    let _big = Llama::with_params(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), grads);
 }

@@ -110,7 +110,7 @@ impl ModelJob for ScoreJob<'_> {
         if self.with_logits {
             for window in self.ids.chunks(context) {
                 model.forward(window, None, 1, window.len(), 1.0)?;
-                logits.extend(model.logits().expect("a forward pass keeps its logits"));
+                logits.extend(model.logits()?.expect("a forward pass keeps its logits"));
             }
         }
         Ok((losses, logits))

@@ -17,7 +17,10 @@ use std::marker::PhantomData;
 
 use rayon::prelude::*;
 
-use super::{AdamW, AttentionShape, Backend, Float};
+use super::{AdamW, AttentionShape, Backend, EngineError, Float, host_copy, host_vec};
+
+/// The device name in the CPU backend's errors.
+const DEVICE: &str = "cpu";
 
 /// The CPU backend, computing in `T` (f32 for training, f64 for checks).
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,23 +48,23 @@ impl<T: Float> Backend for Cpu<T> {
     type Buf = Vec<T>;
     type Tokens = Vec<u32>;
 
-    fn zeros(&self, len: usize) -> Vec<T> {
-        vec![T::zero(); len]
+    fn zeros(&self, len: usize) -> Result<Vec<T>, EngineError> {
+        host_vec(len, T::zero(), DEVICE)
     }
-    fn upload(&self, data: &[T]) -> Vec<T> {
-        data.to_vec()
+    fn upload(&self, data: &[T]) -> Result<Vec<T>, EngineError> {
+        host_copy(data, DEVICE)
     }
-    fn download(&self, buf: &Vec<T>) -> Vec<T> {
-        buf.clone()
+    fn download(&self, buf: &Vec<T>) -> Result<Vec<T>, EngineError> {
+        host_copy(buf, DEVICE)
     }
-    fn upload_into(&self, buf: &mut Vec<T>, data: &[T]) {
-        buf.copy_from_slice(data);
+    fn upload_into(&self, buf: &mut Vec<T>, data: &[T]) -> Result<(), EngineError> {
+        copy_same_length(buf, data)
     }
-    fn upload_tokens(&self, tokens: &mut Vec<u32>, data: &[u32]) {
-        tokens.copy_from_slice(data);
+    fn upload_tokens(&self, tokens: &mut Vec<u32>, data: &[u32]) -> Result<(), EngineError> {
+        copy_same_length(tokens, data)
     }
-    fn tokens(&self, len: usize) -> Vec<u32> {
-        vec![0; len]
+    fn tokens(&self, len: usize) -> Result<Vec<u32>, EngineError> {
+        host_vec(len, 0, DEVICE)
     }
     fn len(&self, buf: &Vec<T>) -> usize {
         buf.len()
@@ -249,6 +252,17 @@ impl<T: Float> Backend for Cpu<T> {
     }
 }
 
+fn copy_same_length<V: Copy>(dst: &mut [V], src: &[V]) -> Result<(), EngineError> {
+    if dst.len() != src.len() {
+        return Err(EngineError::LengthMismatch {
+            expected: dst.len(),
+            got: src.len(),
+        });
+    }
+    dst.copy_from_slice(src);
+    Ok(())
+}
+
 /// Standard-normal test data from a seed.
 #[cfg(test)]
 pub(crate) fn random(len: usize, seed: u64) -> Vec<f64> {
@@ -264,4 +278,48 @@ pub(crate) fn test_rng(seed: u64) -> super::Rng {
 #[cfg(test)]
 pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_out_of_memory<V: std::fmt::Debug>(result: Result<V, EngineError>, bytes: u64) {
+        match result {
+            Err(EngineError::OutOfMemory { device, bytes: got }) => {
+                assert_eq!(device, "cpu");
+                assert_eq!(got, bytes);
+            }
+            other => panic!("expected an out-of-memory error, got {other:?}"),
+        }
+    }
+
+    /// Sizes no allocator can serve are errors, not aborts: one past `isize::MAX` bytes, one
+    /// whose byte count overflows, and 2^46 floats (256 TB, beyond any address space in use).
+    #[test]
+    fn impossible_allocations_are_out_of_memory_errors() {
+        let cpu = Cpu::<f32>::new();
+        assert_out_of_memory(cpu.zeros(usize::MAX / 8), (usize::MAX / 8 * 4) as u64);
+        assert_out_of_memory(cpu.zeros(usize::MAX), u64::MAX);
+        assert_out_of_memory(cpu.zeros(1 << 46), 1 << 48);
+        assert_out_of_memory(cpu.tokens(1 << 46), 1 << 48);
+        assert_out_of_memory(Cpu::<f64>::new().zeros(usize::MAX / 8), u64::MAX - 7);
+        let message = cpu.zeros(1 << 46).unwrap_err().to_string();
+        assert_eq!(message, "out of memory on cpu: could not allocate 281.5 TB");
+    }
+
+    #[test]
+    fn copies_of_the_wrong_length_are_errors() {
+        let cpu = Cpu::<f32>::new();
+        let mut buf = cpu.zeros(3).unwrap();
+        assert_eq!(
+            cpu.upload_into(&mut buf, &[1.0, 2.0]),
+            Err(EngineError::LengthMismatch {
+                expected: 3,
+                got: 2
+            })
+        );
+        cpu.upload_into(&mut buf, &[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(cpu.download(&buf).unwrap(), [1.0, 2.0, 3.0]);
+    }
 }

@@ -12,8 +12,8 @@ pub fn adamw<T: Float>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], hp
     let b1 = T::from_f64(hp.beta1);
     let b2 = T::from_f64(hp.beta2);
     let one = T::one();
-    let correction1 = T::from_f64(1.0 - hp.beta1.powi(hp.step as i32));
-    let correction2 = T::from_f64(1.0 - hp.beta2.powi(hp.step as i32));
+    let correction1 = T::from_f64(hp.correction1);
+    let correction2 = T::from_f64(hp.correction2);
     let lr = T::from_f64(hp.lr);
     let decay = T::from_f64(1.0 - hp.lr * hp.weight_decay);
     let eps = T::from_f64(hp.eps);
@@ -55,13 +55,15 @@ mod tests {
         let g = vec![0.3, -0.1, 2.0];
         let mut m = vec![0.0; 3];
         let mut v = vec![0.0; 3];
+        let (correction1, correction2) = AdamW::corrections(0.9, 0.95, 1);
         let hp = AdamW {
             lr: 0.01,
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.1,
-            step: 1,
+            correction1,
+            correction2,
         };
         adamw(&mut p, &g, &mut m, &mut v, hp);
         let expected = [

@@ -15,12 +15,13 @@ use std::sync::{Arc, OnceLock};
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
-use super::{AdamW, AttentionShape, Backend};
+use super::{AdamW, AttentionShape, Backend, EngineError, host_vec};
 
 /// The kernels' CUDA C source.
 pub const KERNELS_CU: &str = include_str!("kernels.cu");
@@ -110,6 +111,8 @@ pub struct Cuda {
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     name: String,
+    /// `cuda:N (name)`, as errors name the device.
+    label: String,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -145,6 +148,7 @@ impl Cuda {
             stream,
             blas,
             functions,
+            label: format!("cuda:{ordinal} ({name})"),
             name,
         })
     }
@@ -170,6 +174,57 @@ impl Cuda {
             .iter()
             .find(|(model, _)| name.contains(model))
             .map(|&(_, peak)| peak)
+    }
+
+    /// A driver error of an allocation or copy of `bytes` as an [`EngineError`]: out of memory
+    /// when the driver says so, a device error otherwise.
+    fn engine_error(&self, error: DriverError, bytes: u64) -> EngineError {
+        if error.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            EngineError::OutOfMemory {
+                device: self.label.clone(),
+                bytes,
+            }
+        } else {
+            EngineError::Device {
+                device: self.label.clone(),
+                message: error.to_string(),
+            }
+        }
+    }
+
+    /// `len` zeros of `V` on the device. A size whose byte count overflows is out of memory
+    /// before the driver is asked (cudarc would multiply without a check).
+    fn alloc_zeros<V>(&self, len: usize) -> Result<CudaSlice<V>, EngineError>
+    where
+        V: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits,
+    {
+        let (bytes, fits) = EngineError::bytes_of::<V>(len);
+        if fits.is_none() {
+            return Err(EngineError::OutOfMemory {
+                device: self.label.clone(),
+                bytes,
+            });
+        }
+        self.stream
+            .alloc_zeros(len)
+            .map_err(|e| self.engine_error(e, bytes))
+    }
+
+    /// Copies `data` into `dst`, of the same length.
+    fn copy_in<V: cudarc::driver::DeviceRepr>(
+        &self,
+        dst: &mut CudaSlice<V>,
+        data: &[V],
+    ) -> Result<(), EngineError> {
+        if dst.len() != data.len() {
+            return Err(EngineError::LengthMismatch {
+                expected: dst.len(),
+                got: data.len(),
+            });
+        }
+        self.stream
+            .memcpy_htod(data, dst)
+            .map_err(|e| self.engine_error(e, EngineError::bytes_of::<V>(data.len()).0))
     }
 
     fn function(&self, name: &str) -> &CudaFunction {
@@ -237,33 +292,30 @@ impl Backend for Cuda {
             .expect("CUDA stream synchronize failed");
     }
 
-    fn zeros(&self, len: usize) -> CudaSlice<f32> {
+    fn zeros(&self, len: usize) -> Result<CudaSlice<f32>, EngineError> {
+        self.alloc_zeros(len)
+    }
+    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>, EngineError> {
+        let mut buf = self.alloc_zeros(data.len())?;
+        self.copy_in(&mut buf, data)?;
+        Ok(buf)
+    }
+    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>, EngineError> {
+        // The host copy is allocated fallibly too: a model that fits the GPU may not fit the host.
+        let mut host = host_vec(buf.len(), 0.0f32, "cpu")?;
         self.stream
-            .alloc_zeros(len)
-            .expect("CUDA allocation failed")
+            .memcpy_dtoh(buf, &mut host)
+            .map_err(|e| self.engine_error(e, EngineError::bytes_of::<f32>(buf.len()).0))?;
+        Ok(host)
     }
-    fn upload(&self, data: &[f32]) -> CudaSlice<f32> {
-        self.stream.clone_htod(data).expect("CUDA upload failed")
+    fn upload_into(&self, buf: &mut CudaSlice<f32>, data: &[f32]) -> Result<(), EngineError> {
+        self.copy_in(buf, data)
     }
-    fn download(&self, buf: &CudaSlice<f32>) -> Vec<f32> {
-        self.stream.clone_dtoh(buf).expect("CUDA download failed")
+    fn upload_tokens(&self, tokens: &mut CudaSlice<u32>, data: &[u32]) -> Result<(), EngineError> {
+        self.copy_in(tokens, data)
     }
-    fn upload_into(&self, buf: &mut CudaSlice<f32>, data: &[f32]) {
-        assert_eq!(buf.len(), data.len());
-        self.stream
-            .memcpy_htod(data, buf)
-            .expect("CUDA upload failed");
-    }
-    fn upload_tokens(&self, tokens: &mut CudaSlice<u32>, data: &[u32]) {
-        assert_eq!(tokens.len(), data.len());
-        self.stream
-            .memcpy_htod(data, tokens)
-            .expect("CUDA upload failed");
-    }
-    fn tokens(&self, len: usize) -> CudaSlice<u32> {
-        self.stream
-            .alloc_zeros(len)
-            .expect("CUDA allocation failed")
+    fn tokens(&self, len: usize) -> Result<CudaSlice<u32>, EngineError> {
+        self.alloc_zeros(len)
     }
     fn len(&self, buf: &CudaSlice<f32>) -> usize {
         buf.len()
@@ -709,8 +761,7 @@ impl Backend for Cuda {
         let lr = hp.lr as f32;
         let (beta1, beta2, eps) = (hp.beta1 as f32, hp.beta2 as f32, hp.eps as f32);
         let decay = (1.0 - hp.lr * hp.weight_decay) as f32;
-        let correction1 = (1.0 - hp.beta1.powi(hp.step as i32)) as f32;
-        let correction2 = (1.0 - hp.beta2.powi(hp.step as i32)) as f32;
+        let (correction1, correction2) = (hp.correction1 as f32, hp.correction2 as f32);
         launch!(
             self,
             "adamw",

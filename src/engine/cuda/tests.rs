@@ -124,6 +124,33 @@ fn asking_for_a_missing_device_is_an_error_not_a_panic() {
     }
 }
 
+/// An allocation the GPU cannot hold, and one whose byte count overflows, are out-of-memory
+/// errors naming the device; the device still works afterwards.
+#[test]
+#[ignore = "needs an NVIDIA GPU (scripts/gpu-check.sh)"]
+fn gpu_out_of_memory_is_an_error_naming_the_device() {
+    let gpu = Cuda::new(0).unwrap_or_else(|e| panic!("{e}"));
+    for (len, bytes) in [(1usize << 46, 1u64 << 48), (usize::MAX, u64::MAX)] {
+        match gpu.zeros(len) {
+            Err(EngineError::OutOfMemory { device, bytes: got }) => {
+                assert!(device.starts_with("cuda:0 ("), "{device}");
+                assert_eq!(got, bytes);
+            }
+            Err(other) => panic!("expected out of memory, got {other}"),
+            Ok(_) => panic!("{len} floats allocated"),
+        }
+    }
+    let mut buf = gpu.upload(&[1.0, 2.0]).unwrap();
+    assert_eq!(gpu.download(&buf).unwrap(), [1.0, 2.0]);
+    assert_eq!(
+        gpu.upload_into(&mut buf, &[1.0]),
+        Err(EngineError::LengthMismatch {
+            expected: 2,
+            got: 1
+        })
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // GPU against CPU
 
@@ -149,19 +176,19 @@ impl Pair {
 
     fn both(&mut self, len: usize) -> (Vec<f32>, CudaSlice<f32>) {
         let host = self.random(len);
-        let device = self.gpu.upload(&host);
+        let device = self.gpu.upload(&host).unwrap();
         (host, device)
     }
 
     fn tokens(&mut self, len: usize, below: u64) -> (Vec<u32>, CudaSlice<u32>) {
         let host: Vec<u32> = (0..len).map(|_| self.rng.below(below) as u32).collect();
-        let mut device = self.gpu.tokens(len);
-        self.gpu.upload_tokens(&mut device, &host);
+        let mut device = self.gpu.tokens(len).unwrap();
+        self.gpu.upload_tokens(&mut device, &host).unwrap();
         (host, device)
     }
 
     fn same(&self, what: &str, cpu: &[f32], gpu: &CudaSlice<f32>) {
-        let gpu = self.gpu.download(gpu);
+        let gpu = self.gpu.download(gpu).unwrap();
         assert_eq!(cpu.len(), gpu.len(), "{what}: lengths");
         for (i, (a, b)) in cpu.iter().zip(&gpu).enumerate() {
             let tolerance = 1e-4 * (1.0 + a.abs());
@@ -177,7 +204,7 @@ fn gpu_elementwise_ops_and_reductions_match_the_cpu() {
     let n = 10_000;
     let (a, ga) = p.both(n);
     let (b, gb) = p.both(n);
-    let (mut out, mut gout) = (vec![0.0; n], p.gpu.zeros(n));
+    let (mut out, mut gout) = (vec![0.0; n], p.gpu.zeros(n).unwrap());
     p.cpu.add(&mut out, &a, &b);
     p.gpu.add(&mut gout, &ga, &gb);
     p.same("add", &out, &gout);
@@ -197,26 +224,28 @@ fn gpu_elementwise_ops_and_reductions_match_the_cpu() {
     p.same("swiglu_forward", &out, &gout);
     let (dout, gdout) = p.both(n);
     let (mut dgate, mut dup) = (p.random(n), p.random(n));
-    let (mut gdgate, mut gdup) = (p.gpu.upload(&dgate), p.gpu.upload(&dup));
+    let (mut gdgate, mut gdup) = (p.gpu.upload(&dgate).unwrap(), p.gpu.upload(&dup).unwrap());
     p.cpu.swiglu_backward(&mut dgate, &mut dup, &dout, &a, &b);
     p.gpu
         .swiglu_backward(&mut gdgate, &mut gdup, &gdout, &ga, &gb);
     p.same("swiglu_backward dgate", &dgate, &gdgate);
     p.same("swiglu_backward dup", &dup, &gdup);
 
+    let (correction1, correction2) = AdamW::corrections(0.9, 0.95, 3);
     let hp = AdamW {
         lr: 1e-3,
         beta1: 0.9,
         beta2: 0.95,
         eps: 1e-8,
         weight_decay: 0.1,
-        step: 3,
+        correction1,
+        correction2,
     };
     let (mut m, mut v) = (
         p.random(n),
         p.random(n).iter().map(|x| x * x).collect::<Vec<_>>(),
     );
-    let (mut gm, mut gv) = (p.gpu.upload(&m), p.gpu.upload(&v));
+    let (mut gm, mut gv) = (p.gpu.upload(&m).unwrap(), p.gpu.upload(&v).unwrap());
     let (mut param, mut gparam) = (a.clone(), ga.clone());
     p.cpu.adamw(&mut param, &b, &mut m, &mut v, hp);
     p.gpu.adamw(&mut gparam, &gb, &mut gm, &mut gv, hp);
@@ -224,11 +253,11 @@ fn gpu_elementwise_ops_and_reductions_match_the_cpu() {
     p.same("adamw m", &m, &gm);
     p.same("adamw v", &v, &gv);
 
-    let mut copy = p.gpu.zeros(n);
+    let mut copy = p.gpu.zeros(n).unwrap();
     p.gpu.copy(&mut copy, &ga);
     p.same("copy", &a, &copy);
     let (row, grow) = p.both(16);
-    let mut cache = p.gpu.zeros(64);
+    let mut cache = p.gpu.zeros(64).unwrap();
     p.gpu.write_at(&mut cache, 32, &grow);
     let mut expected = vec![0.0; 64];
     expected[32..48].copy_from_slice(&row);
@@ -242,7 +271,7 @@ fn gpu_embedding_norm_matmul_rope_and_loss_match_the_cpu() {
     let (rows, c, vocab, oc) = (24, 96, 50, 72);
     let (tokens, gtokens) = p.tokens(rows, vocab as u64);
     let (table, gtable) = p.both(vocab * c);
-    let (mut x, mut gx) = (vec![0.0; rows * c], p.gpu.zeros(rows * c));
+    let (mut x, mut gx) = (vec![0.0; rows * c], p.gpu.zeros(rows * c).unwrap());
     p.cpu.embedding_forward(&mut x, &tokens, &table, c);
     p.gpu.embedding_forward(&mut gx, &gtokens, &gtable, c);
     p.same("embedding_forward", &x, &gx);
@@ -253,15 +282,15 @@ fn gpu_embedding_norm_matmul_rope_and_loss_match_the_cpu() {
     p.same("embedding_backward", &dtable, &gdtable);
 
     let (w, gw) = p.both(c);
-    let (mut out, mut gout) = (vec![0.0; rows * c], p.gpu.zeros(rows * c));
-    let (mut rstd, mut grstd) = (vec![0.0; rows], p.gpu.zeros(rows));
+    let (mut out, mut gout) = (vec![0.0; rows * c], p.gpu.zeros(rows * c).unwrap());
+    let (mut rstd, mut grstd) = (vec![0.0; rows], p.gpu.zeros(rows).unwrap());
     p.cpu.rmsnorm_forward(&mut out, &mut rstd, &x, &w, c, 1e-5);
     p.gpu
         .rmsnorm_forward(&mut gout, &mut grstd, &gx, &gw, c, 1e-5);
     p.same("rmsnorm_forward", &out, &gout);
     p.same("rmsnorm_forward rstd", &rstd, &grstd);
     let (mut ddx, mut dw) = (p.random(rows * c), p.random(c));
-    let (mut gddx, mut gdw) = (p.gpu.upload(&ddx), p.gpu.upload(&dw));
+    let (mut gddx, mut gdw) = (p.gpu.upload(&ddx).unwrap(), p.gpu.upload(&dw).unwrap());
     p.cpu
         .rmsnorm_backward(&mut ddx, &mut dw, &dx, &x, &w, &rstd, c);
     p.gpu
@@ -270,13 +299,16 @@ fn gpu_embedding_norm_matmul_rope_and_loss_match_the_cpu() {
     p.same("rmsnorm_backward dw", &dw, &gdw);
 
     let (weight, gweight) = p.both(oc * c);
-    let (mut y, mut gy) = (vec![0.0; rows * oc], p.gpu.zeros(rows * oc));
+    let (mut y, mut gy) = (vec![0.0; rows * oc], p.gpu.zeros(rows * oc).unwrap());
     p.cpu.matmul_forward(&mut y, &x, &weight, c, oc);
     p.gpu.matmul_forward(&mut gy, &gx, &gweight, c, oc);
     p.same("matmul_forward", &y, &gy);
     let (dy, gdy) = p.both(rows * oc);
     let (mut dinp, mut dweight) = (p.random(rows * c), p.random(oc * c));
-    let (mut gdinp, mut gdweight) = (p.gpu.upload(&dinp), p.gpu.upload(&dweight));
+    let (mut gdinp, mut gdweight) = (
+        p.gpu.upload(&dinp).unwrap(),
+        p.gpu.upload(&dweight).unwrap(),
+    );
     p.cpu
         .matmul_backward(&mut dinp, &mut dweight, &dy, &x, &weight, c, oc);
     p.gpu
@@ -293,7 +325,7 @@ fn gpu_embedding_norm_matmul_rope_and_loss_match_the_cpu() {
     p.cpu.rope_backward(&mut r, seq, heads, head_dim, 10_000.0);
     p.gpu.rope_backward(&mut gr, seq, heads, head_dim, 10_000.0);
     p.same("rope_backward", &r, &gr);
-    let (mut one, mut gone) = (x[..c].to_vec(), p.gpu.upload(&x[..c]));
+    let (mut one, mut gone) = (x[..c].to_vec(), p.gpu.upload(&x[..c]).unwrap());
     p.cpu
         .rope_forward_at(&mut one, 37, heads, head_dim, 10_000.0);
     p.gpu
@@ -301,7 +333,7 @@ fn gpu_embedding_norm_matmul_rope_and_loss_match_the_cpu() {
     p.same("rope_forward_at", &one, &gone);
 
     let (targets, gtargets) = p.tokens(rows, oc as u64);
-    let (mut losses, mut glosses) = (vec![0.0; rows], p.gpu.zeros(rows));
+    let (mut losses, mut glosses) = (vec![0.0; rows], p.gpu.zeros(rows).unwrap());
     p.cpu
         .cross_entropy_fused(&mut losses, &mut y, &targets, oc, 1.0 / rows as f64);
     p.gpu
@@ -327,8 +359,8 @@ fn gpu_attention_matches_the_cpu() {
     let (q, gq) = p.both(q_len);
     let (k, gk) = p.both(kv_len);
     let (v, gv) = p.both(kv_len);
-    let (mut out, mut gout) = (vec![0.0; q_len], p.gpu.zeros(q_len));
-    let (mut probs, mut gprobs) = (vec![0.0; p_len], p.gpu.zeros(p_len));
+    let (mut out, mut gout) = (vec![0.0; q_len], p.gpu.zeros(q_len).unwrap());
+    let (mut probs, mut gprobs) = (vec![0.0; p_len], p.gpu.zeros(p_len).unwrap());
     p.cpu
         .attention_forward(&mut out, &mut probs, &q, &k, &v, shape);
     p.gpu
@@ -338,8 +370,12 @@ fn gpu_attention_matches_the_cpu() {
 
     let (dout, gdout) = p.both(q_len);
     let (mut dq, mut dk, mut dv) = (p.random(q_len), p.random(kv_len), p.random(kv_len));
-    let (mut gdq, mut gdk, mut gdv) = (p.gpu.upload(&dq), p.gpu.upload(&dk), p.gpu.upload(&dv));
-    let (mut scratch, mut gscratch) = (vec![0.0; p_len], p.gpu.zeros(p_len));
+    let (mut gdq, mut gdk, mut gdv) = (
+        p.gpu.upload(&dq).unwrap(),
+        p.gpu.upload(&dk).unwrap(),
+        p.gpu.upload(&dv).unwrap(),
+    );
+    let (mut scratch, mut gscratch) = (vec![0.0; p_len], p.gpu.zeros(p_len).unwrap());
     p.cpu.attention_backward(
         &mut dq,
         &mut dk,
@@ -375,7 +411,7 @@ fn gpu_attention_matches_the_cpu() {
     let (v_cache, gv_cache) = p.both(cache_len);
     let width = shape.heads * shape.head_dim;
     let (one, gone) = p.both(width);
-    let (mut o, mut go) = (vec![0.0; width], p.gpu.zeros(width));
+    let (mut o, mut go) = (vec![0.0; width], p.gpu.zeros(width).unwrap());
     let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
     p.cpu
         .attention_decode(&mut o, &one, &k_cache, &v_cache, len, h, kvh, hd);

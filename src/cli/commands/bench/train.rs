@@ -1,14 +1,17 @@
-//! `tinyllm bench train`: training step speed.
+//! `tinyllm bench train`: training step speed, and with `--spec` where a whole run's time goes.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
 
 use super::print_figures;
-use crate::bench::train::{TrainBench, run};
+use crate::bench::train::{RunPlan, TrainBench, run};
 use crate::cli::args::{BenchRun, parse_preset, set_threads};
 use crate::model::{ModelDims, Preset};
+use crate::pipeline::{self, SpecSources};
+use crate::train::step::StepConfig;
 
 /// Training step speed: median ms/step, tokens/s, GFLOP/s against the machine's matmul peak,
 /// peak memory.
@@ -16,11 +19,22 @@ use crate::model::{ModelDims, Preset};
 #[command(after_help = "Examples:\n  \
     tinyllm bench train --preset tutorial --batch 8 --seq 256\n  \
     tinyllm bench train --preset stories110M --device cuda\n  \
-    tinyllm bench train --dim 128 --n-layers 4 --n-heads 4 --n-kv-heads 2 --vocab-size 512 --threads 1 --json")]
+    tinyllm bench train --dim 128 --n-layers 4 --n-heads 4 --n-kv-heads 2 --vocab-size 512 --threads 1 --json\n  \
+    tinyllm bench train --spec pipelines/tinystories-10min.toml --val-windows 1488\n\n\
+    With --spec, the model, batch, sequence, accumulation and clipping are the pipeline's, and\n\
+    the figures end with an estimate of a whole run of it: its steps, validation passes,\n\
+    checkpoints and metrics log, each timed the way the trainer runs them.")]
 pub struct TrainArgs {
     /// A model preset (tutorial, stories260K, stories15M, stories42M, stories110M, quickstart).
     #[arg(long, value_name = "PRESET", value_parser = parse_preset, conflicts_with = "dim")]
     preset: Option<Preset>,
+    /// A pipeline spec whose model and train settings to measure, with a whole run's time.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["preset", "dim", "batch", "seq", "grad_accum"])]
+    spec: Option<PathBuf>,
+    /// Windows in one validation pass (default: the spec's train.eval_windows; needed when
+    /// that is 0, "every window of the split").
+    #[arg(long, value_name = "N", requires = "spec")]
+    val_windows: Option<usize>,
     /// Custom dimensions instead of a preset.
     #[arg(long, requires_all = ["n_layers", "n_heads", "vocab_size"])]
     dim: Option<usize>,
@@ -39,6 +53,9 @@ pub struct TrainArgs {
     batch: usize,
     #[arg(long, default_value_t = 256)]
     seq: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
     /// Timed steps (after 2 warm-up steps).
     #[arg(long, default_value_t = 5)]
     steps: usize,
@@ -48,6 +65,9 @@ pub struct TrainArgs {
 
 pub fn exec(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
     set_threads(args.run.threads)?;
+    if args.batch == 0 || args.seq == 0 || args.steps == 0 || args.grad_accum == 0 {
+        bail!("--batch, --seq, --grad-accum and --steps must be at least 1");
+    }
     let (dims, preset) = match args.dim {
         Some(dim) => {
             let n_heads = args.n_heads.unwrap_or(1);
@@ -67,17 +87,48 @@ pub fn exec(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
             (preset.dims(), Some(preset))
         }
     };
-    if args.batch == 0 || args.seq == 0 || args.steps == 0 {
-        bail!("--batch, --seq and --steps must be at least 1");
-    }
-    let figures = run(&TrainBench {
+    let mut bench = TrainBench {
         dims,
         preset,
-        batch: args.batch,
-        seq: args.seq,
+        step: StepConfig {
+            batch: args.batch,
+            seq: args.seq,
+            accum: args.grad_accum,
+            grad_clip: 1.0,
+        },
         warmup_steps: 2,
         steps: args.steps,
         device: args.run.device,
-    })?;
-    print_figures(&figures, args.run.json, out)
+        run: None,
+    };
+    if let Some(path) = args.spec {
+        let loaded = pipeline::load(&SpecSources {
+            spec: path,
+            ..SpecSources::default()
+        })?;
+        let spec = &loaded.variants[0].spec;
+        let t = &spec.train;
+        let val_windows = match (args.val_windows, t.eval_windows) {
+            (Some(0), _) => bail!("--val-windows must be at least 1"),
+            (Some(n), _) => n,
+            (None, 0) => bail!(
+                "train.eval_windows is 0 in the spec (every window of the validation split): say how many that is with --val-windows N (a train artifact's training.json has it as validation_windows)"
+            ),
+            (None, n) => n,
+        };
+        bench.dims = spec
+            .model_dims()
+            .map_err(|v| anyhow::anyhow!("{}: {}", v.key, v.message))?;
+        bench.preset = spec.model.preset;
+        bench.step = StepConfig::of(t);
+        bench.run = Some(RunPlan {
+            pipeline: spec.pipeline.name.clone(),
+            max_iters: t.max_iters,
+            eval_interval: t.eval_interval,
+            val_windows,
+            checkpoint_interval: t.checkpoint_interval,
+            log_interval: t.log_interval,
+        });
+    }
+    print_figures(&run(&bench)?, args.run.json, out)
 }

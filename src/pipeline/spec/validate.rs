@@ -1,0 +1,255 @@
+//! The rules of a spec that its types cannot express, checked once when the spec is loaded so
+//! that a mistake is reported before any stage runs.
+
+use super::{PipelineSpec, TextFormat};
+use crate::model::ModelDims;
+use crate::tokenizer::{MAX_VOCAB_SIZE, MIN_VOCAB};
+
+/// One violated rule of a spec: the dotted key and what is wrong with its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub key: String,
+    pub message: String,
+}
+
+impl PipelineSpec {
+    /// Checks the rules that types cannot express. Returns the first violation. The model's
+    /// dimensions are checked by [`ModelDims::check`], the rule set model construction applies
+    /// too, so a spec that passes here always makes a model.
+    pub fn validate(&self) -> Result<(), Violation> {
+        let fail = |key: &str, message: String| {
+            Err(Violation {
+                key: key.to_string(),
+                message,
+            })
+        };
+        let name = &self.pipeline.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || name.starts_with('.')
+        {
+            return fail(
+                "pipeline.name",
+                format!(
+                    "{name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
+                ),
+            );
+        }
+        if self.pipeline.threads == Some(0) {
+            return fail("pipeline.threads", "must be at least 1".into());
+        }
+        if self.download.files.is_empty() {
+            return fail("download.files", "must list at least one file".into());
+        }
+        for (i, file) in self.download.files.iter().enumerate() {
+            let key = format!("download.files[{i}]");
+            if file.mirrors.is_empty() {
+                return fail(
+                    &format!("{key}.mirrors"),
+                    "must list at least one mirror".into(),
+                );
+            }
+            let name = file.file_name();
+            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
+                return fail(
+                    &format!("{key}.name"),
+                    format!("{name:?} is not a plain file name; set `name`"),
+                );
+            }
+            if let Some(sha) = &file.sha256
+                && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return fail(
+                    &format!("{key}.sha256"),
+                    format!("{sha:?} is not 64 hexadecimal digits"),
+                );
+            }
+        }
+
+        let vocab = self.train_vocab.vocab_size;
+        if vocab > MAX_VOCAB_SIZE {
+            return fail(
+                "train_vocab.vocab_size",
+                format!("{vocab} is above {MAX_VOCAB_SIZE}: token ids are stored as u16"),
+            );
+        }
+        if vocab < MIN_VOCAB {
+            return fail(
+                "train_vocab.vocab_size",
+                format!(
+                    "{vocab} is below {MIN_VOCAB}, the 3 special tokens plus 256 byte-fallback tokens"
+                ),
+            );
+        }
+        if self.train_vocab.max_train_bytes == 0 {
+            return fail("train_vocab.max_train_bytes", "must be positive".into());
+        }
+
+        let p = &self.pretokenize;
+        if !(0.0..1.0).contains(&p.val_fraction) {
+            return fail(
+                "pretokenize.val_fraction",
+                format!("{} must be in [0, 1)", p.val_fraction),
+            );
+        }
+        let corpus = &self.corpus;
+        if corpus.train_files.is_empty() {
+            return fail(
+                "corpus.train_files",
+                "must list at least one pattern".into(),
+            );
+        }
+        if corpus.format == TextFormat::Separator && corpus.separator.is_empty() {
+            return fail("corpus.separator", "must not be empty".into());
+        }
+
+        let dims = self.model_dims()?;
+        dims.check().map_err(|broken| Violation {
+            key: format!("model.{}", broken.field),
+            message: broken.message,
+        })?;
+        if dims.vocab_size < vocab {
+            return fail(
+                "model.vocab_size",
+                format!(
+                    "{} is smaller than the tokenizer's vocab_size {vocab}",
+                    dims.vocab_size
+                ),
+            );
+        }
+        let m = &self.model;
+        if m.norm_eps.is_nan() || m.norm_eps <= 0.0 {
+            return fail("model.norm_eps", format!("{} must be positive", m.norm_eps));
+        }
+        if m.rope_theta.is_nan() || m.rope_theta <= 0.0 {
+            return fail(
+                "model.rope_theta",
+                format!("{} must be positive", m.rope_theta),
+            );
+        }
+        if m.dropout != 0.0 {
+            return fail(
+                "model.dropout",
+                format!(
+                    "{} is not supported: tinyllm's engine has no dropout (the tutorial trains with 0.0)",
+                    m.dropout
+                ),
+            );
+        }
+
+        let t = &self.train;
+        for (key, value) in [
+            ("train.batch_size", t.batch_size),
+            ("train.seq_len", t.seq_len),
+            ("train.grad_accum_steps", t.grad_accum_steps),
+            ("train.max_iters", t.max_iters),
+            ("train.eval_interval", t.eval_interval),
+            ("train.checkpoint_interval", t.checkpoint_interval),
+            ("train.log_interval", t.log_interval),
+        ] {
+            if value == 0 {
+                return fail(key, "must be positive".into());
+            }
+        }
+        if t.seq_len > dims.max_seq_len {
+            return fail(
+                "train.seq_len",
+                format!(
+                    "{} is above model.max_seq_len {}",
+                    t.seq_len, dims.max_seq_len
+                ),
+            );
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return fail("train.lr", format!("{} must be positive", t.lr));
+        }
+        if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+            return fail(
+                "train.min_lr",
+                format!("{} must be in [0, lr = {}]", t.min_lr, t.lr),
+            );
+        }
+        if t.weight_decay.is_nan() || t.weight_decay < 0.0 {
+            return fail(
+                "train.weight_decay",
+                format!("{} must not be negative", t.weight_decay),
+            );
+        }
+        for (key, beta) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return fail(key, format!("{beta} must be in [0, 1)"));
+            }
+        }
+        if t.grad_clip.is_nan() || t.grad_clip < 0.0 {
+            return fail(
+                "train.grad_clip",
+                format!("{} must not be negative", t.grad_clip),
+            );
+        }
+
+        let s = &self.sample;
+        if s.prompts.is_empty() {
+            return fail("sample.prompts", "must list at least one prompt".into());
+        }
+        if s.max_new_tokens == 0 || s.num_samples == 0 {
+            let key = if s.num_samples == 0 {
+                "sample.num_samples"
+            } else {
+                "sample.max_new_tokens"
+            };
+            return fail(key, "must be positive".into());
+        }
+        if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
+            return fail(
+                "sample.temperature",
+                format!("{} must not be negative", s.temperature),
+            );
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return fail("sample.top_p", format!("{} must be in (0, 1]", s.top_p));
+        }
+        for (key, values) in &self.sweep {
+            if values.is_empty() {
+                return fail(
+                    &format!("sweep.{key}"),
+                    "must list at least one value".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The model dimensions the spec resolves to.
+    pub fn model_dims(&self) -> Result<ModelDims, Violation> {
+        self.model
+            .resolve(self.train_vocab.vocab_size)
+            .map_err(|(key, message)| Violation { key, message })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(toml: &str) -> PipelineSpec {
+        toml::from_str(&format!("[pipeline]\nname = \"t\"\n{toml}")).unwrap()
+    }
+
+    #[test]
+    fn broken_model_rules_name_the_model_key() {
+        let head_too_large = spec("[model]\ndim = 1040\nn_heads = 1\nn_kv_heads = 1\n");
+        let violation = head_too_large.validate().unwrap_err();
+        assert_eq!(violation.key, "model.dim");
+        assert!(violation.message.contains("at most 512"), "{violation:?}");
+
+        let violation = spec("[model]\nn_heads = 5\n").validate().unwrap_err();
+        assert_eq!(violation.key, "model.n_heads");
+        let violation = spec("[model]\nvocab_size = 70000\n")
+            .validate()
+            .unwrap_err();
+        assert_eq!(violation.key, "model.vocab_size");
+        assert!(spec("").validate().is_ok());
+    }
+}

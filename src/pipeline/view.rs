@@ -1,0 +1,315 @@
+//! What each stage may read of the spec, and its cache key, from one and the same value.
+//!
+//! A stage never sees the whole [`PipelineSpec`]: the runner hands it its own [`StageView`],
+//! built from the sections its output depends on, and the stage's cache key is that view
+//! serialized, less the fields each section lists as non-semantic ([`Section::NON_SEMANTIC`]).
+//! [`StageView::key_config`] takes each view apart field by field, so a field added to a view
+//! does not compile until it is keyed. A stage therefore cannot read a field its key does not
+//! cover, and an artifact cannot be served for settings that would change it.
+//! `pipeline.*` (name, folders, threads) belongs to the runner and is in no view.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{Value as Json, json};
+
+use super::dag::StageId;
+use super::spec::{
+    CorpusConfig, DownloadConfig, PipelineSpec, PretokenizeConfig, SampleConfig, Section,
+    StoryLayout, TrainConfig, TrainVocabConfig, Violation,
+};
+use crate::fsutil;
+use crate::model::{LlamaConfig, ModelDims};
+
+/// The download stage's view: the files to fetch (and how patiently).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownloadView {
+    pub download: DownloadConfig,
+}
+
+/// The train_vocab stage's view: the tokenizer's settings and the training files it samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainVocabView {
+    pub train_vocab: TrainVocabConfig,
+    pub corpus: TrainCorpus,
+}
+
+/// The part of `[corpus]` the tokenizer is trained on: validation files are not read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainCorpus {
+    pub train_files: Vec<String>,
+    #[serde(flatten)]
+    pub layout: StoryLayout,
+}
+
+/// The pretokenize stage's view: the whole corpus section (training and validation files).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PretokenizeView {
+    pub pretokenize: PretokenizeConfig,
+    pub corpus: CorpusConfig,
+}
+
+/// The train stage's view: the resolved model and the training settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainView {
+    pub model: ResolvedModel,
+    pub train: TrainConfig,
+}
+
+/// `[model]` as the train stage uses it: the preset and explicit fields resolved to dimensions
+/// (so a preset and the same dimensions written out are the same model, with the same key).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResolvedModel {
+    pub dims: ModelDims,
+    pub tie_embeddings: bool,
+    pub norm_eps: f64,
+    pub rope_theta: f64,
+    pub dropout: f64,
+}
+
+impl ResolvedModel {
+    /// The model's settings besides its shape.
+    pub fn llama_config(&self) -> LlamaConfig {
+        LlamaConfig {
+            norm_eps: self.norm_eps,
+            rope_theta: self.rope_theta,
+            tie_embeddings: self.tie_embeddings,
+        }
+    }
+}
+
+/// The sample stage's view: the prompts and sampling settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleView {
+    pub sample: SampleConfig,
+}
+
+/// One stage's view of a spec.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageView {
+    Download(DownloadView),
+    TrainVocab(TrainVocabView),
+    Pretokenize(PretokenizeView),
+    Train(TrainView),
+    Sample(SampleView),
+}
+
+/// A stage asked for another stage's view: a bug in the stage (or in the runner).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the {asked} stage's settings were asked for, but this is the {given} stage's view")]
+pub struct WrongView {
+    pub asked: StageId,
+    pub given: StageId,
+}
+
+macro_rules! view_accessor {
+    ($(#[$doc:meta])* $name:ident, $variant:ident, $view:ty) => {
+        $(#[$doc])*
+        pub fn $name(&self) -> Result<&$view, WrongView> {
+            match self {
+                StageView::$variant(view) => Ok(view),
+                other => Err(WrongView {
+                    asked: StageId::$variant,
+                    given: other.stage(),
+                }),
+            }
+        }
+    };
+}
+
+impl StageView {
+    /// The view of `stage` on `spec`; fails only when the model's dimensions do not resolve
+    /// (which validation has already ruled out for a loaded spec).
+    pub fn new(stage: StageId, spec: &PipelineSpec) -> Result<StageView, Violation> {
+        Ok(match stage {
+            StageId::Download => StageView::Download(DownloadView {
+                download: spec.download.clone(),
+            }),
+            StageId::TrainVocab => StageView::TrainVocab(TrainVocabView {
+                train_vocab: spec.train_vocab.clone(),
+                corpus: TrainCorpus {
+                    train_files: spec.corpus.train_files.clone(),
+                    layout: spec.corpus.layout(),
+                },
+            }),
+            StageId::Pretokenize => StageView::Pretokenize(PretokenizeView {
+                pretokenize: spec.pretokenize.clone(),
+                corpus: spec.corpus.clone(),
+            }),
+            StageId::Train => {
+                let model = &spec.model;
+                StageView::Train(TrainView {
+                    model: ResolvedModel {
+                        dims: spec.model_dims()?,
+                        tie_embeddings: model.tie_embeddings,
+                        norm_eps: model.norm_eps,
+                        rope_theta: model.rope_theta,
+                        dropout: model.dropout,
+                    },
+                    train: spec.train.clone(),
+                })
+            }
+            StageId::Sample => StageView::Sample(SampleView {
+                sample: spec.sample.clone(),
+            }),
+        })
+    }
+
+    /// The stage this view is for.
+    pub fn stage(&self) -> StageId {
+        match self {
+            StageView::Download(_) => StageId::Download,
+            StageView::TrainVocab(_) => StageId::TrainVocab,
+            StageView::Pretokenize(_) => StageId::Pretokenize,
+            StageView::Train(_) => StageId::Train,
+            StageView::Sample(_) => StageId::Sample,
+        }
+    }
+
+    view_accessor!(
+        /// The download stage's view, or an error for any other stage.
+        download,
+        Download,
+        DownloadView
+    );
+    view_accessor!(
+        /// The train_vocab stage's view, or an error for any other stage.
+        train_vocab,
+        TrainVocab,
+        TrainVocabView
+    );
+    view_accessor!(
+        /// The pretokenize stage's view, or an error for any other stage.
+        pretokenize,
+        Pretokenize,
+        PretokenizeView
+    );
+    view_accessor!(
+        /// The train stage's view, or an error for any other stage.
+        train,
+        Train,
+        TrainView
+    );
+    view_accessor!(
+        /// The sample stage's view, or an error for any other stage.
+        sample,
+        Sample,
+        SampleView
+    );
+
+    /// The canonical JSON that keys the stage's artifact: the view without its non-semantic
+    /// fields. Each arm names every field of its view, so none can be left out by accident.
+    pub fn key_config(&self) -> Json {
+        match self {
+            StageView::Download(DownloadView { download }) => download_key_config(download),
+            StageView::TrainVocab(TrainVocabView {
+                train_vocab,
+                corpus,
+            }) => json!({
+                "train_vocab": semantic(train_vocab),
+                "corpus": corpus,
+            }),
+            StageView::Pretokenize(PretokenizeView {
+                pretokenize,
+                corpus,
+            }) => json!({
+                "pretokenize": semantic(pretokenize),
+                "corpus": corpus,
+            }),
+            StageView::Train(TrainView { model, train }) => json!({
+                "model": model,
+                "train": semantic(train),
+            }),
+            StageView::Sample(SampleView { sample }) => semantic(sample),
+        }
+    }
+}
+
+/// Every stage's view of one spec, built once when the spec is loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageViews {
+    /// In [`StageId::ALL`] order.
+    views: Vec<StageView>,
+}
+
+impl StageViews {
+    pub fn new(spec: &PipelineSpec) -> Result<StageViews, Violation> {
+        let views = StageId::ALL
+            .into_iter()
+            .map(|stage| StageView::new(stage, spec))
+            .collect::<Result<_, _>>()?;
+        Ok(StageViews { views })
+    }
+
+    pub fn get(&self, stage: StageId) -> &StageView {
+        let index = StageId::ALL
+            .iter()
+            .position(|s| *s == stage)
+            .expect("StageId::ALL lists every stage");
+        &self.views[index]
+    }
+}
+
+/// A section as JSON, without its non-semantic fields.
+fn semantic<S: Section + Serialize>(section: &S) -> Json {
+    let mut value = serde_json::to_value(section).expect("spec sections serialize to JSON");
+    if let Json::Object(map) = &mut value {
+        for field in S::NON_SEMANTIC {
+            map.remove(*field);
+        }
+    }
+    value
+}
+
+/// A file with a checksum is the same file from any mirror, so its mirrors stay out of the key.
+/// The retry and timeout settings are non-semantic.
+fn download_key_config(config: &DownloadConfig) -> Json {
+    let files: Vec<Json> = config
+        .files
+        .iter()
+        .map(|file| {
+            let source = match &file.sha256 {
+                Some(sha) => json!({ "sha256": sha.to_ascii_lowercase() }),
+                None => {
+                    // A local file or folder can change under the same path: its content is
+                    // part of the key, so editing it re-runs the pipeline from `download`.
+                    let local: Vec<Json> = file
+                        .mirrors
+                        .iter()
+                        .filter(|m| !m.starts_with("http://") && !m.starts_with("https://"))
+                        .map(|m| json!(local_fingerprint(m)))
+                        .collect();
+                    json!({ "mirrors": file.mirrors, "local_content": local })
+                }
+            };
+            json!({
+                "name": file.file_name(),
+                "unpack": file.should_unpack(),
+                "source": source,
+            })
+        })
+        .collect();
+    json!({ "files": files })
+}
+
+/// blake3 over a local mirror's content: a file's bytes, or a folder's relative paths and file
+/// contents in sorted order; `missing` when it cannot be read (the download stage reports why).
+fn local_fingerprint(mirror: &str) -> String {
+    let path = Path::new(mirror.strip_prefix("file://").unwrap_or(mirror));
+    let hash = || -> std::io::Result<String> {
+        if !path.is_dir() {
+            return Ok(fsutil::blake3_file(path)?.1);
+        }
+        let mut hasher = blake3::Hasher::new();
+        for relative in fsutil::list_files(path)? {
+            let (size, hash) = fsutil::blake3_file(&path.join(&relative))?;
+            let line = format!("{}\t{size}\t{hash}\n", relative.to_string_lossy());
+            hasher.update(line.as_bytes());
+        }
+        Ok(hasher.finalize().to_hex().to_string())
+    };
+    hash().unwrap_or_else(|_| "missing".into())
+}
+
+#[cfg(test)]
+mod tests;
