@@ -6,6 +6,10 @@
 //! feature still runs its CPU path on a machine without a driver, and asking it for CUDA there is
 //! a one-line error. Buffers are `f32`; shapes follow the CPU backend (`src/engine/cpu/`), and
 //! `tests.rs` checks each op against it.
+//!
+//! Longer than most files on purpose: it is one `impl Backend`, each op a short kernel launch,
+//! and every launch sits here beside the others so that `tests.rs` can check each one against the
+//! signature of the kernel it calls (it parses this file's `launch!` calls).
 
 #[cfg(test)]
 mod tests;
