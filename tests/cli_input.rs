@@ -127,6 +127,19 @@ fn score_reads_a_file_longer_than_the_context_and_scores_every_token() {
         line.contains(&format!("--file {} is empty", empty.display())),
         "{line}"
     );
+
+    // With --json every position's logits are held and printed: a long text is refused before
+    // the model runs, with the figure, instead of exhausting memory.
+    let long = project.path("long.txt");
+    fs::write(&long, "Tom ran. ".repeat(400_000)).unwrap();
+    let line = one_error_line(&tinyllm(
+        &["score", "--file", long.to_str().unwrap(), "--json"],
+        Some(&run_dir),
+    ));
+    assert!(
+        line.contains("--json prints the logits of every position") && line.contains("at most 1.1 GB"),
+        "{line}"
+    );
 }
 
 #[test]

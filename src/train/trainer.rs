@@ -64,16 +64,22 @@ pub struct TrainOutcome {
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct TimeSplit {
     pub steps: u64,
+    /// All the steps together.
     pub step_secs: f64,
+    /// The median step: what `bench train` reports, robust to a noisy machine's pauses.
+    pub median_step_secs: f64,
     pub validation_secs: f64,
     pub checkpoint_secs: f64,
     pub metrics_secs: f64,
 }
 
 impl TimeSplit {
-    /// Tokens per second of the optimizer steps alone.
+    /// Tokens per second of the median optimizer step, as `bench train` measures it.
     pub fn step_tokens_per_sec(&self, tokens_per_step: u64) -> f64 {
-        (self.steps * tokens_per_step) as f64 / self.step_secs.max(1e-9)
+        if self.steps == 0 {
+            return 0.0;
+        }
+        tokens_per_step as f64 / self.median_step_secs.max(1e-9)
     }
 }
 
@@ -219,13 +225,16 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
     let mut interval_start = (Instant::now(), state.tokens_seen);
 
     let mut time = TimeSplit::default();
+    let mut step_times = Vec::new();
 
     for step in state.step + 1..=cfg.max_iters as u64 {
         let lr = schedule.at(step as usize - 1);
         let step_started = Instant::now();
         let outcome = run.step(&mut loader, lr)?;
         run.model.backend().synchronize();
-        time.step_secs += step_started.elapsed().as_secs_f64();
+        let step_secs = step_started.elapsed().as_secs_f64();
+        step_times.push(step_secs);
+        time.step_secs += step_secs;
         time.steps += 1;
         let (loss, grad_norm) = (outcome.loss, outcome.grad_norm);
         if !outcome.is_finite() {
@@ -357,7 +366,14 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
         best,
         records: log.records,
         resumed_from,
-        time,
+        time: TimeSplit {
+            median_step_secs: if step_times.is_empty() {
+                0.0
+            } else {
+                crate::bench::median(&mut step_times)
+            },
+            ..time
+        },
     })
 }
 

@@ -9,6 +9,7 @@ use clap::Args;
 use crate::cli::args::{parse_device, train_folder};
 use crate::cli::input::text_or_file;
 use crate::engine::{Backend, Device, DeviceInfo};
+use crate::fsutil::human_bytes;
 use crate::generate::folder::ModelFolder;
 use crate::model::{ModelJob, Shape, run_model};
 use crate::train::eval::{EvalResult, sequence_losses};
@@ -43,6 +44,10 @@ pub struct ScoreArgs {
     device: Device,
 }
 
+/// The most logits `--json` holds and prints (as f32): it is a tool for checking a model on a
+/// short text, and a long text's logits would be terabytes.
+const MAX_JSON_LOGITS_BYTES: u64 = 1 << 30;
+
 /// The loss of every token of BOS + the text, through evaluation's scoring code (in windows of
 /// the model's context, as evaluation cuts a split).
 pub fn exec(args: ScoreArgs, out: &mut dyn Write) -> Result<()> {
@@ -53,6 +58,19 @@ pub fn exec(args: ScoreArgs, out: &mut dyn Write) -> Result<()> {
     // The tokenizer puts a space before every text, so even an empty one has a token.
     if input.text.is_empty() || ids.len() < 2 {
         bail!("{} is empty; give a text to score", input.origin);
+    }
+    if args.json {
+        // Every position's logits are held and printed: bound them before anything is computed.
+        let bytes = ids.len() as u64 * folder.dims().vocab_size as u64 * 4;
+        if bytes > MAX_JSON_LOGITS_BYTES {
+            bail!(
+                "--json prints the logits of every position: {} positions × {} tokens would be {} of floats (at most {}); score a shorter text, or leave --json out for the figures alone",
+                ids.len(),
+                folder.dims().vocab_size,
+                human_bytes(bytes),
+                human_bytes(MAX_JSON_LOGITS_BYTES)
+            );
+        }
     }
     let job = ScoreJob {
         folder: &folder,
