@@ -137,7 +137,8 @@ fn score_reads_a_file_longer_than_the_context_and_scores_every_token() {
         Some(&run_dir),
     ));
     assert!(
-        line.contains("--json prints the logits of every position") && line.contains("at most 1.1 GB"),
+        line.contains("--json prints the logits of every position")
+            && line.contains("at most 1.1 GB"),
         "{line}"
     );
 }
