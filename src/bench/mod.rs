@@ -7,6 +7,8 @@ pub mod train;
 
 use std::time::Instant;
 
+pub use crate::train::metrics::median;
+
 use crate::engine::{Backend, Cpu, EngineError};
 
 /// Why a benchmark could not run.
@@ -31,19 +33,6 @@ pub enum BenchError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-}
-
-/// The median of some timings.
-pub fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 /// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.

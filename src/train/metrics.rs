@@ -107,6 +107,20 @@ pub fn read_jsonl(path: &Path) -> std::io::Result<Vec<MetricRecord>> {
     Ok(records)
 }
 
+/// The median of some timings: what the trainer and the benchmarks report of a step, robust to
+/// a noisy machine's pauses (NaN for none).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

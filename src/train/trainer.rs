@@ -370,7 +370,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
             median_step_secs: if step_times.is_empty() {
                 0.0
             } else {
-                crate::bench::median(&mut step_times)
+                super::metrics::median(&mut step_times)
             },
             ..time
         },
