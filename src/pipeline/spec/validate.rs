@@ -58,6 +58,17 @@ impl PipelineSpec {
                     format!("{name:?} is not a plain file name; set `name`"),
                 );
             }
+            if let Some(first) = self.download.files[..i]
+                .iter()
+                .position(|other| other.file_name() == name)
+            {
+                return fail(
+                    &format!("{key}.name"),
+                    format!(
+                        "{name:?} is also download.files[{first}]'s name: both would be saved as one file; give each its own `name`"
+                    ),
+                );
+            }
             if let Some(sha) = &file.sha256
                 && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
             {

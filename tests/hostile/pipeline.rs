@@ -1,0 +1,7 @@
+//! Rows: TODO-area.
+
+use super::*;
+
+pub fn rows() -> Vec<Row> {
+    vec![]
+}
