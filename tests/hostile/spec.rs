@@ -151,6 +151,11 @@ pub fn rows() -> Vec<Row> {
             "error: bad.toml:4: key `sample.prompts`: must list at least one prompt"
         ),
         bad_spec!(
+            "a sample count of 10^12",
+            "[pipeline]\nname = \"x\"\n[sample]\nprompts = [\"a\", \"b\"]\nnum_samples = 1000000000000\n",
+            "error: bad.toml:5: key `sample.num_samples`: 2 prompts × 1000000000000 samples is 2000000000000 stories, more than the 10000 the sample stage writes; use `tinyllm sample` for more"
+        ),
+        bad_spec!(
             "a device that is not one",
             "[pipeline]\nname = \"x\"\n[train]\ndevice = \"gpu\"\n",
             "error: bad.toml:4: key `train.device`: \"gpu\" is not a device: use \"cpu\", \"cuda\" or \"cuda:N\""

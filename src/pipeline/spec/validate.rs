@@ -5,6 +5,10 @@ use super::{PipelineSpec, TextFormat};
 use crate::model::ModelDims;
 use crate::tokenizer::{MAX_VOCAB_SIZE, MIN_VOCAB};
 
+/// The most stories the sample stage writes (prompts × `num_samples`): its report is read by a
+/// person, and a count of 10^12 would otherwise run until the disk is full.
+pub const MAX_SAMPLES: usize = 10_000;
+
 /// One violated rule of a spec: the dotted key and what is wrong with its value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Violation {
@@ -211,6 +215,17 @@ impl PipelineSpec {
                 "sample.max_new_tokens"
             };
             return fail(key, "must be positive".into());
+        }
+        let samples = s.prompts.len().saturating_mul(s.num_samples);
+        if samples > MAX_SAMPLES {
+            return fail(
+                "sample.num_samples",
+                format!(
+                    "{} prompts × {} samples is {samples} stories, more than the {MAX_SAMPLES} the sample stage writes; use `tinyllm sample` for more",
+                    s.prompts.len(),
+                    s.num_samples
+                ),
+            );
         }
         if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
             return fail(
