@@ -1,4 +1,5 @@
-//! The train_vocab stage in a pipeline: trains on the corpus's training files only, and turns
+//! The train_vocab stage in a pipeline: trains on the corpus's training files only, keeps to
+//! vocab_size whatever the corpus's alphabet, cuts over-long stories (with a warning), and turns
 //! bad corpora into one-line errors that name the file, with nothing cached.
 
 mod common;
@@ -142,4 +143,90 @@ fn vocab_sizes_outside_the_limits_are_spec_errors() {
         assert!(err.contains("train_vocab.vocab_size"), "{err}");
         assert!(err.contains(words), "{err}");
     }
+}
+
+#[test]
+fn a_large_alphabet_keeps_to_vocab_size() {
+    // 600 distinct CJK characters, a few much more frequent than the rest.
+    let rare: String = (0..600u32)
+        .map(|i| char::from_u32(0x4E00 + i).unwrap())
+        .collect();
+    let stories: Vec<String> = (0..300)
+        .map(|i| format!("猫和狗 {i} 猫和狗 {}", &rare[(i % 100) * 18..][..18]))
+        .chain([rare.clone()])
+        .collect();
+    let project = project("");
+    fs::write(project.path("corpus/a.txt"), stories.join("\n")).unwrap();
+    let results = run(&project).unwrap();
+    assert_eq!(results[0].stages[1].metrics["vocab_size"], 300.0);
+    let tokenizer = Tokenizer::load(
+        &results[0]
+            .run_dir
+            .join("artifacts/train_vocab/tokenizer.json"),
+    )
+    .unwrap();
+    assert_eq!(tokenizer.vocab_size(), 300);
+    for text in [stories[0].as_str(), &rare] {
+        assert_eq!(tokenizer.decode(&tokenizer.encode(text)), text);
+    }
+    // The frequent characters have tokens of their own; the rarest fall back to bytes.
+    assert_eq!(tokenizer.encode("猫").len(), 2, "▁ and 猫");
+    assert_eq!(
+        tokenizer.encode(&rare[rare.len() - 9..]).len(),
+        10,
+        "▁ and 3 × 3 bytes"
+    );
+}
+
+#[test]
+fn a_huge_single_story_is_cut_into_pieces_with_one_warning() {
+    let project = project("");
+    // 5 MB of text on one line: a corpus whose stories the settings do not find.
+    let story = common::synthetic_stories(60_000).replace('\n', " ");
+    assert!(story.len() > 5_000_000);
+    fs::write(project.path("corpus/book.txt"), &story).unwrap();
+    let output = project
+        .run_command(&["--until", "train_vocab"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("book.txt: a story longer than 100.0 kB (the longest 5.")
+            && warnings[0].contains("corpus.format = \"auto\""),
+        "{stderr}"
+    );
+    let tokenizer = Tokenizer::load(
+        &project
+            .runs()
+            .join("vocab/default/artifacts/train_vocab/tokenizer.json"),
+    )
+    .unwrap();
+    assert_eq!(tokenizer.vocab_size(), 300);
+    // Its pieces were trained on: some tokens merge characters of the story's words.
+    assert!(
+        (0..300u32).any(|id| tokenizer
+            .piece(id)
+            .is_some_and(|p| p.starts_with('▁') && p.len() > 4)),
+        "no merges"
+    );
+}
+
+#[test]
+fn long_stories_split_into_capped_pieces_at_spaces() {
+    use tinyllm::data::corpus::split_long;
+    let story = "word ".repeat(1000) + &"猫".repeat(500);
+    let pieces: Vec<&str> = split_long(&story, 64).collect();
+    assert_eq!(pieces.concat(), story);
+    assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= 64));
+    assert!(pieces[..10].iter().all(|p| p.ends_with(' ')), "{pieces:?}");
+    assert_eq!(split_long("short", 64).collect::<Vec<_>>(), ["short"]);
+    assert_eq!(split_long("", 64).count(), 0);
+    assert!(split_long("🐱🐱🐱", 1).all(|p| p == "🐱"));
+    let cap = tinyllm::stages::train_vocab::MAX_STORY_BYTES;
+    let book = "Tom had a ball. ".repeat(400_000);
+    assert!(split_long(&book, cap).all(|p| p.len() <= cap && p.ends_with(' ')));
 }

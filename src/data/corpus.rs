@@ -30,8 +30,19 @@ pub enum CorpusError {
         patterns: Vec<String>,
         available: String,
     },
-    #[error("the files matching corpus.train_files hold no text ({files})")]
-    Empty { files: String },
+    #[error("the files matching {key} hold no text ({files})")]
+    Empty { key: &'static str, files: String },
+}
+
+impl CorpusError {
+    /// The error for files that hold no story, naming them as the user gave them.
+    pub fn empty(key: &'static str, files: &[PathBuf]) -> CorpusError {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        CorpusError::Empty {
+            key,
+            files: names.join(", "),
+        }
+    }
 }
 
 /// The files under `root` whose relative paths match any of `patterns`, sorted.
@@ -89,6 +100,38 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     go(&p, &t)
+}
+
+/// Cuts `story` into pieces of at most `max` bytes (`max` ≥ 4, so any character fits), each
+/// ending after whitespace where one is in its second half, so words stay whole.
+pub fn split_long(story: &str, max: usize) -> impl Iterator<Item = &str> {
+    let max = max.max(4);
+    let mut rest = story;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if rest.len() <= max {
+            return Some(std::mem::take(&mut rest));
+        }
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut half = max / 2;
+        while !rest.is_char_boundary(half) {
+            half += 1;
+        }
+        if half < cut
+            && let Some(at) = rest[half..cut].rfind(char::is_whitespace)
+        {
+            let at = half + at;
+            cut = at + rest[at..].chars().next().map_or(1, char::len_utf8);
+        }
+        let (piece, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(piece)
+    })
 }
 
 #[derive(Deserialize)]

@@ -25,8 +25,9 @@ pub enum FolderError {
     Missing { dir: PathBuf, missing: Vec<String> },
     #[error("{0}")]
     Config(#[from] crate::model::hf_config::HfConfigError),
-    #[error("{}: {reason}", path.display())]
-    Tokenizer { path: PathBuf, reason: String },
+    /// The tokenizer's own error, which names its file.
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error(
         "{}: the tokenizer has {tokenizer} tokens but the model's vocab_size is {model}",
         dir.display()
@@ -52,11 +53,7 @@ impl ModelFolder {
             });
         }
         let config = HfConfig::load(&dir.join(CONFIG_JSON))?;
-        let tokenizer_path = dir.join(TOKENIZER_JSON);
-        let tokenizer = Tokenizer::load(&tokenizer_path).map_err(|e| FolderError::Tokenizer {
-            path: tokenizer_path,
-            reason: e.to_string(),
-        })?;
+        let tokenizer = Tokenizer::load(&dir.join(TOKENIZER_JSON))?;
         if tokenizer.vocab_size() != config.tinyllm.dims.vocab_size {
             return Err(FolderError::VocabMismatch {
                 dir: dir.to_path_buf(),

@@ -65,8 +65,10 @@ impl StageId {
     pub fn version(self) -> u32 {
         match self {
             StageId::Download => 1,
-            StageId::TrainVocab => 1,
-            StageId::Pretokenize => 1,
+            // 2: the alphabet fits vocab_size; over-long stories are cut into pieces.
+            StageId::TrainVocab => 2,
+            // 2: shards are named by index and stem; shards.json names each one's source.
+            StageId::Pretokenize => 2,
             // 2: later epochs cut the token shards at other offsets.
             StageId::Train => 2,
             StageId::Sample => 1,

@@ -2,7 +2,7 @@
 //! builds the rest under a per-key lock, links the results into the run folder, and ends a sweep
 //! with a comparison table.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -185,7 +185,10 @@ pub fn run(
     if !opts.dry_run {
         cache.ensure()?;
     }
-    let plans = plan(loaded, opts);
+    let mut plans = plan(loaded, opts);
+    if opts.verify {
+        check_contents(&mut plans, registry);
+    }
     check_implemented(&plans, registry, opts)?;
     let mut built: HashSet<(StageId, String)> = HashSet::new();
     let mut results = Vec::new();
@@ -281,6 +284,26 @@ pub fn run(
         }
     }
     Ok(results)
+}
+
+/// Marks as damaged each cached artifact whose stage finds its contents unusable.
+fn check_contents(plans: &mut [VariantPlan], registry: &StageRegistry) {
+    let mut checked: HashMap<(StageId, String), Option<String>> = HashMap::new();
+    for planned in plans.iter_mut().flat_map(|p| p.stages.iter_mut()) {
+        let PlanState::Cached(artifact) = &planned.state else {
+            continue;
+        };
+        let Some(stage) = registry.get(planned.stage) else {
+            continue;
+        };
+        let problem = checked
+            .entry((planned.stage, planned.key.clone()))
+            .or_insert_with(|| stage.check(artifact).err().map(|e| e.to_string()))
+            .clone();
+        if let Some(reason) = problem {
+            planned.state = PlanState::Damaged(reason);
+        }
+    }
 }
 
 /// Fails before anything runs if a stage that must run has no implementation.

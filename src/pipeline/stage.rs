@@ -27,6 +27,12 @@ pub trait Stage: Send + Sync {
 
     /// Builds the artifact: everything written into `cx.out_dir` becomes part of it.
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure>;
+
+    /// Checks a cached artifact's contents beyond its files' hashes (`--verify`): an artifact
+    /// that was built wrong matches its manifest yet cannot be used.
+    fn check(&self, _artifact: &Artifact) -> Result<(), StageFailure> {
+        Ok(())
+    }
 }
 
 /// What a running stage gets from the runner.

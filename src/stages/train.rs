@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
+use crate::data::loader::LoaderError;
 use crate::fsutil;
 use crate::pipeline::{Stage, StageContext, StageFailure, StageId, StageReport};
 use crate::stages::pretokenize::{Split, TokenShards};
@@ -74,7 +75,14 @@ impl Stage for Train {
             cfg.eval_windows,
             val_tokens as f64 / val_bytes.max(1) as f64,
         )
-        .map_err(|e| format!("validation split: {e}"))?;
+        .map_err(|e| match e {
+            LoaderError::TooShort { window, tokens } => format!(
+                "the validation split holds {tokens} tokens, fewer than one window of \
+                 train.seq_len + 1 = {window}: raise pretokenize.val_fraction, set \
+                 corpus.val_files to more text, or lower train.seq_len"
+            ),
+            e => format!("validation split: {e}"),
+        })?;
         let job = TrainJob {
             config: cfg.clone(),
             dims,

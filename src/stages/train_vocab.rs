@@ -4,17 +4,21 @@
 //! Output: `tokenizer.json` (Hugging Face format) and `vocab.txt` (one `id<TAB>piece` a line).
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::data::corpus::{CorpusError, for_each_story, matching_files};
+use crate::data::corpus::{CorpusError, for_each_story, matching_files, split_long};
 use crate::engine::Rng;
 use crate::pipeline::cache::Artifact;
-use crate::pipeline::spec::TokenizerKind;
+use crate::pipeline::spec::{StoryLayout, TextFormat, TokenizerKind};
 use crate::pipeline::{Stage, StageContext, StageFailure, StageId, StageReport};
 use crate::stages::download::Corpus;
 use crate::tokenizer::Tokenizer;
 
 pub const TOKENIZER_JSON: &str = "tokenizer.json";
+/// Stories longer than this are cut into pieces of this size for training: the BPE trainer's
+/// memory grows with the length of a single text (about 100 times it), not with the sample.
+pub const MAX_STORY_BYTES: usize = 100_000;
 
 /// The train_vocab stage.
 pub struct TrainVocab;
@@ -24,9 +28,66 @@ pub fn open(artifact: &Artifact) -> Result<Tokenizer, StageFailure> {
     Ok(Tokenizer::load(&artifact.file(TOKENIZER_JSON))?)
 }
 
+/// The over-long stories of a corpus: such a story is usually a whole file that the corpus
+/// settings did not cut into its stories, so the user hears of it, once.
+#[derive(Default)]
+struct LongStories {
+    first_file: Option<PathBuf>,
+    last_file: Option<PathBuf>,
+    files: usize,
+    count: usize,
+    longest: usize,
+}
+
+impl LongStories {
+    fn note(&mut self, file: &Path, bytes: usize) {
+        if self.last_file.as_deref() != Some(file) {
+            self.files += 1;
+            self.last_file = Some(file.to_path_buf());
+        }
+        self.first_file.get_or_insert_with(|| file.to_path_buf());
+        self.count += 1;
+        self.longest = self.longest.max(bytes);
+    }
+
+    fn warn(&self, layout: &StoryLayout) {
+        let Some(file) = &self.first_file else {
+            return;
+        };
+        let stories = match self.count {
+            1 => "a story".to_string(),
+            n => format!("{n} stories"),
+        };
+        let elsewhere = match self.files {
+            1 => String::new(),
+            n => format!(" in {n} files"),
+        };
+        let format = match layout.format {
+            TextFormat::Auto => "auto",
+            TextFormat::Json => "json",
+            TextFormat::Lines => "lines",
+            TextFormat::Separator => "separator",
+        };
+        tracing::warn!(
+            "{}: {stories}{elsewhere} longer than {} (the longest {}), cut into pieces to train \
+             the vocabulary; check that corpus.format = {format:?} and corpus.separator = {:?} \
+             split the corpus into its stories",
+            file.display(),
+            crate::fsutil::human_bytes(MAX_STORY_BYTES as u64),
+            crate::fsutil::human_bytes(self.longest as u64),
+            layout.separator,
+        );
+    }
+}
+
 impl Stage for TrainVocab {
     fn id(&self) -> StageId {
         StageId::TrainVocab
+    }
+
+    fn check(&self, artifact: &Artifact) -> Result<(), StageFailure> {
+        open(artifact)?;
+        Ok(())
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
@@ -50,24 +111,38 @@ impl Stage for TrainVocab {
         let mut rng = Rng::new(config.seed);
         let mut sample = Vec::new();
         let mut sampled_bytes = 0u64;
+        let mut long = LongStories::default();
         for file in &files {
             for_each_story(file, &view.corpus.layout, |story| {
-                if sampled_bytes < config.max_train_bytes && rng.uniform() < keep {
-                    sampled_bytes += story.len() as u64;
-                    sample.push(story);
+                let mut draw = |piece: String| {
+                    if sampled_bytes < config.max_train_bytes && rng.uniform() < keep {
+                        sampled_bytes += piece.len() as u64;
+                        sample.push(piece);
+                    }
+                };
+                if story.len() <= MAX_STORY_BYTES {
+                    draw(story);
+                } else {
+                    long.note(file, story.len());
+                    split_long(&story, MAX_STORY_BYTES).for_each(|p| draw(p.to_string()));
                 }
             })?;
         }
+        long.warn(&view.corpus.layout);
         if sample.is_empty() {
-            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-            return Err(CorpusError::Empty {
-                files: names.join(", "),
-            }
-            .into());
+            return Err(CorpusError::empty("corpus.train_files", &files).into());
         }
 
         let started = Instant::now();
         let tokenizer = Tokenizer::train(config.kind, config.vocab_size, &sample)?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(format!(
+                "the trained vocabulary has {} tokens, more than train_vocab.vocab_size = {}",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )
+            .into());
+        }
         let train_secs = started.elapsed().as_secs_f64();
         tokenizer.save(&cx.out_dir.join(TOKENIZER_JSON))?;
         let mut listing = String::new();

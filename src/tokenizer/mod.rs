@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder, Vocab};
 use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -29,6 +30,8 @@ pub const BYTE_BASE: u32 = 3;
 pub const MIN_VOCAB: usize = 3 + 256;
 /// The largest vocabulary: token ids are stored as u16 in the shards.
 pub const MAX_VOCAB_SIZE: usize = u16::MAX as usize;
+/// The largest `tokenizer.json` read: a full 65535-token vocabulary with its merges is a few MB.
+const MAX_TOKENIZER_FILE: u64 = 50_000_000;
 const SPACE: char = '▁';
 const SPECIALS: [&str; 3] = ["<unk>", "<s>", "</s>"];
 
@@ -84,8 +87,16 @@ impl Tokenizer {
         Self::wrap(inner).map_err(TokenizerError::Training)
     }
 
-    /// Checks the id layout and caches the pieces.
+    /// Checks the model and the id layout, and caches the pieces.
     fn wrap(inner: tokenizers::Tokenizer) -> Result<Tokenizer, String> {
+        // Encoding relies on byte fallback to cover any text, and on a fixed result.
+        match inner.get_model() {
+            ModelWrapper::BPE(bpe) if bpe.byte_fallback && bpe.dropout.is_none() => {}
+            ModelWrapper::BPE(_) => {
+                return Err("its BPE model needs byte_fallback and no dropout".into());
+            }
+            _ => return Err("its model is not a BPE".into()),
+        }
         let size = inner.get_vocab_size(true);
         let mut pieces = vec![String::new(); size];
         for (piece, id) in inner.get_vocab(true) {
@@ -113,9 +124,28 @@ impl Tokenizer {
 
     /// Reads a `tokenizer.json` this module wrote.
     pub fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::File {
+        let file = |message: String| TokenizerError::File {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| file(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(file("not a file".into()));
+        }
+        // Checked before reading: the largest vocabulary's file is a few MB.
+        if meta.len() > MAX_TOKENIZER_FILE {
+            return Err(file(format!(
+                "{} is too large for a tokenizer.json (at most {})",
+                crate::fsutil::human_bytes(meta.len()),
+                crate::fsutil::human_bytes(MAX_TOKENIZER_FILE)
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
+        let inner: tokenizers::Tokenizer = text.parse().map_err(|e: tokenizers::Error| {
+            file(format!(
+                "not a tokenizer.json: {}",
+                e.to_string().replace('\n', " ")
+            ))
         })?;
         Self::wrap(inner).map_err(|reason| TokenizerError::NotOurs {
             path: path.to_path_buf(),
@@ -297,8 +327,70 @@ fn training_texts(texts: &[String]) -> impl Iterator<Item = String> + '_ {
     texts.iter().map(|t| format!(" {}", t.replace(SPACE, "")))
 }
 
+/// Most characters a BPE starts from: the rarest beyond it fall back to bytes, so merges keep
+/// room in a large vocabulary too.
+const MAX_ALPHABET: usize = 1000;
+
+/// How often each character occurs in the texts as the model sees them (see
+/// [`training_texts`]), most frequent first; ties by code point, so the order is the same on
+/// every run.
+fn char_counts(texts: &[String]) -> Vec<(char, u64)> {
+    /// ASCII in an array (the bulk of most corpora, and cheap), the rest in a map.
+    struct Counts {
+        spaces: u64,
+        ascii: [u64; 128],
+        other: HashMap<char, u64>,
+    }
+    let empty = || Counts {
+        spaces: 0,
+        ascii: [0; 128],
+        other: HashMap::new(),
+    };
+    let counts = texts
+        .par_iter()
+        .fold(empty, |mut counts, text| {
+            // The dummy prefix; spaces become `▁` and literal `▁`s are left out.
+            counts.spaces += 1;
+            for c in text.chars() {
+                match c {
+                    ' ' => counts.spaces += 1,
+                    SPACE => {}
+                    c if c.is_ascii() => counts.ascii[c as usize] += 1,
+                    c => *counts.other.entry(c).or_default() += 1,
+                }
+            }
+            counts
+        })
+        .reduce(empty, |mut a, b| {
+            a.spaces += b.spaces;
+            for (sum, n) in a.ascii.iter_mut().zip(b.ascii) {
+                *sum += n;
+            }
+            for (c, n) in b.other {
+                *a.other.entry(c).or_default() += n;
+            }
+            a
+        });
+    let mut chars: Vec<(char, u64)> = (0u8..128)
+        .map(|b| (b as char, counts.ascii[b as usize]))
+        .chain([(SPACE, counts.spaces)])
+        .chain(counts.other)
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    chars.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    chars
+}
+
+/// Trains the BPE within `vocab_size`: the reserved tokens, then the most frequent characters
+/// that fit (the rest are encoded as their bytes), then merges.
 fn train_bpe(vocab_size: usize, texts: &[String]) -> Result<BPE, TokenizerError> {
     let fail = |e: tokenizers::Error| TokenizerError::Training(e.to_string());
+    let room = vocab_size.saturating_sub(MIN_VOCAB).min(MAX_ALPHABET);
+    let chars = char_counts(texts);
+    // The trainer's own cut breaks ties between equally rare characters in hash order; naming
+    // the characters to keep makes the vocabulary the same on every run.
+    let alphabet: std::collections::HashSet<char> =
+        chars.iter().take(room).map(|&(c, _)| c).collect();
     let trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)
@@ -309,7 +401,8 @@ fn train_bpe(vocab_size: usize, texts: &[String]) -> Result<BPE, TokenizerError>
                 .map(|t| AddedToken::from(t, true))
                 .collect(),
         )
-        .limit_alphabet(1000)
+        .initial_alphabet(alphabet)
+        .limit_alphabet(room)
         .build();
     let model = BPE::builder()
         .byte_fallback(true)
@@ -332,16 +425,8 @@ fn train_bpe(vocab_size: usize, texts: &[String]) -> Result<BPE, TokenizerError>
 
 /// One token per character: the most frequent characters after the reserved tokens, no merges.
 fn char_model(vocab_size: usize, texts: &[String]) -> Result<BPE, TokenizerError> {
-    let mut counts: HashMap<char, u64> = HashMap::new();
-    for text in training_texts(texts) {
-        for c in text.chars() {
-            *counts.entry(if c == ' ' { SPACE } else { c }).or_default() += 1;
-        }
-    }
-    let mut chars: Vec<(char, u64)> = counts.into_iter().collect();
-    chars.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut vocab: Vec<String> = reserved_tokens();
-    for (c, _) in chars {
+    for (c, _) in char_counts(texts) {
         if vocab.len() >= vocab_size {
             break;
         }
