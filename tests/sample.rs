@@ -100,6 +100,21 @@ fn bad_checkpoints_and_options_are_one_line_errors() {
         let line = error_line(&tinyllm(&["sample", "--top-p", top_p], Some(&copy)));
         assert!(line.contains("must be in (0, 1]"), "{line}");
     }
+    // A negative temperature is a number refused in words, not taken for a flag.
+    let line = error_line(&tinyllm(&["sample", "--temperature", "-1"], Some(&copy)));
+    assert!(
+        line.contains("--temperature -1 must be 0 or more"),
+        "{line}"
+    );
+    // A prompt longer than the context is refused before any of it is printed.
+    let long = "Tom had a cat. ".repeat(20);
+    let output = tinyllm(&["sample", "--prompt", &long], Some(&copy));
+    let line = error_line(&output);
+    assert!(
+        line.contains("but the model's context is 32; shorten it"),
+        "{line}"
+    );
+    assert!(output.stdout.is_empty(), "{output:?}");
 
     // A GPU asked for where there is none (or in a build without CUDA): one line, not a panic.
     for command in [
@@ -125,7 +140,10 @@ fn bad_checkpoints_and_options_are_one_line_errors() {
     wider["intermediate_size"] = 352.into();
     fs::write(&config_path, wider.to_string()).unwrap();
     let line = error_line(&tinyllm(&prompt, Some(&copy)));
-    assert!(line.contains("has shape"), "{line}");
+    assert!(
+        line.contains("config.json does not belong to these weights"),
+        "{line}"
+    );
     // A tokenizer that does not match the model's vocabulary.
     let mut vocab = config.clone();
     vocab["vocab_size"] = 400.into();

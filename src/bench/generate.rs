@@ -127,8 +127,8 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         top_k: 0,
         top_p: 1.0,
     };
-    let mut decoder = model.decoder()?;
-    let new_tokens = bench.new_tokens.min(decoder.capacity() - 1);
+    let new_tokens = bench.new_tokens;
+    let mut decoder = model.decoder(new_tokens)?;
     let mut speeds = Vec::new();
     let mut first = Vec::new();
     for run in 0..bench.runs {

@@ -88,6 +88,12 @@ pub trait Backend: Send + Sync {
     /// Waits until the ops queued so far have finished (a GPU's are asynchronous); for timing.
     fn synchronize(&self) {}
 
+    /// Whether the buffers live in host memory, where an allocation beyond the machine's memory
+    /// is not refused but ends with the kernel killing the process (so callers check first).
+    fn in_host_memory(&self) -> bool {
+        false
+    }
+
     /// A buffer of `len` zeros.
     fn zeros(&self, len: usize) -> Result<Self::Buf, EngineError>;
     /// A new buffer holding `data`.

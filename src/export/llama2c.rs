@@ -18,8 +18,7 @@ use std::path::Path;
 
 use super::{ExportError, check_out, io_error, write_folder};
 use crate::generate::folder::ModelFolder;
-use crate::model::ModelDims;
-use crate::model::{param_layout, safetensors};
+use crate::model::{Allocation, Footprint, ModelDims, ModelError, param_layout, safetensors};
 use crate::tokenizer::{BOS, EOS, Tokenizer};
 
 /// The model file's name inside the export folder.
@@ -70,6 +69,27 @@ pub fn export(from: &Path, out: &Path, version: Version) -> Result<(), ExportErr
         ));
     }
     let dims = folder.config.tinyllm.dims;
+    let header = header_numbers(&dims)?;
+    // The weights are held three times (as read, as reordered, as the file's bytes), and run.c's
+    // RoPE tables grow with the context: refuse what cannot fit before reading anything.
+    let params = dims.num_params(config.tie_embeddings) as usize;
+    let tables = match version {
+        Version::Legacy => (dims.max_seq_len * dims.head_dim() * 4) as u64,
+        Version::V1 => 0,
+    };
+    Footprint {
+        parts: vec![
+            (Allocation::HostWeights { params }, 12 * params as u64),
+            (
+                Allocation::RopeTables {
+                    positions: dims.max_seq_len,
+                },
+                tables,
+            ),
+        ],
+    }
+    .check("this export")
+    .map_err(ModelError::from)?;
     let layout = param_layout(&dims, &config);
     let tensors = safetensors::load(&folder.weights(), &layout)?;
     let by_name: HashMap<&str, &[f32]> = layout
@@ -79,6 +99,7 @@ pub fn export(from: &Path, out: &Path, version: Version) -> Result<(), ExportErr
         .collect();
     let model = model_bytes(
         &dims,
+        header,
         config.tie_embeddings,
         config.rope_theta,
         &by_name,
@@ -94,9 +115,34 @@ pub fn export(from: &Path, out: &Path, version: Version) -> Result<(), ExportErr
     })
 }
 
+/// The seven numbers of both headers, each a 32-bit integer in llama2.c's `Config`.
+fn header_numbers(dims: &ModelDims) -> Result<[i32; 7], ExportError> {
+    let fields = [
+        ("dim", dims.dim),
+        ("hidden_dim", dims.hidden_dim()),
+        ("n_layers", dims.n_layers),
+        ("n_heads", dims.n_heads),
+        ("n_kv_heads", dims.n_kv_heads),
+        ("vocab_size", dims.vocab_size),
+        ("max_seq_len", dims.max_seq_len),
+    ];
+    let mut header = [0i32; 7];
+    for (slot, (name, value)) in header.iter_mut().zip(fields) {
+        *slot = i32::try_from(value).map_err(|_| ExportError::Unsupported {
+            format: "llama2c",
+            reason: format!(
+                "{name} {value} does not fit the 32-bit integer llama2.c's header holds (at most {})",
+                i32::MAX
+            ),
+        })?;
+    }
+    Ok(header)
+}
+
 /// The bytes of `model.bin`.
 fn model_bytes(
     dims: &ModelDims,
+    header: [i32; 7],
     tied: bool,
     rope_theta: f64,
     tensors: &HashMap<&str, &[f32]>,
@@ -136,16 +182,6 @@ fn model_bytes(
     let final_norm = tensor("model.norm.weight".into());
     let head = (!tied).then(|| tensor("lm_head.weight".into()));
 
-    let header = [
-        dims.dim,
-        dims.hidden_dim(),
-        dims.n_layers,
-        dims.n_heads,
-        dims.n_kv_heads,
-        dims.vocab_size,
-        dims.max_seq_len,
-    ]
-    .map(|n| n as i32);
     let mut bytes = Vec::new();
     let mut put = |values: &[f32]| {
         for v in values {
@@ -263,6 +299,21 @@ fn tokenizer_bytes(tokenizer: &Tokenizer) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_numbers_beyond_i32_are_refused_by_name() {
+        let dims = ModelDims {
+            max_seq_len: 3_000_000_000,
+            ..crate::model::Preset::Tutorial.dims()
+        };
+        let err = header_numbers(&dims).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "this model cannot be written as llama2c: max_seq_len 3000000000 does not fit the 32-bit integer llama2.c's header holds (at most 2147483647)"
+        );
+        let fits = header_numbers(&crate::model::Preset::Tutorial.dims()).unwrap();
+        assert_eq!(fits, [288, 768, 8, 8, 4, 4096, 256]);
+    }
 
     #[test]
     fn adjacent_pairs_reorder_rows_within_each_head() {

@@ -26,6 +26,8 @@ pub enum ExportError {
     Tokenizer { path: PathBuf, reason: String },
     #[error("{}: already exists and is not an empty folder; choose another --out or remove it", path.display())]
     OutExists { path: PathBuf },
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     #[error("this model cannot be written as {format}: {reason}")]
     Unsupported {
         format: &'static str,

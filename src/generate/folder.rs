@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::engine::Backend;
+use crate::fsutil::human_bytes;
 use crate::model::safetensors::SafetensorsError;
-use crate::model::{HfConfig, Llama, ModelDims, Shape};
+use crate::model::{Allocation, Footprint, HfConfig, Llama, ModelDims, ModelError, Shape};
 use crate::tokenizer::Tokenizer;
 
 pub const CONFIG_JSON: &str = "config.json";
@@ -37,6 +38,22 @@ pub enum FolderError {
         tokenizer: usize,
         model: usize,
     },
+    #[error(
+        "{}: {} of weights, but config.json describes a model of {params} parameters ({} as f32); config.json does not belong to these weights",
+        path.display(), human_bytes(*bytes), human_bytes(params.saturating_mul(4))
+    )]
+    WeightsTooSmall {
+        path: PathBuf,
+        bytes: u64,
+        params: u64,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
 impl ModelFolder {
@@ -61,6 +78,33 @@ impl ModelFolder {
                 model: config.tinyllm.dims.vocab_size,
             });
         }
+        // Every size below comes from config.json: check it against the weights file before
+        // anything is allocated for it, so a hand-edited config cannot ask for terabytes.
+        let weights = dir.join(WEIGHTS);
+        let bytes = std::fs::metadata(&weights)
+            .map_err(|source| FolderError::Io {
+                path: weights.clone(),
+                source,
+            })?
+            .len();
+        let dims = config.tinyllm.dims;
+        let params = dims.num_params(config.tie_word_embeddings);
+        if params.saturating_mul(4) > bytes as u128 {
+            return Err(FolderError::WeightsTooSmall {
+                path: weights,
+                bytes,
+                params: u64::try_from(params).unwrap_or(u64::MAX),
+            });
+        }
+        let params = params as usize;
+        Footprint {
+            parts: vec![
+                (Allocation::HostWeights { params }, bytes),
+                (Allocation::Parameters { params }, 8 * params as u64),
+            ],
+        }
+        .check("loading this model")
+        .map_err(ModelError::from)?;
         Ok(ModelFolder {
             dir: dir.to_path_buf(),
             config,

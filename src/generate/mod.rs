@@ -69,6 +69,26 @@ pub enum GenerateError {
     Model(#[from] ModelError),
 }
 
+/// The token ids of `prompt` (BOS first; BOS alone when it is empty), refused when they leave
+/// no room for a new token in a context of `context` positions.
+pub fn prompt_ids(
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    context: usize,
+) -> Result<Vec<u32>, GenerateError> {
+    let mut ids = vec![BOS];
+    if !prompt.is_empty() {
+        ids.extend(tokenizer.encode(prompt));
+    }
+    if ids.len() >= context {
+        return Err(GenerateError::PromptTooLong {
+            tokens: ids.len(),
+            max: context,
+        });
+    }
+    Ok(ids)
+}
+
 /// Continues `prompt` (BOS alone when it is empty), calling `on_text` with each new piece of
 /// text as soon as it is whole UTF-8.
 pub fn generate<S: Shape, B: Backend<Float = f32>>(
@@ -77,18 +97,37 @@ pub fn generate<S: Shape, B: Backend<Float = f32>>(
     tokenizer: &Tokenizer,
     prompt: &str,
     options: &GenerateOptions,
+    on_text: impl FnMut(&str),
+) -> Result<Generation, GenerateError> {
+    let ids = prompt_ids(tokenizer, prompt, model.dims().max_seq_len)?;
+    generate_ids(model, decoder, tokenizer, ids, options, on_text)
+}
+
+/// Continues the prompt `ids` (from [`prompt_ids`]). The decoder is replaced by a larger one
+/// when it has no room for the prompt and the new tokens: its cache is sized by what this
+/// generation needs, not by the model's whole context.
+pub fn generate_ids<S: Shape, B: Backend<Float = f32>>(
+    model: &Llama<S, B>,
+    decoder: &mut Decoder<B>,
+    tokenizer: &Tokenizer,
+    mut ids: Vec<u32>,
+    options: &GenerateOptions,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation, GenerateError> {
     let started = Instant::now();
-    let mut ids = vec![BOS];
-    if !prompt.is_empty() {
-        ids.extend(tokenizer.encode(prompt));
-    }
-    if ids.len() >= decoder.capacity() {
+    let context = model.dims().max_seq_len;
+    if ids.len() >= context {
         return Err(GenerateError::PromptTooLong {
             tokens: ids.len(),
-            max: decoder.capacity(),
+            max: context,
         });
+    }
+    let positions = ids
+        .len()
+        .saturating_add(options.max_new_tokens)
+        .min(context);
+    if decoder.capacity() < positions {
+        *decoder = model.decoder(positions)?;
     }
     decoder.reset();
     let mut logits = Vec::new();
@@ -118,7 +157,7 @@ pub fn generate<S: Shape, B: Backend<Float = f32>>(
             on_text(piece);
             emitted = new.len();
         }
-        if decoder.len() == decoder.capacity() {
+        if decoder.len() == context {
             stop = Stop::ContextFull;
             break;
         }

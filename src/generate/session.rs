@@ -5,7 +5,7 @@
 use std::io;
 
 use super::folder::ModelFolder;
-use super::{GenerateError, GenerateOptions, Generation, generate};
+use super::{GenerateError, GenerateOptions, Generation, generate_ids, prompt_ids};
 use crate::engine::{Backend, Device, DeviceInfo};
 use crate::model::safetensors::SafetensorsError;
 use crate::model::{DispatchError, ModelError, ModelJob, Shape, run_model};
@@ -81,16 +81,20 @@ where
         _device: &DeviceInfo,
     ) -> Self::Output {
         let model = self.folder.load(shape, backend)?;
-        let mut decoder = model.decoder()?;
+        // Grown by each generation to what it needs.
+        let mut decoder = model.decoder(1)?;
+        let context = model.dims().max_seq_len;
         for prompt in self.prompts {
             let prompt = prompt?;
+            // Refused before anything of it is shown.
+            let ids = prompt_ids(&self.folder.tokenizer, &prompt.text, context)?;
             self.sink.start(&prompt)?;
             let mut failed = None;
-            let generation = generate(
+            let generation = generate_ids(
                 &model,
                 &mut decoder,
                 &self.folder.tokenizer,
-                &prompt.text,
+                ids,
                 &prompt.options,
                 |piece| {
                     if failed.is_none()

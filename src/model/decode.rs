@@ -4,7 +4,7 @@
 //! forward passes.
 
 use super::llama::{ATTN_NORM, EMBED, FFN_NORM, W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV, layer_index};
-use super::memory::float_bytes;
+use super::memory::{Footprint, decoder_bytes};
 use super::{Allocation, Llama, ModelDims, ModelError, Shape};
 use crate::engine::{Backend, EngineError};
 
@@ -40,7 +40,7 @@ impl<B: Backend> Decoder<B> {
         self.len == 0
     }
 
-    /// The most positions the cache holds (the model's `max_seq_len`).
+    /// The most positions the cache holds (at most the model's `max_seq_len`).
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -50,17 +50,7 @@ impl<B: Backend> Decoder<B> {
         self.len = 0;
     }
 
-    /// The floats [`Decoder::allocate`] makes for a model of `dims`.
-    pub(super) fn floats(dims: &ModelDims) -> usize {
-        let (c, kv, h) = (
-            dims.dim,
-            dims.n_kv_heads * dims.head_dim(),
-            dims.hidden_dim(),
-        );
-        2 * dims.n_layers * dims.max_seq_len * kv + 5 * c + 1 + 2 * kv + 3 * h + dims.vocab_size
-    }
-
-    fn allocate(b: &B, dims: &ModelDims) -> Result<Self, EngineError> {
+    fn allocate(b: &B, dims: &ModelDims, positions: usize) -> Result<Self, EngineError> {
         let (c, kv, h) = (
             dims.dim,
             dims.n_kv_heads * dims.head_dim(),
@@ -68,14 +58,14 @@ impl<B: Backend> Decoder<B> {
         );
         let cache = || {
             (0..dims.n_layers)
-                .map(|_| b.zeros(dims.max_seq_len * kv))
+                .map(|_| b.zeros(positions.saturating_mul(kv)))
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Decoder {
             k_cache: cache()?,
             v_cache: cache()?,
             len: 0,
-            capacity: dims.max_seq_len,
+            capacity: positions,
             token: b.tokens(1)?,
             x: b.zeros(c)?,
             ln: b.zeros(c)?,
@@ -93,7 +83,7 @@ impl<B: Backend> Decoder<B> {
     }
 
     /// The floats held, field by field (the destructuring names every field, so a new buffer
-    /// cannot be left out): checks [`Decoder::floats`].
+    /// cannot be left out): checks the decoder's share of a [`Footprint`].
     #[cfg(test)]
     pub(super) fn floats_held(&self, b: &B) -> usize {
         let Decoder {
@@ -125,14 +115,24 @@ impl<B: Backend> Decoder<B> {
 }
 
 impl<S: Shape, B: Backend> Llama<S, B> {
-    /// An empty decoder for this model, with room for `max_seq_len` positions.
-    pub fn decoder(&self) -> Result<Decoder<B>, ModelError> {
+    /// An empty decoder for this model with room for `positions` positions (at most
+    /// `max_seq_len`): what a generation will use, so a long context costs nothing unused.
+    pub fn decoder(&self, positions: usize) -> Result<Decoder<B>, ModelError> {
         let dims = self.dims();
-        let what = Allocation::DecoderCache {
-            positions: dims.max_seq_len,
-        };
-        let needed = float_bytes::<B::Float>(Decoder::<B>::floats(&dims), 1);
-        Decoder::allocate(self.backend(), &dims).map_err(ModelError::allocating(what, needed))
+        let positions = positions.clamp(1, dims.max_seq_len);
+        let what = Allocation::DecoderCache { positions };
+        let needed = decoder_bytes(&dims, positions);
+        if self.backend().in_host_memory() {
+            Footprint {
+                parts: vec![
+                    (self.parameters_allocation(), self.parameters_bytes()),
+                    (what, needed),
+                ],
+            }
+            .check("generating")?;
+        }
+        Decoder::allocate(self.backend(), &dims, positions)
+            .map_err(ModelError::allocating(what, needed))
     }
 
     /// Runs `token` at the decoder's next position and returns the logits for the token after

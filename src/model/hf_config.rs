@@ -108,18 +108,72 @@ impl HfConfig {
             reason,
         };
         let config: HfConfig = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
-        let expected = HfConfig::new(config.tinyllm.dims, &config.llama_config());
-        if expected.hidden_size != config.hidden_size
-            || expected.intermediate_size != config.intermediate_size
-            || expected.num_hidden_layers != config.num_hidden_layers
-            || expected.num_attention_heads != config.num_attention_heads
-            || expected.num_key_value_heads != config.num_key_value_heads
-            || expected.vocab_size != config.vocab_size
-            || expected.max_position_embeddings != config.max_position_embeddings
-        {
+        let dims = config.tinyllm.dims;
+        dims.check()
+            .map_err(|broken| format(format!("tinyllm.dims.{broken}")))?;
+        let expected = HfConfig::new(dims, &config.llama_config());
+        for (field, value, tinyllm_field, wanted) in [
+            (
+                "hidden_size",
+                config.hidden_size,
+                "dim",
+                expected.hidden_size,
+            ),
+            (
+                "intermediate_size",
+                config.intermediate_size,
+                "dim and multiple_of",
+                expected.intermediate_size,
+            ),
+            (
+                "num_hidden_layers",
+                config.num_hidden_layers,
+                "n_layers",
+                expected.num_hidden_layers,
+            ),
+            (
+                "num_attention_heads",
+                config.num_attention_heads,
+                "n_heads",
+                expected.num_attention_heads,
+            ),
+            (
+                "num_key_value_heads",
+                config.num_key_value_heads,
+                "n_kv_heads",
+                expected.num_key_value_heads,
+            ),
+            (
+                "vocab_size",
+                config.vocab_size,
+                "vocab_size",
+                expected.vocab_size,
+            ),
+            (
+                "max_position_embeddings",
+                config.max_position_embeddings,
+                "max_seq_len",
+                expected.max_position_embeddings,
+            ),
+        ] {
+            if value != wanted {
+                return Err(format(format!(
+                    "{field} is {value} but tinyllm.dims.{tinyllm_field} gives {wanted}; make them agree"
+                )));
+            }
+        }
+        // The model divides by the norm's `sqrt(mean + eps)` and raises theta to powers: a value
+        // outside these ranges gives NaN or infinite logits, not an error.
+        if !(config.rms_norm_eps > 0.0 && config.rms_norm_eps.is_finite()) {
             return Err(format(format!(
-                "the Hugging Face fields disagree with tinyllm.dims {:?}",
-                config.tinyllm.dims
+                "rms_norm_eps is {}; it must be a positive number (1e-5 as trained)",
+                config.rms_norm_eps
+            )));
+        }
+        if !(config.rope_theta > 0.0 && config.rope_theta.is_finite()) {
+            return Err(format(format!(
+                "rope_theta is {}; it must be a positive number (10000 as trained)",
+                config.rope_theta
             )));
         }
         Ok(config)
@@ -145,6 +199,43 @@ mod tests {
         bent["hidden_size"] = 64.into();
         std::fs::write(&path, bent.to_string()).unwrap();
         let err = HfConfig::load(&path).unwrap_err().to_string();
-        assert!(err.contains("disagree with tinyllm.dims"), "{err}");
+        assert!(
+            err.ends_with(
+                "not a tinyllm model config: hidden_size is 64 but tinyllm.dims.dim gives 288; make them agree"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn impossible_dims_and_norms_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let config = HfConfig::new(Preset::Tutorial.dims(), &LlamaConfig::default());
+        let json = serde_json::to_value(&config).unwrap();
+        for (edit, words) in [
+            (
+                ("rms_norm_eps", serde_json::json!(-1.0)),
+                "rms_norm_eps is -1; it must be a positive number",
+            ),
+            (
+                ("rope_theta", serde_json::json!(0.0)),
+                "rope_theta is 0; it must be a positive number",
+            ),
+        ] {
+            let mut bent = json.clone();
+            bent[edit.0] = edit.1;
+            std::fs::write(&path, bent.to_string()).unwrap();
+            let err = HfConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(words), "{err}");
+        }
+        let mut bent = json.clone();
+        bent["tinyllm"]["dims"]["n_heads"] = 5.into();
+        std::fs::write(&path, bent.to_string()).unwrap();
+        let err = HfConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.ends_with("tinyllm.dims.n_heads 5 does not divide dim 288"),
+            "{err}"
+        );
     }
 }

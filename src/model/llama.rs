@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 
 use super::ModelDims;
-use super::memory::{ActivationSizes, Activations, Allocation, float_bytes};
+use super::memory::{ActivationSizes, Activations, Allocation, Footprint, TooLarge, float_bytes};
 use super::shape::Shape;
 pub use crate::engine::ParamInfo;
 use crate::engine::{
@@ -152,6 +152,9 @@ pub enum ModelError {
         /// Bytes of the buffer the device refused.
         failed: u64,
     },
+    /// More memory than the machine has, found before anything was allocated.
+    #[error("{0}; {remedy}", remedy = .0.footprint.largest().remedy())]
+    TooLarge(#[from] TooLarge),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("sequence length {seq} is above the model's max_seq_len {max}")]
@@ -383,6 +386,17 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         self.layout.iter().map(ParamInfo::numel).sum()
     }
 
+    /// The weights and gradients the model holds, as a memory footprint names them.
+    pub(super) fn parameters_allocation(&self) -> Allocation {
+        Allocation::Parameters {
+            params: self.num_params(),
+        }
+    }
+
+    pub(super) fn parameters_bytes(&self) -> u64 {
+        float_bytes::<B::Float>(self.num_params(), 2)
+    }
+
     /// Whether weight decay applies to each tensor.
     pub fn decay_mask(&self) -> &[bool] {
         &self.decay
@@ -535,6 +549,17 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         // The old buffers go first, so their memory is free for the new ones.
         self.acts = None;
         let needed = ActivationSizes::new(&dims, batch, seq).bytes::<B::Float>(dims.n_layers);
+        if self.backend.in_host_memory() {
+            // Host memory past the machine's is not refused by the allocator but taken until
+            // the kernel kills the process: refuse it here.
+            Footprint {
+                parts: vec![
+                    (self.parameters_allocation(), self.parameters_bytes()),
+                    (Allocation::Activations { batch, seq }, needed),
+                ],
+            }
+            .check("this pass")?;
+        }
         let acts = Activations::new(&self.backend, &dims, batch, seq).map_err(
             ModelError::allocating(Allocation::Activations { batch, seq }, needed),
         )?;

@@ -1,8 +1,12 @@
 //! What a model allocates: the buffers of a forward and backward pass, and the byte counts an
 //! out-of-memory message gives, computed from the same sizes the buffers are made with.
 
+use std::fmt;
+use std::sync::OnceLock;
+
 use super::ModelDims;
 use crate::engine::{Backend, EngineError};
+use crate::fsutil::human_bytes;
 
 /// What a model allocates, so that an out-of-memory message says what did not fit and which
 /// setting makes it smaller.
@@ -18,6 +22,8 @@ pub enum Allocation {
     Activations { batch: usize, seq: usize },
     /// The decoder's KV cache and working buffers.
     DecoderCache { positions: usize },
+    /// The RoPE tables of llama2.c's legacy `model.bin`.
+    RopeTables { positions: usize },
 }
 
 impl Allocation {
@@ -30,8 +36,11 @@ impl Allocation {
                 "choose a smaller model (model.dim, model.n_layers, model.vocab_size)"
             }
             Allocation::Activations { .. } => "lower train.batch_size (or train.seq_len)",
+            Allocation::RopeTables { .. } => {
+                "export with --format llama2c-v1, which has no tables, or train a model with a shorter context (model.max_seq_len)"
+            }
             Allocation::DecoderCache { .. } => {
-                "choose a model with a shorter context (model.max_seq_len) or fewer layers (model.n_layers)"
+                "ask for fewer new tokens (--max-new-tokens, sample.max_new_tokens) or give a shorter prompt"
             }
         }
     }
@@ -39,22 +48,30 @@ impl Allocation {
 
 impl std::fmt::Display for Allocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let millions = |params: usize| params as f64 / 1e6;
+        let count = |params: usize| {
+            let params = params as f64;
+            match params {
+                p if p >= 1e9 => format!("{:.1}B", p / 1e9),
+                p if p >= 1e6 => format!("{:.1}M", p / 1e6),
+                p if p >= 1e3 => format!("{:.1}k", p / 1e3),
+                p => format!("{p}"),
+            }
+        };
         match *self {
             Allocation::Parameters { params } => write!(
                 f,
-                "the weights and gradients of a {:.1}M-parameter model",
-                millions(params)
+                "the weights and gradients of a {}-parameter model",
+                count(params)
             ),
             Allocation::HostWeights { params } => write!(
                 f,
-                "the weights of a {:.1}M-parameter model, copied to host memory,",
-                millions(params)
+                "a host copy of the weights of a {}-parameter model",
+                count(params)
             ),
             Allocation::OptimizerMoments { params } => write!(
                 f,
-                "the AdamW moments of a {:.1}M-parameter model",
-                millions(params)
+                "the AdamW moments of a {}-parameter model",
+                count(params)
             ),
             Allocation::Activations { batch, seq } => {
                 write!(f, "the activations of batch {batch} × seq {seq}")
@@ -62,8 +79,256 @@ impl std::fmt::Display for Allocation {
             Allocation::DecoderCache { positions } => {
                 write!(f, "the decoder's buffers for {positions} positions")
             }
+            Allocation::RopeTables { positions } => {
+                write!(f, "run.c's RoPE tables for {positions} positions")
+            }
         }
     }
+}
+
+/// The most memory a job in host memory may plan for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    pub source: LimitSource,
+}
+
+/// Where a [`MemoryLimit`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSource {
+    /// `MemTotal` in `/proc/meminfo`.
+    Machine,
+    /// The control group's `memory.max`, below the machine's memory.
+    Cgroup,
+    /// The `TINYLLM_MEMORY_LIMIT` environment variable.
+    Environment,
+}
+
+impl fmt::Display for MemoryLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = human_bytes(self.bytes);
+        match self.source {
+            LimitSource::Machine => write!(f, "this machine's {bytes}"),
+            LimitSource::Cgroup => write!(f, "the {bytes} this process's cgroup may use"),
+            LimitSource::Environment => write!(f, "the {bytes} TINYLLM_MEMORY_LIMIT allows"),
+        }
+    }
+}
+
+/// The variable that sets the memory tinyllm plans for (bytes, or a number with k, M, G or T),
+/// in place of what the machine reports: for a machine shared with other work.
+pub const MEMORY_LIMIT_VAR: &str = "TINYLLM_MEMORY_LIMIT";
+
+/// The memory a job may plan for: `TINYLLM_MEMORY_LIMIT` when set, else the machine's memory
+/// or the cgroup's limit if lower; `None` where neither is known (then nothing is refused).
+/// Read once per process.
+pub fn memory_limit() -> Option<MemoryLimit> {
+    static LIMIT: OnceLock<Option<MemoryLimit>> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        if let Ok(value) = std::env::var(MEMORY_LIMIT_VAR) {
+            match parse_size(&value) {
+                Some(bytes) => {
+                    return Some(MemoryLimit {
+                        bytes,
+                        source: LimitSource::Environment,
+                    });
+                }
+                None => tracing::warn!(
+                    "{MEMORY_LIMIT_VAR}={value:?} is not a size such as 8G or 8000000000; using the machine's memory"
+                ),
+            }
+        }
+        machine_limit()
+    })
+}
+
+/// `MemTotal`, or the cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) if lower.
+fn machine_limit() -> Option<MemoryLimit> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let machine = MemoryLimit {
+        bytes: kb.saturating_mul(1024),
+        source: LimitSource::Machine,
+    };
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| {
+        std::fs::read_to_string(path)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
+    Some(match cgroup {
+        Some(bytes) if bytes < machine.bytes => MemoryLimit {
+            bytes,
+            source: LimitSource::Cgroup,
+        },
+        _ => machine,
+    })
+}
+
+/// `8000000000`, `8G`, `8GB`, `512M`, `1.5T`: decimal units, as tinyllm prints sizes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(number_end);
+    let number: f64 = number.parse().ok()?;
+    let unit = unit.trim();
+    let unit = unit
+        .strip_suffix(['B', 'b'])
+        .filter(|u| !u.is_empty())
+        .unwrap_or(unit);
+    let scale = match unit {
+        "" => 1e0,
+        "k" | "K" => 1e3,
+        "M" | "m" => 1e6,
+        "G" | "g" => 1e9,
+        "T" | "t" => 1e12,
+        _ => return None,
+    };
+    let bytes = number * scale;
+    (bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// What a job holds in memory at once, part by part, counted before anything is allocated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Footprint {
+    pub parts: Vec<(Allocation, u64)>,
+}
+
+impl Footprint {
+    /// Training on the CPU: the weights and gradients, AdamW's moments, the activations of one
+    /// micro-batch, and a host copy of the weights (made when a checkpoint is written).
+    pub fn training(dims: &ModelDims, tie_embeddings: bool, batch: usize, seq: usize) -> Self {
+        let params = clamp(dims.num_params(tie_embeddings));
+        let activations = ActivationSizes::new(dims, batch, seq).bytes::<f32>(dims.n_layers);
+        Footprint {
+            parts: vec![
+                (
+                    Allocation::Parameters { params },
+                    float_bytes::<f32>(params, 2),
+                ),
+                (
+                    Allocation::OptimizerMoments { params },
+                    float_bytes::<f32>(params, 2),
+                ),
+                (Allocation::Activations { batch, seq }, activations),
+                (
+                    Allocation::HostWeights { params },
+                    float_bytes::<f32>(params, 1),
+                ),
+            ],
+        }
+    }
+
+    /// Generating `positions` tokens: the weights as read from their file, the model's weights
+    /// and gradients, and the decoder's buffers.
+    pub fn sampling(dims: &ModelDims, tie_embeddings: bool, positions: usize) -> Self {
+        let params = clamp(dims.num_params(tie_embeddings));
+        Footprint {
+            parts: vec![
+                (
+                    Allocation::HostWeights { params },
+                    float_bytes::<f32>(params, 1),
+                ),
+                (
+                    Allocation::Parameters { params },
+                    float_bytes::<f32>(params, 2),
+                ),
+                (
+                    Allocation::DecoderCache { positions },
+                    decoder_bytes(dims, positions),
+                ),
+            ],
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.parts
+            .iter()
+            .fold(0u64, |sum, (_, bytes)| sum.saturating_add(*bytes))
+    }
+
+    /// The largest part: what to make smaller.
+    pub fn largest(&self) -> Allocation {
+        self.parts
+            .iter()
+            .max_by_key(|(_, bytes)| *bytes)
+            .map(|(what, _)| *what)
+            .expect("a footprint has parts")
+    }
+
+    /// Refuses a footprint above [`memory_limit`] (the `job`, e.g. "training", names it).
+    pub fn check(self, job: &'static str) -> Result<(), TooLarge> {
+        match memory_limit() {
+            Some(limit) if self.total() > limit.bytes => Err(TooLarge {
+                job,
+                footprint: self,
+                limit,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A parameter count as a `usize` (counts are bounded by [`super::MAX_PARAMS`]).
+fn clamp(params: u128) -> usize {
+    usize::try_from(params).unwrap_or(usize::MAX)
+}
+
+/// A job that would need more memory than there is, found before anything was allocated.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct TooLarge {
+    pub job: &'static str,
+    pub footprint: Footprint,
+    pub limit: MemoryLimit,
+}
+
+impl fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .footprint
+            .parts
+            .iter()
+            .filter(|(_, bytes)| *bytes > 0)
+            .map(|(what, bytes)| format!("{} for {what}", human_bytes(*bytes)))
+            .collect();
+        write!(
+            f,
+            "{} needs about {} of memory ({}), more than {}",
+            self.job,
+            human_bytes(self.footprint.total()),
+            parts.join(", "),
+            self.limit
+        )
+    }
+}
+
+/// Bytes of the decoder's buffers for `positions` positions (as [`super::Decoder`] makes them).
+pub(super) fn decoder_bytes(dims: &ModelDims, positions: usize) -> u64 {
+    let [c, kv, h, v, layers, positions] = [
+        dims.dim,
+        dims.n_kv_heads * dims.head_dim(),
+        dims.hidden_dim(),
+        dims.vocab_size,
+        dims.n_layers,
+        positions,
+    ]
+    .map(|x| x as u128);
+    let floats = 2 * layers * positions * kv + 5 * c + 1 + 2 * kv + 3 * h + v;
+    u64::try_from(floats * 4).unwrap_or(u64::MAX)
 }
 
 /// Bytes of `copies` × `len` values of `F`, saturated at `u64::MAX`.
@@ -286,5 +551,60 @@ impl<B: Backend> Activations<B> {
         }
         // inputs and targets: one token per row each.
         (floats as u128, 2 * (batch * seq) as u128)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Preset;
+
+    #[test]
+    fn sizes_read_as_tinyllm_prints_them() {
+        assert_eq!(parse_size("8000000000"), Some(8_000_000_000));
+        assert_eq!(parse_size("8G"), Some(8_000_000_000));
+        assert_eq!(parse_size(" 8 GB "), Some(8_000_000_000));
+        assert_eq!(parse_size("1.5T"), Some(1_500_000_000_000));
+        assert_eq!(parse_size("512M"), Some(512_000_000));
+        for bad in ["", "G", "8X", "-1G", "0", "1e99T", "eight"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_footprint_sums_its_parts_and_names_the_largest() {
+        let dims = Preset::Tutorial.dims();
+        let small = Footprint::training(&dims, true, 8, 256);
+        assert!(small.total() < 1 << 32, "{}", small.total());
+        let wide = Footprint::training(&dims, true, 1 << 20, 256);
+        assert_eq!(
+            wide.largest(),
+            Allocation::Activations {
+                batch: 1 << 20,
+                seq: 256
+            }
+        );
+        let limit = MemoryLimit {
+            bytes: 8_000_000_000,
+            source: LimitSource::Environment,
+        };
+        let message = TooLarge {
+            job: "training",
+            footprint: wide,
+            limit,
+        }
+        .to_string();
+        assert!(message.starts_with("training needs about "), "{message}");
+        assert!(
+            message.ends_with("more than the 8.0 GB TINYLLM_MEMORY_LIMIT allows"),
+            "{message}"
+        );
+        let sampling = Footprint::sampling(&dims, true, 300);
+        assert_eq!(
+            sampling.largest(),
+            Allocation::Parameters {
+                params: dims.num_params(true) as usize
+            }
+        );
     }
 }

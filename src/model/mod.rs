@@ -14,8 +14,8 @@ pub use decode::Decoder;
 pub use dispatch::{DispatchError, ModelJob, run_model};
 pub use hf_config::HfConfig;
 pub use llama::{Llama, LlamaConfig, ModelError, ParamInfo, Params, param_layout};
-pub use memory::Allocation;
-pub use presets::{DimsError, MAX_HEAD_DIM, ModelDims, Preset};
+pub use memory::{Allocation, Footprint, MemoryLimit, TooLarge, memory_limit};
+pub use presets::{DimsError, MAX_HEAD_DIM, MAX_PARAMS, MAX_SEQ_LEN, ModelDims, Preset};
 pub use shape::{Dims, RuntimeShape, Shape, ShapeError, ShapeJob, with_shape};
 
 #[cfg(test)]

@@ -32,6 +32,18 @@ impl ModelDims {
         self.dim / self.n_heads
     }
 
+    /// The parameters of a model of these dimensions, counted in `u128` so that no size a user
+    /// writes can wrap (the same tensors as [`super::param_layout`]).
+    pub fn num_params(&self, tie_embeddings: bool) -> u128 {
+        let [c, v, layers] = [self.dim, self.vocab_size, self.n_layers].map(|x| x as u128);
+        let kv = self.n_kv_heads as u128 * (c / self.n_heads.max(1) as u128);
+        let multiple = self.multiple_of.max(1) as u128;
+        let h = (2 * (4 * c) / 3).div_ceil(multiple) * multiple;
+        let per_layer = 2 * c + 2 * c * c + 2 * kv * c + 3 * h * c;
+        let heads = if tie_embeddings { 1 } else { 2 };
+        heads * v * c + c + layers * per_layer
+    }
+
     /// Checks the rules every model obeys; the only place they are written. Spec validation
     /// reports a broken rule as `model.<field>`, model construction as an invalid shape, so a
     /// spec that validates always makes a model.
@@ -76,6 +88,15 @@ impl ModelDims {
                 ),
             );
         }
+        if self.max_seq_len > MAX_SEQ_LEN {
+            return fail(
+                "max_seq_len",
+                format!(
+                    "{} is above {MAX_SEQ_LEN}, the longest context tinyllm supports",
+                    self.max_seq_len
+                ),
+            );
+        }
         if self.vocab_size > MAX_VOCAB_SIZE {
             return fail(
                 "vocab_size",
@@ -85,9 +106,37 @@ impl ModelDims {
                 ),
             );
         }
+        // Bounded so that every size derived from the dimensions is a number, not a wrap;
+        // whether a model this large fits the machine is checked where it is allocated.
+        let params = self.num_params(false);
+        if params > MAX_PARAMS {
+            let one_layer = ModelDims {
+                n_layers: 1,
+                ..*self
+            };
+            let (field, value) = if one_layer.num_params(false) > MAX_PARAMS {
+                ("dim", self.dim)
+            } else {
+                ("n_layers", self.n_layers)
+            };
+            return fail(
+                field,
+                format!(
+                    "{value} makes a model of {params} parameters, more than the {MAX_PARAMS} tinyllm supports"
+                ),
+            );
+        }
         Ok(())
     }
 }
+
+/// The longest context a model may have: positions past it are beyond any story tinyllm
+/// trains on, and the decoder and RoPE tables grow with it.
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
+/// The most parameters a model may have (2^40, 4.4 TB of f32): a bound that keeps every
+/// tensor size a `usize` on any machine.
+pub const MAX_PARAMS: u128 = 1 << 40;
 
 /// The largest head size: the rotary embedding kernels keep one head's angles in a fixed array.
 pub const MAX_HEAD_DIM: usize = 512;
@@ -285,6 +334,47 @@ mod tests {
         assert_eq!(err.field, "dim");
         assert!(err.message.contains("at most 512"), "{err}");
         assert_eq!(broken(one_head(1040)), Some("dim"));
+    }
+
+    #[test]
+    fn the_parameter_count_matches_the_layout_and_is_bounded() {
+        use crate::model::{LlamaConfig, ParamInfo, param_layout};
+        for preset in Preset::ALL {
+            let dims = preset.dims();
+            for tied in [false, true] {
+                let config = LlamaConfig {
+                    tie_embeddings: tied,
+                    ..LlamaConfig::default()
+                };
+                let counted: usize = param_layout(&dims, &config)
+                    .iter()
+                    .map(ParamInfo::numel)
+                    .sum();
+                assert_eq!(dims.num_params(tied), counted as u128, "{}", preset.name());
+            }
+        }
+        let good = Preset::Tutorial.dims();
+        let deep = ModelDims {
+            n_layers: 10_000_000_000,
+            ..good
+        };
+        assert_eq!(broken(deep), Some("n_layers"));
+        let wide = ModelDims {
+            dim: 512 << 20,
+            n_heads: 1 << 20,
+            n_kv_heads: 1 << 20,
+            n_layers: 1,
+            ..good
+        };
+        assert_eq!(broken(wide), Some("dim"));
+        let long = ModelDims {
+            max_seq_len: 1_000_000_000_000,
+            ..good
+        };
+        assert_eq!(
+            long.check().unwrap_err().to_string(),
+            "max_seq_len 1000000000000 is above 1048576, the longest context tinyllm supports"
+        );
     }
 
     #[test]

@@ -37,6 +37,13 @@ pub enum SafetensorsError {
         name: String,
         dtype: String,
     },
+    #[error("{}: tensor {name} holds {value} at index {index}: the weights are damaged (a run that diverged?) and would give NaN logits", path.display())]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f32,
+    },
     /// The weights could not be moved between the file and the model (e.g. out of memory).
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -159,10 +166,19 @@ pub fn load(path: &Path, layout: &[ParamInfo]) -> Result<Vec<Vec<f32>>, Safetens
                     info.numel()
                 )));
             }
-            Ok(data[start..end]
+            let values: Vec<f32> = data[start..end]
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect())
+                .collect();
+            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                return Err(SafetensorsError::NonFinite {
+                    path: path.to_path_buf(),
+                    name: info.name.clone(),
+                    index,
+                    value: values[index],
+                });
+            }
+            Ok(values)
         })
         .collect()
 }
@@ -248,5 +264,16 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
         let err = load(&path, &layout()).unwrap_err().to_string();
         assert!(err.contains("bad data offsets"), "{err}");
+
+        let damaged = vec![
+            vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            vec![0.5, f32::NAN, 0.25],
+        ];
+        save(&path, &layout(), &damaged, &BTreeMap::new()).unwrap();
+        let err = load(&path, &layout()).unwrap_err().to_string();
+        assert!(
+            err.contains("tensor b.weight holds NaN at index 1"),
+            "{err}"
+        );
     }
 }

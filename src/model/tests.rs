@@ -190,7 +190,7 @@ fn kv_cache_decoding_matches_the_full_forward_for_200_greedy_tokens() {
     };
     let v = dims.vocab_size;
 
-    let mut decoder = model.decoder().unwrap();
+    let mut decoder = model.decoder(dims.max_seq_len).unwrap();
     let mut cached = vec![1u32];
     let mut logits = model.decode_step(&mut decoder, 1).unwrap();
     for _ in 0..200 {
@@ -206,7 +206,7 @@ fn kv_cache_decoding_matches_the_full_forward_for_200_greedy_tokens() {
         let all = model.logits().unwrap().unwrap();
         if step == 0 || step == 199 {
             // The decoder's logits at this position equal the full pass's last row.
-            let mut check = model.decoder().unwrap();
+            let mut check = model.decoder(dims.max_seq_len).unwrap();
             let mut last = Vec::new();
             for &t in &reference {
                 last = model.decode_step(&mut check, t).unwrap();
@@ -274,43 +274,45 @@ fn memory_figures_count_every_buffer() {
         model.allocate_activations(3, 5).unwrap();
         let sizes = super::memory::ActivationSizes::new(&dims, 3, 5);
         assert_eq!(model.activation_counts(), Some(sizes.counts(dims.n_layers)));
-        let decoder = model.decoder().unwrap();
-        assert_eq!(
-            decoder.floats_held(&cpu),
-            Decoder::<Cpu<f32>>::floats(&dims)
-        );
+        for positions in [1, 3, dims.max_seq_len] {
+            let decoder = model.decoder(positions).unwrap();
+            assert_eq!(decoder.capacity(), positions);
+            assert_eq!(
+                4 * decoder.floats_held(&cpu) as u64,
+                super::memory::decoder_bytes(&dims, positions)
+            );
+        }
     }
 }
 
-/// A batch whose activations cannot be allocated is one error that says how much memory they
-/// need and which setting to lower, not an abort; the model stays usable.
+/// A batch whose activations cannot fit in the machine's memory is one error, found before
+/// anything is allocated, that says how much memory they need and which setting to lower, not
+/// an abort; the model stays usable.
 #[test]
-fn an_impossible_batch_is_an_out_of_memory_error_naming_the_batch_size() {
+fn an_impossible_batch_is_a_too_large_error_naming_the_batch_size() {
     let shape = RuntimeShape::new(tiny_dims()).unwrap();
     let mut model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 1).unwrap();
+    let limit = memory_limit().expect("the machine's memory is known on Linux");
     for batch in [1usize << 40, usize::MAX / 4] {
         let error = model.allocate_activations(batch, 8).unwrap_err();
-        let ModelError::OutOfMemory {
-            device,
-            what,
-            needed,
-            failed,
-        } = &error
-        else {
-            panic!("expected out of memory, got {error:?}");
+        let ModelError::TooLarge(too_large) = &error else {
+            panic!("expected a refusal, got {error:?}");
         };
-        assert_eq!(device, "cpu");
-        assert_eq!(*what, Allocation::Activations { batch, seq: 8 });
-        assert!(needed >= failed && *failed > 0, "{needed} {failed}");
+        assert_eq!(
+            too_large.footprint.largest(),
+            Allocation::Activations { batch, seq: 8 }
+        );
+        assert!(too_large.footprint.total() > limit.bytes);
         let message = error.to_string();
+        assert!(message.starts_with("this pass needs about "), "{message}");
         assert!(
-            message.starts_with(&format!(
-                "out of memory on cpu: the activations of batch {batch} × seq 8 need "
-            )),
+            message.contains(&format!(" for the activations of batch {batch} × seq 8")),
             "{message}"
         );
         assert!(
-            message.ends_with("; lower train.batch_size (or train.seq_len)"),
+            message.ends_with(&format!(
+                "more than {limit}; lower train.batch_size (or train.seq_len)"
+            )),
             "{message}"
         );
         assert!(!message.contains('\n'), "{message}");
@@ -321,11 +323,11 @@ fn an_impossible_batch_is_an_out_of_memory_error_naming_the_batch_size() {
 }
 
 /// `forward` on a batch whose activations cannot fit (here through the attention
-/// probabilities, batch × heads × seq², of a model with a 4M-token context) returns the
-/// model's out-of-memory error, which names the setting to lower.
+/// probabilities, batch × heads × seq², of a model with a 1M-token context) returns the
+/// model's refusal, which names the setting to lower.
 #[test]
-fn forward_on_an_impossible_batch_returns_the_out_of_memory_error() {
-    let seq = 1 << 22;
+fn forward_on_an_impossible_batch_returns_the_refusal() {
+    let seq = 1 << 20;
     let dims = ModelDims {
         dim: 8,
         n_layers: 1,
@@ -341,18 +343,16 @@ fn forward_on_an_impossible_batch_returns_the_out_of_memory_error() {
     let error = model.forward(&inputs, None, 2, seq, 1.0).unwrap_err();
     assert!(
         matches!(
-            error,
-            ModelError::OutOfMemory {
-                what: Allocation::Activations { batch: 2, seq: s },
-                ..
-            } if s == seq
+            &error,
+            ModelError::TooLarge(t)
+                if t.footprint.largest() == Allocation::Activations { batch: 2, seq }
         ),
         "{error:?}"
     );
     let message = error.to_string();
     assert!(message.contains("lower train.batch_size"), "{message}");
     assert!(
-        message.contains("the activations of batch 2 × seq 4194304 need"),
+        message.contains("for the activations of batch 2 × seq 1048576"),
         "{message}"
     );
 }

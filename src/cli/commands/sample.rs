@@ -28,13 +28,13 @@ pub struct SampleArgs {
     #[arg(long, conflicts_with = "interactive")]
     prompt: Option<String>,
     /// 0 picks the most likely token every time.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f64,
     /// Sample only among the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
     /// Sample only among the most likely tokens whose probabilities reach p, in (0, 1].
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     top_p: f64,
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
@@ -64,8 +64,11 @@ pub fn exec(args: SampleArgs, out: &mut dyn Write) -> Result<()> {
     if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
         bail!("--top-p {} must be in (0, 1]", sampling.top_p);
     }
-    if sampling.temperature.is_nan() || sampling.temperature < 0.0 {
-        bail!("--temperature {} must be 0 or more", sampling.temperature);
+    if !(sampling.temperature >= 0.0 && sampling.temperature.is_finite()) {
+        bail!(
+            "--temperature {} must be 0 or more (0: always the most likely token)",
+            sampling.temperature
+        );
     }
     if args.prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
         bail!(

@@ -55,9 +55,13 @@ pub fn exec(args: ScoreArgs, out: &mut dyn Write) -> Result<()> {
     let folder = ModelFolder::open(&train_folder(&args.checkpoint))?;
     let mut ids = vec![crate::tokenizer::BOS];
     ids.extend(folder.tokenizer.encode(&input.text));
-    // The tokenizer puts a space before every text, so even an empty one has a token.
-    if input.text.is_empty() || ids.len() < 2 {
-        bail!("{} is empty; give a text to score", input.origin);
+    // The tokenizer puts a space before every text, so even an empty one has a token; a text
+    // of blanks alone has no words to predict either.
+    if input.text.trim().is_empty() || ids.len() < 2 {
+        bail!(
+            "{} has nothing to score (it is empty or blank); give a text",
+            input.origin
+        );
     }
     if args.json {
         // Every position's logits are held and printed: bound them before anything is computed.

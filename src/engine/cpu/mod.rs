@@ -48,6 +48,9 @@ impl<T: Float> Backend for Cpu<T> {
     type Buf = Vec<T>;
     type Tokens = Vec<u32>;
 
+    fn in_host_memory(&self) -> bool {
+        true
+    }
     fn zeros(&self, len: usize) -> Result<Vec<T>, EngineError> {
         host_vec(len, T::zero(), DEVICE)
     }

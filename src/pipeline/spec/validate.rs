@@ -1,8 +1,8 @@
 //! The rules of a spec that its types cannot express, checked once when the spec is loaded so
 //! that a mistake is reported before any stage runs.
 
-use super::{PipelineSpec, TextFormat};
-use crate::model::ModelDims;
+use super::{Device, PipelineSpec, TextFormat};
+use crate::model::{Allocation, Footprint, ModelDims};
 use crate::tokenizer::{MAX_VOCAB_SIZE, MIN_VOCAB};
 
 /// The most stories the sample stage writes (prompts × `num_samples`): its report is read by a
@@ -177,6 +177,9 @@ impl PipelineSpec {
                 ),
             );
         }
+        if t.device == Device::Cpu {
+            training_fits(&dims, m.tie_embeddings, t.batch_size, t.seq_len)?;
+        }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return fail("train.lr", format!("{} must be positive", t.lr));
         }
@@ -255,6 +258,42 @@ impl PipelineSpec {
     }
 }
 
+/// Refuses, before any stage runs, a model and batch whose training cannot fit in the machine's
+/// memory (the allocator would not refuse it: the kernel would kill the run part-way), charged
+/// to the setting that can make it fit: the batch when a batch of one would, else the model.
+fn training_fits(
+    dims: &ModelDims,
+    tie_embeddings: bool,
+    batch: usize,
+    seq: usize,
+) -> Result<(), Violation> {
+    let Err(too_large) = Footprint::training(dims, tie_embeddings, batch, seq).check("training")
+    else {
+        return Ok(());
+    };
+    let (key, what) = if batch > 1
+        && Footprint::training(dims, tie_embeddings, 1, seq).total() <= too_large.limit.bytes
+    {
+        ("train.batch_size", Allocation::Activations { batch, seq })
+    } else {
+        let one_layer = ModelDims {
+            n_layers: 1,
+            ..*dims
+        };
+        let layers = dims.num_params(tie_embeddings) - one_layer.num_params(tie_embeddings);
+        let key = if layers >= one_layer.num_params(tie_embeddings) {
+            "model.n_layers"
+        } else {
+            "model.dim"
+        };
+        (key, Allocation::Parameters { params: 0 })
+    };
+    Err(Violation {
+        key: key.to_string(),
+        message: format!("{too_large}; {}", what.remedy()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +316,34 @@ mod tests {
             .unwrap_err();
         assert_eq!(violation.key, "model.vocab_size");
         assert!(spec("").validate().is_ok());
+    }
+
+    #[test]
+    fn training_beyond_any_machine_is_charged_to_the_setting_that_takes_most() {
+        let deep = spec("[model]\ndim = 4096\nn_heads = 32\nn_kv_heads = 32\nn_layers = 1000\n");
+        let violation = deep.validate().unwrap_err();
+        assert_eq!(violation.key, "model.n_layers");
+        assert!(
+            violation.message.starts_with("training needs about "),
+            "{violation:?}"
+        );
+        assert!(
+            violation.message.ends_with(
+                "; choose a smaller model (model.dim, model.n_layers, model.vocab_size)"
+            ),
+            "{violation:?}"
+        );
+        let wide_batch = spec("[train]\nbatch_size = 100000000\n");
+        let violation = wide_batch.validate().unwrap_err();
+        assert_eq!(violation.key, "train.batch_size");
+        assert!(
+            violation
+                .message
+                .contains("for the activations of batch 100000000 × seq 256"),
+            "{violation:?}"
+        );
+        // On a GPU the activations are the device's to refuse.
+        let on_gpu = spec("[train]\nbatch_size = 100000000\ndevice = \"cuda\"\n");
+        assert!(on_gpu.validate().is_ok());
     }
 }

@@ -43,18 +43,27 @@ pub fn exec(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
         runs: args.runs,
     };
     let device = args.run.device;
-    let figures = match args.checkpoint {
+    let folder = match &args.checkpoint {
         Some(checkpoint) => {
-            let dir = train_folder(&checkpoint);
-            let folder = ModelFolder::open(&dir)?;
-            let name = dir.display().to_string();
-            run(Source::Folder(&folder, name), device, &bench)?
+            let dir = train_folder(checkpoint);
+            Some((ModelFolder::open(&dir)?, dir.display().to_string()))
         }
-        None => run(
-            Source::Preset(args.preset.unwrap_or(Preset::Tutorial)),
-            device,
-            &bench,
-        )?,
+        None => None,
+    };
+    let preset = args.preset.unwrap_or(Preset::Tutorial);
+    let context = match &folder {
+        Some((folder, _)) => folder.dims().max_seq_len,
+        None => preset.dims().max_seq_len,
+    };
+    if args.new_tokens > context {
+        bail!(
+            "--new-tokens {} is more than the model's context holds (max_seq_len {context}); ask for at most {context}",
+            args.new_tokens
+        );
+    }
+    let figures = match folder {
+        Some((folder, name)) => run(Source::Folder(&folder, name), device, &bench)?,
+        None => run(Source::Preset(preset), device, &bench)?,
     };
     print_figures(&figures, args.run.json, out)
 }

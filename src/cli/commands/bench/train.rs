@@ -9,7 +9,8 @@ use clap::Args;
 use super::print_figures;
 use crate::bench::train::{RunPlan, TrainBench, run};
 use crate::cli::args::{BenchRun, parse_preset, set_threads};
-use crate::model::{ModelDims, Preset};
+use crate::engine::Device;
+use crate::model::{Footprint, ModelDims, Preset, ShapeError};
 use crate::pipeline::{self, SpecSources};
 use crate::train::step::StepConfig;
 
@@ -130,5 +131,36 @@ pub fn exec(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
             log_interval: t.log_interval,
         });
     }
+    check_fits(&bench)?;
     print_figures(&run(&bench)?, args.run.json, out)
+}
+
+/// Refuses, before anything is allocated, a sequence longer than the model's context and a
+/// model and batch that cannot fit in the machine's memory, naming the flags that change them.
+fn check_fits(bench: &TrainBench) -> Result<()> {
+    let dims = &bench.dims;
+    dims.check().map_err(ShapeError::from)?;
+    if bench.step.seq > dims.max_seq_len {
+        let model = bench
+            .preset
+            .map_or_else(|| "model".to_string(), |p| format!("{} preset", p.name()));
+        bail!(
+            "--seq {} is above the {model}'s max_seq_len {}; lower --seq, or give custom dimensions (--dim …), whose context is --seq",
+            bench.step.seq,
+            dims.max_seq_len
+        );
+    }
+    if bench.device == Device::Cpu {
+        let footprint = |batch| Footprint::training(dims, true, batch, bench.step.seq);
+        if let Err(too_large) = footprint(bench.step.batch).check("this benchmark") {
+            // The batch is the knob when a batch of one fits.
+            let knob = if footprint(1).total() <= too_large.limit.bytes {
+                "lower --batch or --seq"
+            } else {
+                "choose a smaller preset or smaller dimensions (--dim, --n-layers)"
+            };
+            bail!("{too_large}; {knob}");
+        }
+    }
+    Ok(())
 }
