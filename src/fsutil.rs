@@ -119,23 +119,6 @@ pub fn dir_size(root: &Path) -> u64 {
         .sum()
 }
 
-/// Copies a folder recursively (regular files and folders; symlinks are copied as what they
-/// point to).
-pub fn copy_dir(from: &Path, to: &Path) -> io::Result<u64> {
-    fs::create_dir_all(to)?;
-    let mut bytes = 0;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            bytes += copy_dir(&entry.path(), &target)?;
-        } else {
-            bytes += fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(bytes)
-}
-
 /// What a file type is, in words, for messages about things that are not regular files.
 pub fn kind_name(kind: &fs::FileType) -> &'static str {
     #[cfg(unix)]

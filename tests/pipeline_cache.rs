@@ -155,10 +155,7 @@ impl Stage for Unrepeatable {
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
-        fs::write(
-            cx.out_dir.join("weights"),
-            tinyllm::fsutil::unique_suffix(),
-        )?;
+        fs::write(cx.out_dir.join("weights"), tinyllm::fsutil::unique_suffix())?;
         Ok(StageReport::default())
     }
 }

@@ -14,8 +14,8 @@ use super::cache::{Artifact, Cache, CacheError, Lookup, Manifest, Verify, cache_
 use super::dag::StageId;
 use super::overlay::{LoadedSpec, Variant};
 use super::report;
-use super::spec::local_mirror_path;
 pub use super::report::{SweepTable, sweep_table};
+use super::spec::local_mirror_path;
 use super::stage::{StageContext, StageFailure, StageRegistry};
 use crate::fsutil;
 
@@ -26,7 +26,8 @@ pub struct RunOptions {
     pub runs_dir: PathBuf,
     /// Stop after this stage.
     pub until: Option<StageId>,
-    /// Rebuild these stages (and, through their keys' consumers, nothing else unless listed).
+    /// Rebuild these stages; the stages made from one are rebuilt too only when its files
+    /// came out different (keys come from settings, so theirs do not change).
     pub force: BTreeSet<StageId>,
     /// Re-hash every cached file instead of checking sizes.
     pub verify: bool,
@@ -293,9 +294,9 @@ pub fn run(
                     }
                     (state, changed_input) => {
                         let reason = match (state, changed_input) {
-                            (_, Some(input)) => {
-                                Some(format!("it was made from the {input} artifact, which was rebuilt"))
-                            }
+                            (_, Some(input)) => Some(format!(
+                                "it was made from the {input} artifact, which was rebuilt"
+                            )),
                             (PlanState::Damaged(reason), _) => {
                                 Some(format!("the cached artifact is damaged ({reason})"))
                             }
@@ -306,16 +307,20 @@ pub fn run(
                             writeln!(out, "  {:<12} rebuilding: {reason}", planned.stage.name())?;
                         }
                         let previous = match state {
-                            PlanState::Forced => match cache.lookup(planned.stage, &planned.key, Verify::Sizes) {
-                                Lookup::Hit(artifact) => Some(artifact.manifest.files),
-                                _ => None,
-                            },
+                            PlanState::Forced => {
+                                match cache.lookup(planned.stage, &planned.key, Verify::Sizes) {
+                                    Lookup::Hit(artifact) => Some(artifact.manifest.files),
+                                    _ => None,
+                                }
+                            }
                             _ => None,
                         };
                         let replace = reason.is_some() || matches!(state, PlanState::Forced);
-                        let (artifact, outcome) =
-                            build(&cache, registry, planned, replace, &plan, &artifacts, opts, out)?;
-                        let differs = previous.is_some_and(|files| files != artifact.manifest.files);
+                        let (artifact, outcome) = build(
+                            &cache, registry, planned, replace, &plan, &artifacts, opts, out,
+                        )?;
+                        let differs =
+                            previous.is_some_and(|files| files != artifact.manifest.files);
                         if matches!(outcome, Outcome::Ran { .. }) && (reason.is_some() || differs) {
                             changed.insert(id.clone());
                         }
@@ -514,8 +519,7 @@ fn build(
         } else {
             Verify::Sizes
         };
-        if let Lookup::Hit(artifact) = cache.lookup(stage, &planned.key, verify)
-        {
+        if let Lookup::Hit(artifact) = cache.lookup(stage, &planned.key, verify) {
             return Ok((*artifact, Outcome::BuiltElsewhere));
         }
     }

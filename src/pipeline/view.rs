@@ -15,8 +15,8 @@ use serde_json::{Value as Json, json};
 
 use super::dag::StageId;
 use super::spec::{
-    CorpusConfig, DownloadConfig, MAX_MIRROR_FILES, PipelineSpec, PretokenizeConfig, SampleConfig, Section,
-    StoryLayout, TrainConfig, TrainVocabConfig, Violation, local_mirror_path,
+    CorpusConfig, DownloadConfig, MAX_MIRROR_FILES, PipelineSpec, PretokenizeConfig, SampleConfig,
+    Section, StoryLayout, TrainConfig, TrainVocabConfig, Violation, local_mirror_path,
 };
 use crate::fsutil;
 use crate::model::{LlamaConfig, ModelDims};

@@ -5,7 +5,8 @@ use super::pipeline::spec_with_mirror;
 use super::*;
 
 /// The project's spec with a `[corpus]` table reading its `stories.txt` as one story per line.
-const CORPUS: &str = "\n[corpus]\ntrain_files = [\"stories.txt\"]\nval_files = []\nformat = \"lines\"\n";
+const CORPUS: &str =
+    "\n[corpus]\ntrain_files = [\"stories.txt\"]\nval_files = []\nformat = \"lines\"\n";
 
 fn with_corpus(project: &Project) {
     let mut spec = fs::read_to_string(project.spec_path()).unwrap();
@@ -43,7 +44,11 @@ pub fn rows() -> Vec<Row> {
         Row {
             what: "a local corpus that is not UTF-8 (named as the user's file, not the cache's copy)",
             setup: Some(|project| {
-                fs::write(project.path("stories.txt"), b"Once upon a time.\n\xff\xfe\n").unwrap();
+                fs::write(
+                    project.path("stories.txt"),
+                    b"Once upon a time.\n\xff\xfe\n",
+                )
+                .unwrap();
                 with_corpus(project);
             }),
             args: &["run", "pipeline.toml", "--until", "train_vocab"],

@@ -30,7 +30,10 @@ fn leak(text: String) -> &'static str {
 
 /// A spec file (`pipeline.toml`) whose one corpus file has this mirror.
 fn mirror_spec(mirror: &str) -> &'static [(&'static str, &'static str)] {
-    Box::leak(Box::new([("pipeline.toml", leak(spec_with_mirror(mirror)))]))
+    Box::leak(Box::new([(
+        "pipeline.toml",
+        leak(spec_with_mirror(mirror)),
+    )]))
 }
 
 fn mkfifo(path: &Path) {
@@ -84,7 +87,13 @@ pub fn rows() -> Vec<Row> {
         },
         Row {
             what: "a --sweep of 1001 values",
-            args: Box::leak(Box::new(["run", "pipeline.toml", "--dry-run", "--sweep", many])),
+            args: Box::leak(Box::new([
+                "run",
+                "pipeline.toml",
+                "--dry-run",
+                "--sweep",
+                many,
+            ])),
             expect: Expect::Refused(leak(format!(
                 "error: --sweep {many}: 1001 values are more than the 1000 variants a sweep may have"
             ))),
@@ -95,7 +104,10 @@ pub fn rows() -> Vec<Row> {
             setup: Some(|project| {
                 let values: Vec<String> = (1..=1001).map(|i| i.to_string()).collect();
                 let mut spec = fs::read_to_string(project.spec_path()).unwrap();
-                spec.push_str(&format!("\n[sweep]\n\"train.seed\" = [{}]\n", values.join(", ")));
+                spec.push_str(&format!(
+                    "\n[sweep]\n\"train.seed\" = [{}]\n",
+                    values.join(", ")
+                ));
                 fs::write(project.spec_path(), spec).unwrap();
             }),
             args: &["run", "pipeline.toml", "--dry-run"],
@@ -106,7 +118,13 @@ pub fn rows() -> Vec<Row> {
         },
         run_args!(
             "two --sweep flags for one key (the first would be dropped)",
-            ["--dry-run", "--sweep", "train.lr=1e-3", "--sweep", "train.lr=5e-4"],
+            [
+                "--dry-run",
+                "--sweep",
+                "train.lr=1e-3",
+                "--sweep",
+                "train.lr=5e-4"
+            ],
             "error: --sweep train.lr=5e-4: `train.lr` is already swept by --sweep train.lr=1e-3; give all its values in one --sweep"
         ),
         run_args!(
@@ -137,11 +155,14 @@ pub fn rows() -> Vec<Row> {
         ),
         Row {
             what: "a [sweep] key with an empty list",
-            files: &[(
+            files: &[("over.toml", "[sweep]\n\"train.lr\" = []\n")],
+            args: &[
+                "run",
+                "pipeline.toml",
+                "--overlay",
                 "over.toml",
-                "[sweep]\n\"train.lr\" = []\n",
-            )],
-            args: &["run", "pipeline.toml", "--overlay", "over.toml", "--dry-run"],
+                "--dry-run",
+            ],
             expect: Expect::Refused(
                 "error: over.toml:2: key `sweep.\"train.lr\"`: must list at least one value",
             ),
@@ -150,7 +171,13 @@ pub fn rows() -> Vec<Row> {
         Row {
             what: "a [sweep] key with one value, not a list",
             files: &[("over.toml", "[sweep]\n\"train.lr\" = 1e-3\n")],
-            args: &["run", "pipeline.toml", "--overlay", "over.toml", "--dry-run"],
+            args: &[
+                "run",
+                "pipeline.toml",
+                "--overlay",
+                "over.toml",
+                "--dry-run",
+            ],
             expect: Expect::Refused(
                 "error: over.toml:2: key `sweep.\"train.lr\"`: must be a list of values",
             ),

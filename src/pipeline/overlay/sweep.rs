@@ -180,9 +180,9 @@ fn too_many_values(count: usize) -> String {
 /// Refuses a sweep whose product of value counts is above [`MAX_VARIANTS`], before any variant
 /// is built.
 pub(super) fn check_variant_count(axes: &[Axis]) -> Result<(), SpecError> {
-    let count = axes
-        .iter()
-        .try_fold(1usize, |count, (_, values, _)| count.checked_mul(values.len()));
+    let count = axes.iter().try_fold(1usize, |count, (_, values, _)| {
+        count.checked_mul(values.len())
+    });
     if count.is_some_and(|count| count <= MAX_VARIANTS) {
         return Ok(());
     }

@@ -135,10 +135,7 @@ fn sweep_values_that_read_alike_get_distinct_run_folders() {
     assert!(names[0].starts_with("prompts=__Tom___-"), "{names:?}");
     assert!(names.iter().all(|n| n.len() <= 96), "{names:?}");
     // The same values name the same folders on every run.
-    assert_eq!(
-        load(&s).unwrap().variants[0].name,
-        loaded.variants[0].name
-    );
+    assert_eq!(load(&s).unwrap().variants[0].name, loaded.variants[0].name);
 }
 
 #[test]
@@ -148,12 +145,18 @@ fn sweeps_that_would_drop_a_value_or_expand_beyond_the_bound_are_refused() {
     let mut s = sources(spec);
     s.sweeps = vec!["train.lr=1e-3".into(), "train.lr=5e-4".into()];
     let err = load(&s).unwrap_err().to_string();
-    assert!(err.contains("already swept by --sweep train.lr=1e-3"), "{err}");
+    assert!(
+        err.contains("already swept by --sweep train.lr=1e-3"),
+        "{err}"
+    );
 
     s.sweeps = vec!["train.lr=1e-3,5e-4".into()];
     s.sets = vec!["train.lr=3e-4".into()];
     let err = load(&s).unwrap_err().to_string();
-    assert!(err.starts_with("--set train.lr=3e-4: `train.lr` is swept"), "{err}");
+    assert!(
+        err.starts_with("--set train.lr=3e-4: `train.lr` is swept"),
+        "{err}"
+    );
 
     let values = |n: usize| (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     s.sets.clear();

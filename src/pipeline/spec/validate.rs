@@ -304,4 +304,3 @@ mod tests {
         assert!(spec("").validate().is_ok());
     }
 }
-
