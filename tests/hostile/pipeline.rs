@@ -312,6 +312,56 @@ pub fn rows() -> Vec<Row> {
             ),
             ..ROW
         },
+        Row {
+            what: "TINYLLM_CACHE under a plain file",
+            files: &[("plain-file", "not a folder")],
+            args: &["run", "pipeline.toml", "--until", "download"],
+            env: &[("TINYLLM_CACHE", "plain-file/cache")],
+            expect: Expect::Refused(
+                "error: cannot create cache folder plain-file/cache: Not a directory (os error 20)",
+            ),
+            ..ROW
+        },
+        Row {
+            what: "pipeline.cache_dir under a plain file",
+            files: &[("plain-file", "not a folder")],
+            args: &[
+                "run",
+                "pipeline.toml",
+                "--until",
+                "download",
+                "--set",
+                "pipeline.cache_dir=\"plain-file/cache\"",
+            ],
+            expect: Expect::Refused(
+                "error: cannot create cache folder plain-file/cache: Not a directory (os error 20)",
+            ),
+            ..ROW
+        },
+        Row {
+            what: "a runs folder that is a plain file",
+            files: &[("plain-file", "not a folder")],
+            args: &[
+                "run",
+                "pipeline.toml",
+                "--until",
+                "download",
+                "--runs",
+                "plain-file",
+            ],
+            expect: Expect::Refused(
+                "error: cannot write the run folder plain-file/test/default: Not a directory (os error 20)",
+            ),
+            ..ROW
+        },
+        Row {
+            what: "bench train --threads 100000",
+            args: &["bench", "train", "--threads", "100000"],
+            expect: Expect::Refused(
+                "error: --threads 100000 is more than 1024; use at most the machine's cores",
+            ),
+            ..ROW
+        },
         run_args!(
             "--force of a stage that does not exist",
             ["--force", "trian"],
