@@ -119,21 +119,77 @@ pub fn dir_size(root: &Path) -> u64 {
         .sum()
 }
 
-/// Copies a folder recursively (regular files and folders; symlinks are copied as what they
-/// point to).
-pub fn copy_dir(from: &Path, to: &Path) -> io::Result<u64> {
-    fs::create_dir_all(to)?;
-    let mut bytes = 0;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            bytes += copy_dir(&entry.path(), &target)?;
-        } else {
-            bytes += fs::copy(entry.path(), &target)?;
+/// What a file type is, in words, for messages about things that are not regular files.
+pub fn kind_name(kind: &fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
         }
     }
-    Ok(bytes)
+    if kind.is_dir() {
+        "a folder"
+    } else if kind.is_symlink() {
+        "a link"
+    } else if kind.is_file() {
+        "a file"
+    } else {
+        "a special file"
+    }
+}
+
+/// The regular files under a local corpus folder, as sorted relative paths, for hashing and
+/// copying it: links to files are followed, links to folders are not (a link back up would
+/// never end), and anything else (a FIFO, a device, a socket) is an error naming it, as
+/// reading it could block forever or never end. More than `limit` files is an error too.
+pub fn corpus_files(root: &Path, limit: usize) -> io::Result<Vec<PathBuf>> {
+    fn walk(root: &Path, dir: &Path, limit: usize, out: &mut Vec<PathBuf>) -> io::Result<()> {
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                walk(root, &path, limit, out)?;
+                continue;
+            }
+            let kind = fs::metadata(&path)?.file_type();
+            if !kind.is_file() {
+                let what = if kind.is_dir() {
+                    "a link to a folder"
+                } else {
+                    kind_name(&kind)
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} is {what}, not a file", path.display()),
+                ));
+            }
+            out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
+            if out.len() > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} holds more than {limit} files; point the mirror at the corpus folder itself",
+                        root.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(root, root, limit, &mut out)?;
+    out.sort();
+    Ok(out)
 }
 
 /// Human-readable byte counts: `1.4 MB`.

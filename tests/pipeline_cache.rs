@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Project, ran};
 use tinyllm::pipeline::StageId::{self, *};
+use tinyllm::pipeline::{Stage, StageContext, StageFailure, StageReport};
 
 #[test]
 fn second_run_of_an_unchanged_spec_runs_nothing_and_is_fast() {
@@ -125,14 +126,101 @@ fn verify_catches_a_corrupted_artifact_and_rebuilds_it() {
     let mut opts = project.options();
     opts.verify = true;
     let verified = project.run_loaded(&loaded, &opts);
-    assert_eq!(ran(&verified[0]), vec![Train]);
+    // The sample was made from the damaged artifact (its key did not change): rebuilt too.
+    assert_eq!(ran(&verified[0]), vec![Train, Sample]);
     assert_eq!(fs::read(&record).unwrap(), original);
 
-    // A truncated file is caught even without --verify.
+    // A truncated file is caught even without --verify, and a dry run says what follows.
     fs::write(&record, b"{").unwrap();
+    let mut dry = project.options();
+    dry.dry_run = true;
+    let mut out = Vec::new();
+    tinyllm::pipeline::run(&loaded, &common::test_registry(), &dry, &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("would rebuild: it was made from the train artifact, which is damaged"),
+        "{out}"
+    );
     let truncated = project.run(&[]);
-    assert_eq!(ran(&truncated[0]), vec![Train]);
+    assert_eq!(ran(&truncated[0]), vec![Train, Sample]);
     assert_eq!(fs::read(&record).unwrap(), original);
+}
+
+/// A train stage whose output differs on every run (as training on a GPU may).
+struct Unrepeatable;
+
+impl Stage for Unrepeatable {
+    fn id(&self) -> StageId {
+        Train
+    }
+
+    fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
+        fs::write(cx.out_dir.join("weights"), tinyllm::fsutil::unique_suffix())?;
+        Ok(StageReport::default())
+    }
+}
+
+#[test]
+fn a_forced_rebuild_that_changes_an_artifact_rebuilds_what_was_made_from_it() {
+    let project = Project::new();
+    let registry = common::test_registry().with(Unrepeatable);
+    let loaded = project.load(&[]);
+    let run = |opts: &tinyllm::pipeline::RunOptions| {
+        tinyllm::pipeline::run(&loaded, &registry, opts, &mut Vec::new()).unwrap()
+    };
+    run(&project.options());
+    let mut opts = project.options();
+    opts.force.insert(Train);
+    assert_eq!(ran(&run(&opts)[0]), vec![Train, Sample]);
+
+    // The same bytes again: nothing downstream changes.
+    opts.force = [TrainVocab].into();
+    assert_eq!(ran(&run(&opts)[0]), vec![TrainVocab]);
+}
+
+#[test]
+fn stopping_before_a_stage_unlinks_its_artifact_of_other_settings() {
+    let project = Project::new();
+    let first = project.run(&[]);
+    let sample_link = first[0].run_dir.join("artifacts/sample");
+    assert!(sample_link.join("manifest.json").exists());
+
+    // The same settings up to train: the sample artifact is still this variant's.
+    let mut opts = project.options();
+    opts.until = Some(Train);
+    project.run_loaded(&project.load(&[]), &opts);
+    assert!(sample_link.join("manifest.json").exists());
+
+    // A new train key: the linked samples are another model's.
+    let changed = project.run_loaded(&project.load(&["train.lr=1e-3"]), &opts);
+    assert_eq!(ran(&changed[0]), vec![Train]);
+    assert!(fs::symlink_metadata(&sample_link).is_err());
+    assert!(changed[0].run_dir.join("artifacts/train").exists());
+}
+
+#[test]
+fn a_fully_cached_run_does_not_write_to_the_cache() {
+    let project = Project::new();
+    project.run(&[]);
+    // A cache whose folders cannot be created (as on a read-only mount) serves a cached run.
+    let tmp = project.cache().join("tmp");
+    fs::remove_dir_all(&tmp).unwrap();
+    fs::write(&tmp, "not a folder").unwrap();
+    let again = project.run(&[]);
+    assert!(ran(&again[0]).is_empty());
+
+    let loaded = project.load(&["train.lr=1e-3"]);
+    let err = tinyllm::pipeline::run(
+        &loaded,
+        &common::test_registry(),
+        &project.options(),
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("cannot create cache folder"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::engine::Device;
 use crate::model::Preset;
+use crate::pipeline::spec::MAX_THREADS;
 use crate::pipeline::{self, LoadedSpec, SpecSources, StageId};
 
 const DEFAULT_CACHE: &str = ".tinyllm/cache";
@@ -139,10 +140,14 @@ pub fn parse_stage(name: &str) -> Result<StageId, String> {
     })
 }
 
-/// Sizes rayon's global pool (once per process; a later call changes nothing).
+/// Sizes rayon's global pool (once per process; a later call changes nothing). The count is
+/// bounded by [`MAX_THREADS`]: each worker is an OS thread, created before anything runs.
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     match threads {
         Some(0) => bail!("--threads must be at least 1"),
+        Some(threads) if threads > MAX_THREADS => {
+            bail!("--threads {threads} is more than {MAX_THREADS}; use at most the machine's cores")
+        }
         Some(threads) => {
             let _ = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

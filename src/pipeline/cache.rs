@@ -31,6 +31,11 @@ const MANIFEST: &str = "manifest.json";
 pub enum CacheError {
     #[error("cannot create cache folder {}: {source}", path.display())]
     Create { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot write to the cache folder {} ({source}); this run builds artifacts: make the folder writable, or use another one with --cache or TINYLLM_CACHE",
+        path.display()
+    )]
+    ReadOnly { path: PathBuf, source: io::Error },
     #[error("cache {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -41,6 +46,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
         source,
     }
 }
+
+/// An optional file of an artifact: a JSON object from paths inside the artifact to the user's
+/// files they are copies of (a local corpus), so that errors can name the user's file.
+pub const ORIGINS_JSON: &str = "origins.json";
 
 /// One file of an artifact, as its manifest records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +94,47 @@ impl Artifact {
     pub fn file(&self, relative: &str) -> PathBuf {
         self.dir.join(relative)
     }
+
+    /// `text` with every path to a copy of a user's file (see [`ORIGINS_JSON`]) replaced by the
+    /// user's file; unchanged when the artifact records no origins.
+    pub fn name_origins(&self, text: &str) -> String {
+        let Ok(json) = fs::read_to_string(self.dir.join(ORIGINS_JSON)) else {
+            return text.to_string();
+        };
+        let Ok(origins) = serde_json::from_str::<BTreeMap<String, String>>(&json) else {
+            return text.to_string();
+        };
+        let mut text = text.to_string();
+        // Longer paths first, so that `files/a.txt` is not taken for the start of `files/a.txt.gz`.
+        let mut pairs: Vec<(String, &String)> = origins
+            .iter()
+            .map(|(copy, original)| (self.dir.join(copy).display().to_string(), original))
+            .collect();
+        pairs.sort_by_key(|(copy, _)| std::cmp::Reverse(copy.len()));
+        for (copy, original) in pairs {
+            text = replace_path(&text, &copy, original);
+        }
+        text
+    }
+}
+
+/// Replaces `from` in `text` where it is a whole path or a path's leading folders (followed by
+/// the end, a separator or punctuation, not by more of a file name).
+fn replace_path(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(from) {
+        let after = &rest[at + from.len()..];
+        let whole = after
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || "._-".contains(c)));
+        out.push_str(&rest[..at]);
+        out.push_str(if whole { to } else { from });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What a look-up found.
@@ -209,27 +259,35 @@ impl Cache {
         &self.root
     }
 
-    /// Creates the cache's folders, failing with the folder that cannot be created.
+    /// Creates the cache's folders, failing with the folder that cannot be created (or, when the
+    /// cache folder exists, saying that it cannot be written to).
     pub fn ensure(&self) -> Result<(), CacheError> {
+        let existed = self.root.is_dir();
+        let failed = |path: PathBuf| {
+            move |source| {
+                if existed && source_is_denied(&source) {
+                    CacheError::ReadOnly {
+                        path: self.root.clone(),
+                        source,
+                    }
+                } else {
+                    CacheError::Create { path, source }
+                }
+            }
+        };
         for dir in [
             self.root.clone(),
             self.tmp_root(),
             self.root.join("locks"),
             self.root.join("scratch"),
         ] {
-            fs::create_dir_all(&dir).map_err(|source| CacheError::Create {
-                path: dir.clone(),
-                source,
-            })?;
+            fs::create_dir_all(&dir).map_err(failed(dir.clone()))?;
         }
         // Creating a folder can succeed where writing a file fails (read-only mounts).
         let probe = self
             .tmp_root()
             .join(format!(".probe-{}", fsutil::unique_suffix()));
-        File::create(&probe).map_err(|source| CacheError::Create {
-            path: self.root.clone(),
-            source,
-        })?;
+        File::create(&probe).map_err(failed(self.root.clone()))?;
         let _ = fs::remove_file(probe);
         Ok(())
     }
@@ -238,7 +296,8 @@ impl Cache {
         self.root.join("tmp")
     }
 
-    fn key_dir_name(key: &str) -> &str {
+    /// The name of an artifact's folder: the key's first hex digits.
+    pub fn key_dir_name(key: &str) -> &str {
         &key[..KEY_DIR_LEN.min(key.len())]
     }
 
@@ -523,6 +582,11 @@ impl Cache {
         };
         matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
     }
+}
+
+/// Whether an error says the file system refused a write (permissions, a read-only mount).
+fn source_is_denied(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::PermissionDenied || err.kind() == io::ErrorKind::ReadOnlyFilesystem
 }
 
 /// Seconds since the Unix epoch, for manifests.

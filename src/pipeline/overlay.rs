@@ -20,9 +20,10 @@ mod sweep;
 mod tests;
 
 use schema_keys::SchemaKeys;
+pub use sweep::MAX_VARIANTS;
 use sweep::{
-    cartesian, check_distinct, check_sweep_key, parse_sweep_flag, sweep_axes_from_spec,
-    variant_name,
+    cartesian, check_distinct, check_sweep_key, check_variant_count, parse_sweep_flag,
+    sweep_axes_from_spec, variant_names,
 };
 
 /// Where a value of the merged spec came from.
@@ -77,6 +78,22 @@ pub enum SpecError {
         flag: &'static str,
         arg: String,
         message: String,
+    },
+    #[error(
+        "the sweep makes {count} variants ({sizes} values); at most {max} run at once: sweep fewer values, or split the sweep over several runs"
+    )]
+    TooManyVariants {
+        count: String,
+        sizes: String,
+        max: usize,
+    },
+    #[error(
+        "the sweep variants {first} and {second} would share the run folder `{name}`; sweep values that differ in more than case and punctuation"
+    )]
+    NameClash {
+        name: String,
+        first: String,
+        second: String,
     },
 }
 
@@ -148,10 +165,25 @@ pub fn load(sources: &SpecSources) -> Result<LoadedSpec, SpecError> {
         let (key, values) = parse_sweep_flag(arg)?;
         check_sweep_key(&schema, &key, &format!("--sweep {arg}"))?;
         let origin = Origin::SweepFlag(arg.clone());
-        check_distinct(&key, &values, &origin)?;
+        // A --sweep replaces the spec's own sweep of the key; two flags for one key would
+        // silently drop the first.
+        if let Some((_, _, earlier @ Origin::SweepFlag(_))) =
+            axes.iter().find(|(k, _, _)| *k == key)
+        {
+            return Err(SpecError::BadFlag {
+                flag: "--sweep",
+                arg: arg.clone(),
+                message: format!(
+                    "`{key}` is already swept by {earlier}; give all its values in one --sweep"
+                ),
+            });
+        }
+        check_distinct(&key, &values, &origin.to_string())?;
         axes.retain(|(k, _, _)| *k != key);
         axes.push((key, values, origin));
     }
+    check_sets_not_swept(&sources.sets, &axes)?;
+    check_variant_count(&axes)?;
 
     let swept_keys: Vec<String> = axes.iter().map(|(k, _, _)| k.clone()).collect();
     let mut variants = Vec::new();
@@ -176,19 +208,48 @@ pub fn load(sources: &SpecSources) -> Result<LoadedSpec, SpecError> {
         }
         let spec = to_spec(table, &variant_origins)?;
         let views = StageViews::new(&spec).map_err(|v| variant_origins.violation(v))?;
-        let name = variant_name(&overrides);
         variants.push(Variant {
-            name,
+            name: String::new(),
             overrides,
             spec,
             views,
         });
+    }
+    let points: Vec<Vec<(String, Json)>> = variants.iter().map(|v| v.overrides.clone()).collect();
+    for (variant, name) in variants.iter_mut().zip(variant_names(&points)?) {
+        variant.name = name;
     }
     Ok(LoadedSpec {
         spec_path: sources.spec.clone(),
         swept_keys,
         variants,
     })
+}
+
+/// Refuses a `--set` of a key the sweep varies: every variant would overwrite it, so the value
+/// the user gave would be dropped without a word.
+fn check_sets_not_swept(sets: &[String], axes: &[sweep::Axis]) -> Result<(), SpecError> {
+    for arg in sets {
+        let Some((set_key, _)) = arg.split_once('=') else {
+            continue;
+        };
+        let set_key = set_key.trim();
+        let overlaps = |swept: &str| {
+            set_key == swept
+                || set_key.starts_with(&format!("{swept}."))
+                || swept.starts_with(&format!("{set_key}."))
+        };
+        if let Some((key, _, origin)) = axes.iter().find(|(key, _, _)| overlaps(key)) {
+            return Err(SpecError::BadFlag {
+                flag: "--set",
+                arg: arg.clone(),
+                message: format!(
+                    "`{key}` is swept by {origin}, which would replace this value in every variant; drop one of the two"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Parses one TOML file, checks every key against the spec's schema, and notes the line of each.

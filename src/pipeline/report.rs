@@ -10,6 +10,7 @@ use std::path::Path;
 use super::dag::StageId;
 use super::runner::{Outcome, VariantResult};
 use crate::fsutil;
+use crate::stages::sample::SAMPLES_MD;
 use crate::train::metrics::{self, METRICS_JSONL, MetricRecord};
 use crate::train::plot;
 
@@ -50,6 +51,10 @@ pub fn write_variant_report(result: &VariantResult) -> std::io::Result<()> {
             stage.summary.replace('|', "\\|")
         );
     }
+    refresh_samples_copy(dir)?;
+    if !dir.join("artifacts").join(StageId::Train.name()).exists() {
+        remove_if_present(&dir.join(METRICS_JSONL))?;
+    }
     if let Some(records) = train_metrics(dir) {
         // The folder's log is the artifact's, also when it came from the cache (a log left by
         // an earlier run of another configuration would otherwise stay).
@@ -65,6 +70,28 @@ pub fn write_variant_report(result: &VariantResult) -> std::io::Result<()> {
         );
     }
     fsutil::write_atomic(&dir.join("report.md"), text.as_bytes())
+}
+
+/// The run folder's `samples.md` is the linked sample artifact's: one left by an earlier run of
+/// other settings (or of a stage this run stopped before) would show another model's stories.
+fn refresh_samples_copy(dir: &Path) -> std::io::Result<()> {
+    let copy = dir.join(SAMPLES_MD);
+    match std::fs::read(
+        dir.join("artifacts")
+            .join(StageId::Sample.name())
+            .join(SAMPLES_MD),
+    ) {
+        Ok(bytes) => fsutil::write_atomic(&copy, &bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => remove_if_present(&copy),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Writes `report.md`, `sweep-loss.svg` and `sweep-loss.png` into the pipeline's folder of run

@@ -15,6 +15,7 @@ use super::dag::StageId;
 use super::overlay::{LoadedSpec, Variant};
 use super::report;
 pub use super::report::{SweepTable, sweep_table};
+use super::spec::local_mirror_path;
 use super::stage::{StageContext, StageFailure, StageRegistry};
 use crate::fsutil;
 
@@ -25,7 +26,8 @@ pub struct RunOptions {
     pub runs_dir: PathBuf,
     /// Stop after this stage.
     pub until: Option<StageId>,
-    /// Rebuild these stages (and, through their keys' consumers, nothing else unless listed).
+    /// Rebuild these stages; the stages made from one are rebuilt too only when its files
+    /// came out different (keys come from settings, so theirs do not change).
     pub force: BTreeSet<StageId>,
     /// Re-hash every cached file instead of checking sizes.
     pub verify: bool,
@@ -52,6 +54,17 @@ pub enum RunError {
     },
     #[error("cannot print: {0}")]
     Output(#[from] io::Error),
+    #[error(
+        "the {what} folder {} is inside the local mirror {mirror} ({key}), so the corpus would take it in; point the mirror at a folder that holds only the corpus, or move the {what} folder ({flag})",
+        folder.display()
+    )]
+    FolderInMirror {
+        what: &'static str,
+        folder: PathBuf,
+        mirror: String,
+        key: String,
+        flag: &'static str,
+    },
 }
 
 /// What the plan says about one stage of one variant.
@@ -61,6 +74,9 @@ pub enum PlanState {
     Missing,
     Damaged(String),
     Forced,
+    /// Cached, but made from an input that is rebuilt first (the reason is for the user): its
+    /// key does not change, as keys come from settings, so it has to be rebuilt as well.
+    Stale(String),
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +94,8 @@ pub struct VariantPlan {
     pub variant: Variant,
     pub run_dir: PathBuf,
     pub stages: Vec<PlannedStage>,
+    /// The keys of the stages after `--until`, which this run does not touch.
+    pub later_keys: BTreeMap<StageId, String>,
 }
 
 /// How a stage ended in this run.
@@ -126,22 +144,41 @@ pub fn plan(loaded: &LoadedSpec, opts: &RunOptions) -> Vec<VariantPlan> {
         Verify::Sizes
     };
     let mut checked: BTreeMap<(StageId, String), PlanState> = BTreeMap::new();
+    // Variants of a sweep share most views; a view's key config can hash local corpus files,
+    // so each distinct view is keyed once.
+    let mut configs: BTreeMap<StageId, Vec<(&super::view::StageView, serde_json::Value)>> =
+        BTreeMap::new();
+    let until = stages_until(opts.until);
     loaded
         .variants
         .iter()
         .map(|variant| {
             let mut keys: BTreeMap<StageId, String> = BTreeMap::new();
-            let mut stages = Vec::new();
-            for stage in stages_until(opts.until) {
+            let mut stages: Vec<PlannedStage> = Vec::new();
+            let mut later_keys = BTreeMap::new();
+            for stage in StageId::ALL {
                 let inputs: BTreeMap<String, String> = stage
                     .inputs()
                     .iter()
                     .map(|s| (s.name().to_string(), keys[s].clone()))
                     .collect();
-                let config = variant.views.get(stage).key_config();
+                let view = variant.views.get(stage);
+                let seen = configs.entry(stage).or_default();
+                let config = match seen.iter().find(|(v, _)| *v == view) {
+                    Some((_, config)) => config.clone(),
+                    None => {
+                        let config = view.key_config();
+                        seen.push((view, config.clone()));
+                        config
+                    }
+                };
                 let key = cache_key(stage, &config, &inputs);
                 keys.insert(stage, key.clone());
-                let state = checked
+                if !until.contains(&stage) {
+                    later_keys.insert(stage, key);
+                    continue;
+                }
+                let mut state = checked
                     .entry((stage, key.clone()))
                     .or_insert_with(|| {
                         if opts.force.contains(&stage) {
@@ -154,6 +191,11 @@ pub fn plan(loaded: &LoadedSpec, opts: &RunOptions) -> Vec<VariantPlan> {
                         }
                     })
                     .clone();
+                if let PlanState::Cached(_) = state
+                    && let Some(reason) = stage_rebuilt_first(&stages, stage)
+                {
+                    state = PlanState::Stale(reason);
+                }
                 stages.push(PlannedStage {
                     stage,
                     key,
@@ -169,9 +211,28 @@ pub fn plan(loaded: &LoadedSpec, opts: &RunOptions) -> Vec<VariantPlan> {
                     .join(&variant.name),
                 variant: variant.clone(),
                 stages,
+                later_keys,
             }
         })
         .collect()
+}
+
+/// Why a cached stage must be rebuilt with its inputs: one of them is damaged, or stale itself.
+fn stage_rebuilt_first(planned: &[PlannedStage], stage: StageId) -> Option<String> {
+    planned
+        .iter()
+        .filter(|p| stage.inputs().contains(&p.stage))
+        .find_map(|input| match &input.state {
+            PlanState::Damaged(_) => Some(format!(
+                "it was made from the {} artifact, which is damaged",
+                input.stage
+            )),
+            PlanState::Stale(_) => Some(format!(
+                "it was made from the {} artifact, which is rebuilt",
+                input.stage
+            )),
+            _ => None,
+        })
 }
 
 /// Runs (or, with `dry_run`, describes) every variant of a spec, printing a line per stage.
@@ -181,16 +242,24 @@ pub fn run(
     opts: &RunOptions,
     out: &mut dyn Write,
 ) -> Result<Vec<VariantResult>, RunError> {
+    check_folders(loaded, opts)?;
     let cache = Cache::new(&opts.cache_dir);
-    if !opts.dry_run {
-        cache.ensure()?;
-    }
     let mut plans = plan(loaded, opts);
     if opts.verify {
         check_contents(&mut plans, registry);
     }
     check_implemented(&plans, registry, opts)?;
+    // A run that only reads the cache works on a read-only one.
+    let builds = plans
+        .iter()
+        .flat_map(|p| &p.stages)
+        .any(|s| !matches!(s.state, PlanState::Cached(_)));
+    if !opts.dry_run && builds {
+        cache.ensure()?;
+    }
     let mut built: HashSet<(StageId, String)> = HashSet::new();
+    // Artifacts this run replaced with different content: whatever was made from them is stale.
+    let mut changed: HashSet<(StageId, String)> = HashSet::new();
     let mut results = Vec::new();
     for plan in plans {
         writeln!(
@@ -213,22 +282,55 @@ pub fn run(
             let result = if opts.dry_run {
                 dry_run_result(planned)
             } else {
-                let already_built = built.contains(&(planned.stage, planned.key.clone()));
-                let (artifact, outcome) = match &planned.state {
-                    PlanState::Cached(artifact) => (artifact.as_ref().clone(), Outcome::Cached),
+                let id = (planned.stage, planned.key.clone());
+                let already_built = built.contains(&id);
+                let changed_input = planned.stage.inputs().iter().copied().find(|input| {
+                    planned
+                        .inputs
+                        .get(input.name())
+                        .is_some_and(|key| changed.contains(&(*input, key.clone())))
+                });
+                let (artifact, outcome) = match (&planned.state, changed_input) {
                     _ if already_built => (lookup_fresh(&cache, planned, opts)?, Outcome::Cached),
-                    state => {
-                        if let PlanState::Damaged(reason) = state {
-                            writeln!(
-                                out,
-                                "  {:<12} rebuilding: the cached artifact is damaged ({reason})",
-                                planned.stage.name()
-                            )?;
+                    (PlanState::Cached(artifact), None) => {
+                        (artifact.as_ref().clone(), Outcome::Cached)
+                    }
+                    (state, changed_input) => {
+                        let reason = match (state, changed_input) {
+                            (_, Some(input)) => Some(format!(
+                                "it was made from the {input} artifact, which was rebuilt"
+                            )),
+                            (PlanState::Damaged(reason), _) => {
+                                Some(format!("the cached artifact is damaged ({reason})"))
+                            }
+                            (PlanState::Stale(reason), _) => Some(reason.clone()),
+                            _ => None,
+                        };
+                        if let Some(reason) = &reason {
+                            writeln!(out, "  {:<12} rebuilding: {reason}", planned.stage.name())?;
                         }
-                        build(&cache, registry, planned, &plan, &artifacts, opts, out)?
+                        let previous = match state {
+                            PlanState::Forced => {
+                                match cache.lookup(planned.stage, &planned.key, Verify::Sizes) {
+                                    Lookup::Hit(artifact) => Some(artifact.manifest.files),
+                                    _ => None,
+                                }
+                            }
+                            _ => None,
+                        };
+                        let replace = reason.is_some() || matches!(state, PlanState::Forced);
+                        let (artifact, outcome) = build(
+                            &cache, registry, planned, replace, &plan, &artifacts, opts, out,
+                        )?;
+                        let differs =
+                            previous.is_some_and(|files| files != artifact.manifest.files);
+                        if matches!(outcome, Outcome::Ran { .. }) && (reason.is_some() || differs) {
+                            changed.insert(id.clone());
+                        }
+                        (artifact, outcome)
                     }
                 };
-                built.insert((planned.stage, planned.key.clone()));
+                built.insert(id);
                 link_artifact(&plan.run_dir, planned.stage, &artifact)?;
                 let result = StageResult {
                     stage: planned.stage,
@@ -250,6 +352,7 @@ pub fn run(
             stages: stage_results,
         };
         if !opts.dry_run {
+            unlink_stale_artifacts(&plan)?;
             write_stage_record(&plan.run_dir, &result.stages)?;
             report::write_variant_report(&result).map_err(run_folder_err(&plan.run_dir))?;
         }
@@ -286,22 +389,88 @@ pub fn run(
     Ok(results)
 }
 
-/// Marks as damaged each cached artifact whose stage finds its contents unusable.
+/// Marks as damaged each cached artifact whose stage finds its contents unusable, and as stale
+/// whatever cached artifact was made from one, so that both are rebuilt.
 fn check_contents(plans: &mut [VariantPlan], registry: &StageRegistry) {
     let mut checked: HashMap<(StageId, String), Option<String>> = HashMap::new();
-    for planned in plans.iter_mut().flat_map(|p| p.stages.iter_mut()) {
-        let PlanState::Cached(artifact) = &planned.state else {
-            continue;
-        };
-        let Some(stage) = registry.get(planned.stage) else {
-            continue;
-        };
-        let problem = checked
-            .entry((planned.stage, planned.key.clone()))
-            .or_insert_with(|| stage.check(artifact).err().map(|e| e.to_string()))
-            .clone();
-        if let Some(reason) = problem {
-            planned.state = PlanState::Damaged(reason);
+    for plan in plans.iter_mut() {
+        for i in 0..plan.stages.len() {
+            let (done, rest) = plan.stages.split_at_mut(i);
+            let planned = &mut rest[0];
+            let PlanState::Cached(artifact) = &planned.state else {
+                continue;
+            };
+            if let Some(reason) = stage_rebuilt_first(done, planned.stage) {
+                planned.state = PlanState::Stale(reason);
+                continue;
+            }
+            let Some(stage) = registry.get(planned.stage) else {
+                continue;
+            };
+            let problem = checked
+                .entry((planned.stage, planned.key.clone()))
+                .or_insert_with(|| stage.check(artifact).err().map(|e| e.to_string()))
+                .clone();
+            if let Some(reason) = problem {
+                planned.state = PlanState::Damaged(reason);
+            }
+        }
+    }
+}
+
+/// Refuses a cache or run folder inside a local mirror folder: copying the mirror into the cache
+/// would copy the cache into itself, and the download key (which hashes the mirror's files)
+/// would change with every run.
+pub fn check_folders(loaded: &LoadedSpec, opts: &RunOptions) -> Result<(), RunError> {
+    let folders = [
+        ("cache", &opts.cache_dir, "--cache"),
+        ("run", &opts.runs_dir, "--runs"),
+    ];
+    let resolved: Vec<PathBuf> = folders.iter().map(|(_, f, _)| resolve(f)).collect();
+    let mut checked = HashSet::new();
+    for variant in &loaded.variants {
+        for (i, file) in variant.spec.download.files.iter().enumerate() {
+            for (j, mirror) in file.mirrors.iter().enumerate() {
+                let Some(path) = local_mirror_path(mirror) else {
+                    continue;
+                };
+                if !checked.insert(mirror.clone()) || !path.is_dir() {
+                    continue;
+                }
+                let mirror_dir = resolve(path);
+                for ((what, folder, flag), inside) in folders.iter().zip(&resolved) {
+                    if inside.starts_with(&mirror_dir) {
+                        return Err(RunError::FolderInMirror {
+                            what,
+                            folder: folder.to_path_buf(),
+                            mirror: mirror.clone(),
+                            key: format!("download.files[{i}].mirrors[{j}]"),
+                            flag,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The absolute, link-free form of a path that may not exist yet: its longest existing
+/// ancestor resolved, the rest appended.
+fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
         }
     }
 }
@@ -353,11 +522,14 @@ fn lookup_fresh(
     }
 }
 
-/// Builds one artifact under its key's lock, unless another process finished it meanwhile.
+/// Builds one artifact under its key's lock, unless another process finished it meanwhile (a
+/// `replace`d artifact, forced or made from a rebuilt input, is built whatever the cache holds).
+#[allow(clippy::too_many_arguments)]
 fn build(
     cache: &Cache,
     registry: &StageRegistry,
     planned: &PlannedStage,
+    replace: bool,
     plan: &VariantPlan,
     inputs: &BTreeMap<StageId, Artifact>,
     opts: &RunOptions,
@@ -372,15 +544,14 @@ fn build(
             stage.name()
         );
     })?;
-    if waited || matches!(planned.state, PlanState::Missing) {
+    let damaged = matches!(planned.state, PlanState::Damaged(_));
+    if (waited && (damaged || !replace)) || matches!(planned.state, PlanState::Missing) {
         let verify = if opts.verify {
             Verify::Hashes
         } else {
             Verify::Sizes
         };
-        if !matches!(planned.state, PlanState::Forced)
-            && let Lookup::Hit(artifact) = cache.lookup(stage, &planned.key, verify)
-        {
+        if let Lookup::Hit(artifact) = cache.lookup(stage, &planned.key, verify) {
             return Ok((*artifact, Outcome::BuiltElsewhere));
         }
     }
@@ -409,6 +580,7 @@ fn build(
         Ok(report) => report,
         Err(source) => {
             let _ = fs::remove_dir_all(&pending.dir);
+            let source = name_user_files(source, inputs);
             return Err(RunError::Stage { stage, source });
         }
     };
@@ -430,6 +602,25 @@ fn build(
     Ok((artifact, Outcome::Ran { secs }))
 }
 
+/// A stage's error with the cache's copies of the user's files named as the user's files (the
+/// one the user can open and fix); the error itself when it names none.
+fn name_user_files(err: StageFailure, inputs: &BTreeMap<StageId, Artifact>) -> StageFailure {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    let named = inputs
+        .values()
+        .fold(text.clone(), |text, artifact| artifact.name_origins(&text));
+    if named == text { err } else { named.into() }
+}
+
 fn dry_run_result(planned: &PlannedStage) -> StageResult {
     let (outcome, summary) = match &planned.state {
         PlanState::Cached(artifact) => (Outcome::Cached, artifact.manifest.summary.clone()),
@@ -439,6 +630,7 @@ fn dry_run_result(planned: &PlannedStage) -> StageResult {
             Outcome::WouldRun,
             format!("would rebuild: damaged ({reason})"),
         ),
+        PlanState::Stale(reason) => (Outcome::WouldRun, format!("would rebuild: {reason}")),
     };
     let metrics = match &planned.state {
         PlanState::Cached(artifact) => artifact.manifest.metrics.clone(),
@@ -505,6 +697,23 @@ fn link_artifact(run_dir: &Path, stage: StageId, artifact: &Artifact) -> Result<
         .canonicalize()
         .unwrap_or_else(|_| artifact.dir.clone());
     fsutil::symlink_atomic(&target, &link).map_err(run_folder_err(&link))
+}
+
+/// Removes the run folder's links to artifacts of stages after `--until` that are not the ones
+/// this variant's settings make (a link left from an earlier run of other settings would show
+/// samples of another model).
+fn unlink_stale_artifacts(plan: &VariantPlan) -> Result<(), RunError> {
+    for (stage, key) in &plan.later_keys {
+        let link = plan.run_dir.join("artifacts").join(stage.name());
+        let Ok(target) = fs::read_link(&link) else {
+            continue;
+        };
+        let own = Path::new(stage.name()).join(Cache::key_dir_name(key));
+        if !target.ends_with(&own) {
+            fs::remove_file(&link).map_err(run_folder_err(&link))?;
+        }
+    }
+    Ok(())
 }
 
 fn write_stage_record(run_dir: &Path, results: &[StageResult]) -> Result<(), RunError> {

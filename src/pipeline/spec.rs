@@ -41,6 +41,10 @@ pub struct PipelineSpec {
     pub sweep: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
+/// The most worker threads a run may ask for (`pipeline.threads`, `--threads`): each is an OS
+/// thread created up front, and more than this many helps no machine tinyllm runs on.
+pub const MAX_THREADS: usize = 1024;
+
 /// Sections whose fields are partly non-semantic.
 pub trait Section {
     /// Field names (top level of the section) that do not change the stage's output.
@@ -122,6 +126,28 @@ impl Default for DownloadConfig {
             timeout_secs: 60,
         }
     }
+}
+
+/// The URL schemes a mirror may use; anything else with `://` is refused when the spec loads.
+pub const MIRROR_SCHEMES: [&str; 3] = ["https://", "http://", "file://"];
+
+/// The most files a local mirror folder may hold: each is hashed for the cache key on every
+/// run, so a mirror pointing at a home folder or `/` is refused rather than read.
+pub const MAX_MIRROR_FILES: usize = 100_000;
+
+/// Whether a mirror is fetched over the network.
+pub fn is_http_mirror(mirror: &str) -> bool {
+    mirror.starts_with("http://") || mirror.starts_with("https://")
+}
+
+/// The local file or folder a mirror names (`file://` stripped), or `None` for a URL.
+pub fn local_mirror_path(mirror: &str) -> Option<&std::path::Path> {
+    if is_http_mirror(mirror) {
+        return None;
+    }
+    Some(std::path::Path::new(
+        mirror.strip_prefix("file://").unwrap_or(mirror),
+    ))
 }
 
 impl DownloadFile {

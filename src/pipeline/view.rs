@@ -15,8 +15,8 @@ use serde_json::{Value as Json, json};
 
 use super::dag::StageId;
 use super::spec::{
-    CorpusConfig, DownloadConfig, PipelineSpec, PretokenizeConfig, SampleConfig, Section,
-    StoryLayout, TrainConfig, TrainVocabConfig, Violation,
+    CorpusConfig, DownloadConfig, MAX_MIRROR_FILES, PipelineSpec, PretokenizeConfig, SampleConfig,
+    Section, StoryLayout, TrainConfig, TrainVocabConfig, Violation, local_mirror_path,
 };
 use crate::fsutil;
 use crate::model::{LlamaConfig, ModelDims};
@@ -276,8 +276,8 @@ fn download_key_config(config: &DownloadConfig) -> Json {
                     let local: Vec<Json> = file
                         .mirrors
                         .iter()
-                        .filter(|m| !m.starts_with("http://") && !m.starts_with("https://"))
-                        .map(|m| json!(local_fingerprint(m)))
+                        .filter_map(|m| local_mirror_path(m))
+                        .map(|path| json!(local_fingerprint(path)))
                         .collect();
                     json!({ "mirrors": file.mirrors, "local_content": local })
                 }
@@ -293,15 +293,19 @@ fn download_key_config(config: &DownloadConfig) -> Json {
 }
 
 /// blake3 over a local mirror's content: a file's bytes, or a folder's relative paths and file
-/// contents in sorted order; `missing` when it cannot be read (the download stage reports why).
-fn local_fingerprint(mirror: &str) -> String {
-    let path = Path::new(mirror.strip_prefix("file://").unwrap_or(mirror));
+/// contents in sorted order; `missing` when it cannot be read (the download stage reports
+/// why). Only regular files are read: a device or a FIFO would never end.
+fn local_fingerprint(path: &Path) -> String {
     let hash = || -> std::io::Result<String> {
-        if !path.is_dir() {
+        let meta = std::fs::metadata(path)?;
+        if meta.is_file() {
             return Ok(fsutil::blake3_file(path)?.1);
         }
+        if !meta.is_dir() {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        }
         let mut hasher = blake3::Hasher::new();
-        for relative in fsutil::list_files(path)? {
+        for relative in fsutil::corpus_files(path, MAX_MIRROR_FILES)? {
             let (size, hash) = fsutil::blake3_file(&path.join(&relative))?;
             let line = format!("{}\t{size}\t{hash}\n", relative.to_string_lossy());
             hasher.update(line.as_bytes());

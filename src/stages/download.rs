@@ -5,6 +5,7 @@
 //! Output (a [`Corpus`]): `files/` with the fetched files (archives and local folders spread out
 //! into it) and `corpus.json` saying where each file came from.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
@@ -14,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::fsutil;
-use crate::pipeline::cache::Artifact;
-use crate::pipeline::spec::{DownloadConfig, DownloadFile};
+use crate::pipeline::cache::{Artifact, ORIGINS_JSON};
+use crate::pipeline::spec::{
+    DownloadConfig, DownloadFile, MAX_MIRROR_FILES, is_http_mirror, local_mirror_path,
+};
 use crate::pipeline::{Stage, StageContext, StageFailure, StageId, StageReport};
 
 /// The folder of an artifact holding the corpus files.
@@ -94,13 +97,20 @@ impl Stage for Download {
         fs::create_dir_all(&files_dir).map_err(io_err(&files_dir))?;
         let fetcher = Fetcher::new(config)?;
         let mut records = Vec::new();
+        let mut origins = BTreeMap::new();
         for file in &config.files {
             let fetched = fetcher.fetch(file, cx)?;
+            note_origins(&file.file_name(), &fetched, &mut origins)?;
             records.push(place(file, fetched, &files_dir)?);
         }
         let json = serde_json::to_vec_pretty(&records).expect("records serialize");
         let corpus_json = cx.out_dir.join(CORPUS_JSON);
         fsutil::write_atomic(&corpus_json, &json).map_err(io_err(&corpus_json))?;
+        if !origins.is_empty() {
+            let json = serde_json::to_vec_pretty(&origins).expect("origins serialize");
+            let path = cx.out_dir.join(ORIGINS_JSON);
+            fsutil::write_atomic(&path, &json).map_err(io_err(&path))?;
+        }
 
         let listed = fsutil::list_files(&files_dir).map_err(io_err(&files_dir))?;
         let bytes = fsutil::dir_size(&files_dir);
@@ -132,6 +142,35 @@ enum Fetched {
     LocalDir { path: PathBuf, mirror: String },
 }
 
+/// Records which of the user's files each local file or folder entry of the corpus is a copy
+/// of, so that a later stage's error names the user's file rather than the cache's copy.
+fn note_origins(
+    name: &str,
+    fetched: &Fetched,
+    origins: &mut BTreeMap<String, String>,
+) -> Result<(), DownloadError> {
+    let files = Path::new(FILES_DIR);
+    match fetched {
+        Fetched::LocalFile { path, .. } => {
+            origins.insert(
+                files.join(name).to_string_lossy().into_owned(),
+                path.display().to_string(),
+            );
+        }
+        Fetched::LocalDir { path, .. } => {
+            for entry in fs::read_dir(path).map_err(io_err(path))? {
+                let entry = entry.map_err(io_err(path))?;
+                origins.insert(
+                    files.join(entry.file_name()).to_string_lossy().into_owned(),
+                    entry.path().display().to_string(),
+                );
+            }
+        }
+        Fetched::Downloaded { .. } => {}
+    }
+    Ok(())
+}
+
 /// Puts a fetched file into the corpus: archives are unpacked, folders spread out, files copied.
 fn place(
     file: &DownloadFile,
@@ -141,7 +180,7 @@ fn place(
     let name = file.file_name();
     match fetched {
         Fetched::LocalDir { path, mirror } => {
-            let bytes = fsutil::copy_dir(&path, files_dir).map_err(io_err(&path))?;
+            let bytes = copy_corpus_dir(&path, files_dir)?;
             Ok(SourceRecord {
                 name,
                 mirror,
@@ -189,6 +228,20 @@ fn place(
     }
 }
 
+/// Copies a local corpus folder's files (only regular files, see [`fsutil::corpus_files`]).
+fn copy_corpus_dir(from: &Path, to: &Path) -> Result<u64, DownloadError> {
+    let files = fsutil::corpus_files(from, MAX_MIRROR_FILES).map_err(io_err(from))?;
+    let mut bytes = 0;
+    for relative in files {
+        let (source, target) = (from.join(&relative), to.join(&relative));
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        bytes += fs::copy(&source, &target).map_err(io_err(&source))?;
+    }
+    Ok(bytes)
+}
+
 /// Fetches files over HTTP(S) or from local paths, trying mirrors in order.
 struct Fetcher {
     client: reqwest::blocking::Client,
@@ -218,20 +271,16 @@ impl Fetcher {
             } else {
                 fetch_local(mirror)
             };
-            let fetched = match attempt {
-                Ok(fetched) => fetched,
-                Err(why) => {
-                    tracing::warn!("{name}: {mirror}: {why}");
-                    failures.push(format!("{mirror}: {why}"));
-                    continue;
+            match attempt.and_then(|fetched| check_sha256(file, fetched)) {
+                Ok(fetched) => {
+                    // The mirrors that failed are worth a word once another one worked; when
+                    // all fail, the error lists them instead.
+                    for failure in &failures {
+                        tracing::warn!("{name}: {failure}");
+                    }
+                    return Ok(fetched);
                 }
-            };
-            match check_sha256(file, fetched) {
-                Ok(fetched) => return Ok(fetched),
-                Err(why) => {
-                    tracing::warn!("{name}: {mirror}: {why}");
-                    failures.push(format!("{mirror}: {why}"));
-                }
+                Err(why) => failures.push(format!("{mirror}: {why}")),
             }
         }
         Err(DownloadError::AllMirrorsFailed { name, failures })
@@ -369,19 +418,31 @@ enum AttemptError {
 }
 
 fn is_http(mirror: &str) -> bool {
-    mirror.starts_with("http://") || mirror.starts_with("https://")
+    is_http_mirror(mirror)
 }
 
+/// A local file or folder; anything else (a device, a FIFO, also inside the folder) is refused
+/// before it is read. The mirror (the path) is already named with the error, so it is not
+/// repeated.
 fn fetch_local(mirror: &str) -> Result<Fetched, String> {
-    let path = PathBuf::from(mirror.strip_prefix("file://").unwrap_or(mirror));
-    let meta = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let path = local_mirror_path(mirror)
+        .unwrap_or(Path::new(mirror))
+        .to_path_buf();
+    let meta = fs::metadata(&path).map_err(|e| e.to_string())?;
     if meta.is_dir() {
+        fsutil::corpus_files(&path, MAX_MIRROR_FILES).map_err(|e| e.to_string())?;
         return Ok(Fetched::LocalDir {
             path,
             mirror: mirror.to_string(),
         });
     }
-    let sha256 = sha256_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is not a file or a folder",
+            fsutil::kind_name(&meta.file_type())
+        ));
+    }
+    let sha256 = sha256_file(&path).map_err(|e| e.to_string())?;
     Ok(Fetched::LocalFile {
         path,
         mirror: mirror.to_string(),

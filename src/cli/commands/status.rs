@@ -38,6 +38,7 @@ pub fn exec(
         dry_run: true,
         quiet,
     };
+    runner::check_folders(&loaded, &opts)?;
     print_status(&loaded, &opts, registry, out)
 }
 
@@ -59,6 +60,7 @@ fn print_status(
                 PlanState::Cached(artifact) => format!("cached    {}", artifact.manifest.summary),
                 PlanState::Missing | PlanState::Forced => "not built".to_string(),
                 PlanState::Damaged(reason) => format!("damaged   {reason}"),
+                PlanState::Stale(reason) => format!("stale     {reason}"),
             };
             let availability = if registry.get(planned.stage).is_some() {
                 ""

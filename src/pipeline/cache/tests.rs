@@ -90,3 +90,32 @@ fn begin_clears_leftovers_of_the_same_key_only() {
     assert!(other.exists());
     assert!(pending.dir.exists());
 }
+
+#[test]
+fn errors_name_the_users_files_for_their_copies_only() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join(ORIGINS_JSON),
+        r#"{"files/a.txt": "/home/me/a.txt", "files/data": "/home/me/data"}"#,
+    )
+    .unwrap();
+    let artifact = Artifact {
+        stage: StageId::Download,
+        dir: dir.path().to_path_buf(),
+        manifest: manifest(),
+    };
+    let copy = |rel: &str| dir.path().join(rel).display().to_string();
+    let text = format!(
+        "{}: bad; {}:3:1: bad; {}: fine",
+        copy("files/a.txt"),
+        copy("files/data/b.json"),
+        copy("files/a.txt.gz")
+    );
+    assert_eq!(
+        artifact.name_origins(&text),
+        format!(
+            "/home/me/a.txt: bad; /home/me/data/b.json:3:1: bad; {}: fine",
+            copy("files/a.txt.gz")
+        )
+    );
+}

@@ -118,6 +118,60 @@ fn missing_required_keys_and_repeated_sweep_values_are_named() {
 }
 
 #[test]
+fn sweep_values_that_read_alike_get_distinct_run_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(dir.path(), "p.toml", "[pipeline]\nname = \"p\"\n");
+    let long = "a".repeat(300);
+    let mut s = sources(spec);
+    s.sweeps = vec![format!(
+        "sample.prompts=[\"Tom?\"],[\"Tom!\"],[\"tom?\"],[\"Ann\"],[\"{long}\"]"
+    )];
+    let loaded = load(&s).unwrap();
+    let names: Vec<&str> = loaded.variants.iter().map(|v| v.name.as_str()).collect();
+    let folded: std::collections::HashSet<String> =
+        names.iter().map(|n| n.to_lowercase()).collect();
+    assert_eq!(folded.len(), 5, "{names:?}");
+    assert_eq!(names[3], "prompts=__Ann__");
+    assert!(names[0].starts_with("prompts=__Tom___-"), "{names:?}");
+    assert!(names.iter().all(|n| n.len() <= 96), "{names:?}");
+    // The same values name the same folders on every run.
+    assert_eq!(load(&s).unwrap().variants[0].name, loaded.variants[0].name);
+}
+
+#[test]
+fn sweeps_that_would_drop_a_value_or_expand_beyond_the_bound_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(dir.path(), "p.toml", "[pipeline]\nname = \"p\"\n");
+    let mut s = sources(spec);
+    s.sweeps = vec!["train.lr=1e-3".into(), "train.lr=5e-4".into()];
+    let err = load(&s).unwrap_err().to_string();
+    assert!(
+        err.contains("already swept by --sweep train.lr=1e-3"),
+        "{err}"
+    );
+
+    s.sweeps = vec!["train.lr=1e-3,5e-4".into()];
+    s.sets = vec!["train.lr=3e-4".into()];
+    let err = load(&s).unwrap_err().to_string();
+    assert!(
+        err.starts_with("--set train.lr=3e-4: `train.lr` is swept"),
+        "{err}"
+    );
+
+    let values = |n: usize| (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    s.sets.clear();
+    s.sweeps = vec![
+        format!("train.seed={}", values(100)),
+        format!("train.max_iters={}", values(11)),
+    ];
+    let err = load(&s).unwrap_err().to_string();
+    assert!(err.starts_with("the sweep makes 1100 variants"), "{err}");
+    s.sweeps.pop();
+    s.sweeps.push(format!("train.max_iters={}", values(10)));
+    assert_eq!(load(&s).unwrap().variants.len(), MAX_VARIANTS);
+}
+
+#[test]
 fn split_respects_brackets_and_quotes() {
     assert_eq!(
         split_top_level("[\"a,b\", \"c\"],'x,y',3"),

@@ -41,8 +41,18 @@ impl PipelineSpec {
                 ),
             );
         }
-        if self.pipeline.threads == Some(0) {
-            return fail("pipeline.threads", "must be at least 1".into());
+        match self.pipeline.threads {
+            Some(0) => return fail("pipeline.threads", "must be at least 1".into()),
+            Some(threads) if threads > super::MAX_THREADS => {
+                return fail(
+                    "pipeline.threads",
+                    format!(
+                        "{threads} is more than {}; use at most the machine's cores",
+                        super::MAX_THREADS
+                    ),
+                );
+            }
+            _ => {}
         }
         if self.download.files.is_empty() {
             return fail("download.files", "must list at least one file".into());
@@ -54,6 +64,11 @@ impl PipelineSpec {
                     &format!("{key}.mirrors"),
                     "must list at least one mirror".into(),
                 );
+            }
+            for (j, mirror) in file.mirrors.iter().enumerate() {
+                if let Some(message) = mirror_problem(mirror) {
+                    return fail(&format!("{key}.mirrors[{j}]"), message);
+                }
             }
             let name = file.file_name();
             if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
@@ -292,6 +307,31 @@ fn training_fits(
         key: key.to_string(),
         message: format!("{too_large}; {}", what.remedy()),
     })
+}
+
+/// What is wrong with a mirror that can never work: a scheme tinyllm does not fetch, or a local
+/// path that is neither a file nor a folder (reading a device or a FIFO would never end). A
+/// local path that does not exist yet is left to the download stage, which tries the next mirror.
+fn mirror_problem(mirror: &str) -> Option<String> {
+    use super::{MIRROR_SCHEMES, local_mirror_path};
+    if let Some((scheme, _)) = mirror.split_once("://")
+        && !MIRROR_SCHEMES.iter().any(|s| mirror.starts_with(s))
+    {
+        return Some(format!(
+            "{scheme}:// is not a scheme tinyllm can fetch; use {} or a local path",
+            MIRROR_SCHEMES.join(", ")
+        ));
+    }
+    let path = local_mirror_path(mirror)?;
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    if kind.is_file() || kind.is_dir() {
+        return None;
+    }
+    Some(format!(
+        "{} is {}, not a file or a folder",
+        path.display(),
+        crate::fsutil::kind_name(&kind)
+    ))
 }
 
 #[cfg(test)]
