@@ -50,7 +50,8 @@ impl LongStories {
         self.longest = self.longest.max(bytes);
     }
 
-    fn warn(&self, layout: &StoryLayout) {
+    /// Warns once; `name` gives the user's name for a file of the download artifact.
+    fn warn(&self, layout: &StoryLayout, name: impl Fn(&Path) -> String) {
         let Some(file) = &self.first_file else {
             return;
         };
@@ -72,7 +73,7 @@ impl LongStories {
             "{}: {stories}{elsewhere} longer than {} (the longest {}), cut into pieces to train \
              the vocabulary; check that corpus.format = {format:?} and corpus.separator = {:?} \
              split the corpus into its stories",
-            file.display(),
+            name(file),
             crate::fsutil::human_bytes(MAX_STORY_BYTES as u64),
             crate::fsutil::human_bytes(self.longest as u64),
             layout.separator,
@@ -93,7 +94,8 @@ impl Stage for TrainVocab {
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
         let view = cx.view.train_vocab()?;
         let config = &view.train_vocab;
-        let corpus = Corpus::open(cx.input(StageId::Download)?)?;
+        let download = cx.input(StageId::Download)?;
+        let corpus = Corpus::open(download)?;
         let files = matching_files(
             &corpus.files_dir,
             &view.corpus.train_files,
@@ -128,7 +130,9 @@ impl Stage for TrainVocab {
                 }
             })?;
         }
-        long.warn(&view.corpus.layout);
+        long.warn(&view.corpus.layout, |file| {
+            download.name_origins(&file.display().to_string())
+        });
         if sample.is_empty() {
             return Err(CorpusError::empty("corpus.train_files", &files).into());
         }

@@ -1,8 +1,5 @@
 //! Rows: the corpus, its split into training and validation text, the vocabulary, and
 //! `tokenizer.json` files.
-//!
-//! A row whose message names a corpus file pins the file's sha256 in its spec, which keeps the
-//! download key (and so the cache path in the message) the same in every project folder.
 
 use super::*;
 
@@ -84,14 +81,12 @@ pub fn rows() -> Vec<Row> {
                 ("blank.txt", BLANK),
                 (
                     "pipeline.toml",
-                    spec!(
-                        r#"{ name = "stories.txt", mirrors = ["{dir}/blank.txt"], sha256 = "cfff1260ed79346fe34aa33853bfa915c98b876eaf56c20c1310813bb13666bb" }"#
-                    ),
+                    spec!(r#"{ name = "stories.txt", mirrors = ["{dir}/blank.txt"] }"#),
                 ),
             ],
             args: RUN,
             expect: Expect::Refused(
-                "error: stage train_vocab failed: the files matching corpus.train_files hold no text (.tinyllm/cache/download/cf81abf4a29c7e0f/files/stories.txt)",
+                "error: stage train_vocab failed: the files matching corpus.train_files hold no text ({dir}/blank.txt)",
             ),
             cache: CacheRule::MayAdd,
             ..ROW
@@ -103,7 +98,7 @@ pub fn rows() -> Vec<Row> {
                 (
                     "pipeline.toml",
                     spec!(
-                        r#"{ name = "stories.txt", mirrors = ["{dir}/stories.txt"], sha256 = "a2252cd4dfb990ff4132f8b769c21177a5c79323f41db05a8a6b9132b37eed52" }, { name = "valid.txt", mirrors = ["{dir}/blank.txt"], sha256 = "cfff1260ed79346fe34aa33853bfa915c98b876eaf56c20c1310813bb13666bb" }"#
+                        r#"{ name = "stories.txt", mirrors = ["{dir}/stories.txt"] }, { name = "valid.txt", mirrors = ["{dir}/blank.txt"] }"#
                     ),
                 ),
             ],
@@ -114,7 +109,7 @@ pub fn rows() -> Vec<Row> {
                 "corpus.val_files=[\"valid.txt\"]",
             ],
             expect: Expect::Refused(
-                "error: stage pretokenize failed: the files matching corpus.val_files hold no text (.tinyllm/cache/download/acf8ecbae293951a/files/valid.txt)",
+                "error: stage pretokenize failed: the files matching corpus.val_files hold no text ({dir}/blank.txt)",
             ),
             cache: CacheRule::MayAdd,
             ..ROW
@@ -125,14 +120,12 @@ pub fn rows() -> Vec<Row> {
                 ("bad.json", "[{\"story\": \"Hi.\"},\n {\"story\": 3}]"),
                 (
                     "pipeline.toml",
-                    spec!(
-                        r#"{ name = "stories.json", mirrors = ["{dir}/bad.json"], sha256 = "70522152d13025bbb076d3fa6b9f51ed515b682ef6b5e65e6026f25a3d982512" }"#
-                    ),
+                    spec!(r#"{ name = "stories.json", mirrors = ["{dir}/bad.json"] }"#),
                 ),
             ],
             args: RUN,
             expect: Expect::Refused(
-                "error: stage train_vocab failed: .tinyllm/cache/download/7510d7d04d0298ac/files/stories.json:2:12: not a JSON array of stories: invalid type: integer `3`, expected a string at line 2 column 12",
+                "error: stage train_vocab failed: {dir}/bad.json:2:12: not a JSON array of stories: invalid type: integer `3`, expected a string at line 2 column 12",
             ),
             cache: CacheRule::MayAdd,
             ..ROW
@@ -141,14 +134,12 @@ pub fn rows() -> Vec<Row> {
             what: "a corpus file that is not UTF-8",
             files: &[(
                 "pipeline.toml",
-                spec!(
-                    r#"{ name = "stories.txt", mirrors = ["{dir}/bad.txt"], sha256 = "ebb4a3add47d13a456c8275851807713fd8df62cad1755660d2ef24fd317a15d" }"#
-                ),
+                spec!(r#"{ name = "stories.txt", mirrors = ["{dir}/bad.txt"] }"#),
             )],
             setup: Some(invalid_utf8),
             args: RUN,
             expect: Expect::Refused(
-                "error: stage train_vocab failed: .tinyllm/cache/download/ad68d82303d5f9bf/files/stories.txt: invalid UTF-8 at byte 17",
+                "error: stage train_vocab failed: {dir}/bad.txt: invalid UTF-8 at byte 17",
             ),
             cache: CacheRule::MayAdd,
             ..ROW
@@ -157,14 +148,12 @@ pub fn rows() -> Vec<Row> {
             what: "a story of 150 kB (a file the corpus settings did not split)",
             files: &[(
                 "pipeline.toml",
-                spec!(
-                    r#"{ name = "stories.txt", mirrors = ["{dir}/long.txt"], sha256 = "82571d4e1a1a996f88bda0a5b11806492f1296b763bb667f1a31628d347c5e82" }"#
-                ),
+                spec!(r#"{ name = "stories.txt", mirrors = ["{dir}/long.txt"] }"#),
             )],
             setup: Some(one_long_story),
             args: &["run", "pipeline.toml", "--until", "train_vocab"],
             expect: Expect::Warned(
-                " WARN .tinyllm/cache/download/2b8598f01319fb74/files/stories.txt: a story longer than 100.0 kB (the longest 150.0 kB), cut into pieces to train the vocabulary; check that corpus.format = \"auto\" and corpus.separator = \"<|endoftext|>\" split the corpus into its stories",
+                " WARN {dir}/long.txt: a story longer than 100.0 kB (the longest 150.0 kB), cut into pieces to train the vocabulary; check that corpus.format = \"auto\" and corpus.separator = \"<|endoftext|>\" split the corpus into its stories",
             ),
             env: &[("NO_COLOR", "1")],
             ..ROW
