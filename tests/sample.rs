@@ -144,17 +144,55 @@ fn bad_checkpoints_and_options_are_one_line_errors() {
         line.contains("config.json does not belong to these weights"),
         "{line}"
     );
-    // A tokenizer that does not match the model's vocabulary.
+    // A tokenizer with ids beyond the model's vocabulary.
     let mut vocab = config.clone();
-    vocab["vocab_size"] = 400.into();
-    vocab["tinyllm"]["dims"]["vocab_size"] = 400.into();
+    vocab["vocab_size"] = 280.into();
+    vocab["tinyllm"]["dims"]["vocab_size"] = 280.into();
     fs::write(&config_path, vocab.to_string()).unwrap();
     let line = error_line(&tinyllm(&prompt, Some(&copy)));
     assert!(
-        line.contains("the tokenizer has 300 tokens but the model's vocab_size is 400"),
+        line.contains("the tokenizer has 300 tokens but the model's vocab_size is 280"),
         "{line}"
     );
     fs::remove_file(&config_path).unwrap();
     let line = error_line(&tinyllm(&prompt, Some(&copy)));
     assert!(line.contains("config.json missing"), "{line}");
+}
+
+/// A corpus too small for the vocabulary asked gives a tokenizer with fewer tokens than the
+/// model's embedding: training, sampling and both exports take it (the extra ids are never made).
+#[test]
+fn a_tokenizer_smaller_than_the_model_samples_and_exports() {
+    let project = common::training_project("max_iters = 2\neval_interval = 2\n");
+    let output = project
+        .run_command(&["--set", "train_vocab.vocab_size=2000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let vocab: usize = stdout
+        .split("bpe vocab ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("train_vocab reports its size");
+    assert!(vocab < 2000, "{stdout}");
+    assert!(stdout.contains("sample       ran"), "{stdout}");
+    let run_dir = project.runs().join("test/default");
+    for format in ["hf", "llama2c"] {
+        let out = project.path(&format!("export-{format}"));
+        let output = tinyllm(
+            &["export", "--format", format, "--out", out.to_str().unwrap()],
+            Some(&run_dir),
+        );
+        assert!(output.status.success(), "{format}: {output:?}");
+    }
+    let bin = fs::read(project.path("export-llama2c/tokenizer.bin")).unwrap();
+    let (mut pieces, mut at) = (0, 4);
+    while at < bin.len() {
+        let len = i32::from_le_bytes(bin[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += 8 + len;
+        pieces += 1;
+    }
+    assert_eq!(pieces, 2000, "run.c reads one piece per id of the model");
 }

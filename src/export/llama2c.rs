@@ -105,7 +105,7 @@ pub fn export(from: &Path, out: &Path, version: Version) -> Result<(), ExportErr
         &by_name,
         version,
     );
-    let tokenizer = tokenizer_bytes(&folder.tokenizer);
+    let tokenizer = tokenizer_bytes(&folder.tokenizer, dims.vocab_size);
     write_folder(out, |tmp| {
         for (name, bytes) in [(MODEL_BIN, &model), (TOKENIZER_BIN, &tokenizer)] {
             let path = tmp.join(name);
@@ -273,9 +273,12 @@ fn rope_tables(seq_len: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f3
 /// The bytes of `tokenizer.bin`: the longest piece's length in bytes (`u32`), then for each id
 /// its score (`f32`), its length (`i32`) and its bytes. Pieces are written as llama2.c's
 /// `tokenizer.py` writes SentencePiece's: `▁` as a space, `<s>` and `</s>` between newlines.
-fn tokenizer_bytes(tokenizer: &Tokenizer) -> Vec<u8> {
-    let scores = tokenizer.merge_scores();
-    let pieces: Vec<String> = (0..tokenizer.vocab_size() as u32)
+/// `run.c` reads as many pieces as the model has ids; a tokenizer smaller than the model (a
+/// small corpus gave fewer merges than asked) is padded with empty pieces, which no text
+/// encodes to.
+fn tokenizer_bytes(tokenizer: &Tokenizer, model_vocab: usize) -> Vec<u8> {
+    let mut scores = tokenizer.merge_scores();
+    let mut pieces: Vec<String> = (0..tokenizer.vocab_size() as u32)
         .map(|id| match id {
             BOS => "\n<s>\n".to_string(),
             EOS => "\n</s>\n".to_string(),
@@ -285,6 +288,8 @@ fn tokenizer_bytes(tokenizer: &Tokenizer) -> Vec<u8> {
                 .replace('\u{2581}', " "),
         })
         .collect();
+    pieces.resize(model_vocab.max(pieces.len()), String::new());
+    scores.resize(pieces.len(), f32::MIN);
     let longest = pieces.iter().map(String::len).max().unwrap_or(0) as u32;
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&longest.to_le_bytes());

@@ -30,7 +30,7 @@ pub enum FolderError {
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error(
-        "{}: the tokenizer has {tokenizer} tokens but the model's vocab_size is {model}",
+        "{}: the tokenizer has {tokenizer} tokens but the model's vocab_size is {model}: its ids from {model} up are beyond the model; the tokenizer belongs to another model",
         dir.display()
     )]
     VocabMismatch {
@@ -71,7 +71,9 @@ impl ModelFolder {
         }
         let config = HfConfig::load(&dir.join(CONFIG_JSON))?;
         let tokenizer = Tokenizer::load(&dir.join(TOKENIZER_JSON))?;
-        if tokenizer.vocab_size() != config.tinyllm.dims.vocab_size {
+        // A tokenizer smaller than the model is what a small corpus gives (fewer merges than
+        // asked); only ids beyond the model's range are an error.
+        if tokenizer.vocab_size() > config.tinyllm.dims.vocab_size {
             return Err(FolderError::VocabMismatch {
                 dir: dir.to_path_buf(),
                 tokenizer: tokenizer.vocab_size(),

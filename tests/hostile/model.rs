@@ -62,8 +62,8 @@ fn other_rope_theta(project: &Project) {
     edit_config(project, |config| config["rope_theta"] = 20000.0.into());
 }
 
-fn larger_vocabulary(project: &Project) {
-    set_dim(project, "vocab_size", "vocab_size", 400);
+fn smaller_vocabulary(project: &Project) {
+    set_dim(project, "vocab_size", "vocab_size", 280);
 }
 
 /// Puts a NaN in the first value of the first tensor (the token embedding).
@@ -355,10 +355,10 @@ pub fn rows() -> Vec<Row> {
             "error: this model cannot be written as llama2c: run.c computes RoPE with theta 10000, this model was trained with 20000",
         ),
         folder_row(
-            "a tokenizer smaller than config.json's vocabulary",
-            larger_vocabulary,
+            "a tokenizer with more tokens than config.json's vocabulary",
+            smaller_vocabulary,
             &["sample", "--checkpoint", MODEL],
-            "error: {dir}/model: the tokenizer has 300 tokens but the model's vocab_size is 400",
+            "error: {dir}/model: the tokenizer has 300 tokens but the model's vocab_size is 280: its ids from 280 up are beyond the model; the tokenizer belongs to another model",
         ),
         folder_row(
             "score with a NaN among the weights",
