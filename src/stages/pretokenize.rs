@@ -79,17 +79,32 @@ impl TokenShards {
         let set: ShardSet = serde_json::from_str(&text)
             .map_err(|e| bad(&path, format!("not a shard list: {e}")))?;
         for shard in &set.shards {
+            let inside = !shard.file.is_empty()
+                && Path::new(&shard.file)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside {
+                return Err(bad(
+                    &path,
+                    format!(
+                        "lists {:?}, which is not a file inside the artifact",
+                        shard.file
+                    ),
+                ));
+            }
             let file = dir.join(&shard.file);
-            let size = fs::metadata(&file)
-                .map_err(|e| bad(&file, e.to_string()))?
-                .len();
-            if size != shard.tokens * 2 {
+            let meta = fs::metadata(&file).map_err(|e| bad(&file, e.to_string()))?;
+            if !meta.is_file() {
+                return Err(bad(&file, "not a regular file".into()));
+            }
+            let size = meta.len();
+            if shard.tokens.checked_mul(2) != Some(size) {
                 return Err(bad(
                     &file,
                     format!(
                         "{size} bytes, but {SHARDS_JSON} says {} tokens ({} bytes)",
                         shard.tokens,
-                        shard.tokens * 2
+                        u128::from(shard.tokens) * 2
                     ),
                 ));
             }

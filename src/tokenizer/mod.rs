@@ -84,8 +84,25 @@ impl Tokenizer {
         Self::wrap(inner).map_err(TokenizerError::Training)
     }
 
-    /// Checks the id layout and caches the pieces.
+    /// Checks the id layout and caches the pieces. The model must be a BPE whose own vocabulary
+    /// has every byte token, with byte fallback on: that is what makes encoding total (any text
+    /// has ids), which [`Tokenizer::encode`] relies on.
     fn wrap(inner: tokenizers::Tokenizer) -> Result<Tokenizer, String> {
+        let ModelWrapper::BPE(bpe) = inner.get_model() else {
+            return Err("the model is not a BPE".into());
+        };
+        if !bpe.byte_fallback {
+            return Err("the BPE model has no byte fallback".into());
+        }
+        for byte in 0..=255u8 {
+            let id = BYTE_BASE + u32::from(byte);
+            if bpe.token_to_id(&byte_piece(byte)) != Some(id) {
+                return Err(format!(
+                    "the BPE model's id {id} should be {}",
+                    byte_piece(byte)
+                ));
+            }
+        }
         let size = inner.get_vocab_size(true);
         let mut pieces = vec![String::new(); size];
         for (piece, id) in inner.get_vocab(true) {
