@@ -131,6 +131,16 @@ fn one_line(error: impl std::fmt::Display) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A file's content, shown as text when a case fails.
+#[derive(Clone)]
+struct Bytes(Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.0))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Mutations
 
@@ -529,30 +539,32 @@ fn spec_file() -> impl Strategy<Value = Vec<u8>> {
 
 #[derive(Debug, Clone)]
 struct SpecInput {
-    spec: Vec<u8>,
-    overlays: Vec<Vec<u8>>,
+    spec: Bytes,
+    overlays: Vec<Bytes>,
     sets: Vec<String>,
     sweeps: Vec<String>,
 }
 
 fn spec_input() -> impl Strategy<Value = SpecInput> {
-    let overlay = prop::collection::vec(spec_line(), 0..4).prop_map(|lines| {
-        lines
-            .iter()
-            .map(|line| match line.split_once('=') {
-                Some((key, value)) => format!("{key} = {value}\n"),
-                None => format!("{line}\n"),
-            })
-            .collect::<String>()
-            .into_bytes()
-    });
+    let overlay = prop::collection::vec(spec_line(), 0..4)
+        .prop_map(|lines| {
+            lines
+                .iter()
+                .map(|line| match line.split_once('=') {
+                    Some((key, value)) => format!("{key} = {value}\n"),
+                    None => format!("{line}\n"),
+                })
+                .collect::<String>()
+                .into_bytes()
+        })
+        .prop_map(Bytes);
     let sweep =
         (any::<Index>(), prop::collection::vec(any::<Index>(), 0..4)).prop_map(|(key, values)| {
             let values: Vec<&str> = values.iter().map(|v| *v.get(TOML_VALUES)).collect();
             format!("{}=[{}]", key.get(KEYS), values.join(","))
         });
     (
-        spec_file(),
+        spec_file().prop_map(Bytes),
         prop::collection::vec(overlay, 0..3),
         prop::collection::vec(spec_line(), 0..4),
         prop::collection::vec(prop_oneof![3 => sweep, 1 => spec_line()], 0..3),
@@ -578,14 +590,14 @@ fn fuzz_spec(cases: u32) {
     assert_eq!(loaded.variants.len(), 2);
     fuzz(cases, spec_input(), |input| {
         let spec = dir.path().join("pipeline.toml");
-        fs::write(&spec, &input.spec).unwrap();
+        fs::write(&spec, &input.spec.0).unwrap();
         let overlays: Vec<PathBuf> = input
             .overlays
             .iter()
             .enumerate()
             .map(|(i, bytes)| {
                 let path = dir.path().join(format!("overlay-{i}.toml"));
-                fs::write(&path, bytes).unwrap();
+                fs::write(&path, &bytes.0).unwrap();
                 path
             })
             .collect();
@@ -691,8 +703,8 @@ fn fuzz_safetensors(cases: u32) {
     let (valid, layout) = valid_safetensors();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
-    fuzz(cases, safetensors_file(valid), |bytes| {
-        fs::write(&path, &bytes).unwrap();
+    fuzz(cases, safetensors_file(valid).prop_map(Bytes), |bytes| {
+        fs::write(&path, &bytes.0).unwrap();
         match safetensors::load(&path, &layout) {
             Ok(tensors) => {
                 prop_assert_eq!(tensors.len(), layout.len());
@@ -764,19 +776,23 @@ fn valid_tokenizer() -> Vec<u8> {
 fn fuzz_tokenizer(cases: u32) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokenizer.json");
-    fuzz(cases, json_file(valid_tokenizer()), |bytes| {
-        fs::write(&path, &bytes).unwrap();
-        match Tokenizer::load(&path) {
-            Ok(tokenizer) => {
-                let ids = tokenizer.encode("Once upon a time, 42 cats é▁ \u{0} 猫.");
-                prop_assert!(ids.iter().all(|&id| (id as usize) < tokenizer.vocab_size()));
-                tokenizer.decode(&ids);
-                prop_assert_eq!(tokenizer.merge_scores().len(), tokenizer.vocab_size());
+    fuzz(
+        cases,
+        json_file(valid_tokenizer()).prop_map(Bytes),
+        |bytes| {
+            fs::write(&path, &bytes.0).unwrap();
+            match Tokenizer::load(&path) {
+                Ok(tokenizer) => {
+                    let ids = tokenizer.encode("Once upon a time, 42 cats é▁ \u{0} 猫.");
+                    prop_assert!(ids.iter().all(|&id| (id as usize) < tokenizer.vocab_size()));
+                    tokenizer.decode(&ids);
+                    prop_assert_eq!(tokenizer.merge_scores().len(), tokenizer.vocab_size());
+                }
+                Err(error) => one_line(error)?,
             }
-            Err(error) => one_line(error)?,
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -804,15 +820,39 @@ fn a_tokenizer_without_byte_fallback_is_refused_at_load() {
     assert!(error.contains("no byte fallback"), "{error}");
 }
 
+/// Files on which the `tokenizers` crate itself panics are refused first: a subword prefix
+/// longer than a merged piece, and a syntax error inside the decoder's value.
+#[test]
+fn tokenizer_files_that_crash_the_tokenizers_crate_are_refused() {
+    let mut json: Json = serde_json::from_slice(&valid_tokenizer()).unwrap();
+    json["model"]["continuing_subword_prefix"] = json!("#".repeat(40));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let error = Tokenizer::load(&path).err().expect("refused").to_string();
+    assert!(
+        error.contains("continuing_subword_prefix is set"),
+        "{error}"
+    );
+
+    let text = serde_json::to_string(&serde_json::from_slice::<Json>(&valid_tokenizer()).unwrap())
+        .unwrap()
+        .replace("\"decoder\":null", "\"decoder\":\u{0}ll");
+    assert!(text.contains('\u{0}'));
+    fs::write(&path, text).unwrap();
+    let error = Tokenizer::load(&path).err().expect("refused").to_string();
+    assert!(error.contains("expected value"), "{error}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // shards.json and the token shards
 
 #[derive(Debug, Clone)]
 struct ShardsInput {
-    manifest: Vec<u8>,
+    manifest: Bytes,
     /// Bytes of `train/a.bin` and `val/b.bin`.
-    train: Vec<u8>,
-    val: Vec<u8>,
+    train: Bytes,
+    val: Bytes,
     seq_len: usize,
     max_windows: usize,
     restore: LoaderState,
@@ -852,9 +892,9 @@ fn shards_input() -> impl Strategy<Value = ShardsInput> {
     ]
     .prop_map(|(epoch, cursor)| LoaderState { epoch, cursor });
     (
-        json_file(valid_manifest(120, 40)),
-        shard_bytes(120),
-        shard_bytes(40),
+        json_file(valid_manifest(120, 40)).prop_map(Bytes),
+        shard_bytes(120).prop_map(Bytes),
+        shard_bytes(40).prop_map(Bytes),
         prop_oneof![1usize..40, Just(119), Just(1 << 40)],
         prop_oneof![Just(0usize), 1usize..8, Just(usize::MAX)],
         restore,
@@ -877,9 +917,9 @@ fn fuzz_shards(cases: u32) {
     fs::create_dir_all(root.join("train")).unwrap();
     fs::create_dir_all(root.join("val")).unwrap();
     fuzz(cases, shards_input(), |input| {
-        fs::write(root.join("shards.json"), &input.manifest).unwrap();
-        fs::write(root.join("train/a.bin"), &input.train).unwrap();
-        fs::write(root.join("val/b.bin"), &input.val).unwrap();
+        fs::write(root.join("shards.json"), &input.manifest.0).unwrap();
+        fs::write(root.join("train/a.bin"), &input.train.0).unwrap();
+        fs::write(root.join("val/b.bin"), &input.val.0).unwrap();
         let shards = match TokenShards::open_dir(&root) {
             Ok(shards) => shards,
             Err(error) => return one_line(error),
@@ -1370,7 +1410,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-fn tar_gz() -> impl Strategy<Value = Vec<u8>> {
+fn tar_gz() -> impl Strategy<Value = Bytes> {
     let built = (
         prop::collection::vec(tar_entry(), 1..5),
         any::<bool>(),
@@ -1388,6 +1428,7 @@ fn tar_gz() -> impl Strategy<Value = Vec<u8>> {
         2 => prop::collection::vec(any::<u8>(), 0..2048).prop_map(|bytes| gzip(&bytes)),
         7 => built,
     ]
+    .prop_map(Bytes)
 }
 
 /// Every path under `root`, relative to it.
@@ -1412,6 +1453,7 @@ fn fuzz_tar(cases: u32) {
     let dir = tempfile::tempdir().unwrap();
     let case = dir.path().join("case");
     fuzz(cases, tar_gz(), |bytes| {
+        let bytes = bytes.0;
         let _ = fs::remove_dir_all(&case);
         let dest = case.join("corpus/files");
         fs::create_dir_all(&dest).unwrap();

@@ -194,7 +194,8 @@ impl Loader {
         let window = self.windows[self.order[position] as usize];
         self.state.cursor += 1;
         if self.state.cursor >= self.rank_windows() {
-            self.state.epoch += 1;
+            // Epochs only seed the order, so a restored count at the limit may wrap.
+            self.state.epoch = self.state.epoch.wrapping_add(1);
             self.state.cursor = 0;
             self.shuffle();
         }

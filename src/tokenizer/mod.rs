@@ -104,13 +104,17 @@ impl Tokenizer {
             }
         }
         let size = inner.get_vocab_size(true);
-        let mut pieces = vec![String::new(); size];
+        let mut slots: Vec<Option<String>> = vec![None; size];
         for (piece, id) in inner.get_vocab(true) {
-            let slot = pieces
+            let slot = slots
                 .get_mut(id as usize)
                 .ok_or_else(|| format!("id {id} of {piece:?} is outside the vocabulary"))?;
-            *slot = piece;
+            if let Some(other) = slot {
+                return Err(format!("id {id} is given to both {other:?} and {piece:?}"));
+            }
+            *slot = Some(piece);
         }
+        let pieces: Vec<String> = slots.into_iter().map(Option::unwrap_or_default).collect();
         for (id, expected) in SPECIALS.iter().enumerate() {
             if pieces.get(id).map(String::as_str) != Some(*expected) {
                 return Err(format!("id {id} should be {expected}"));
@@ -130,10 +134,22 @@ impl Tokenizer {
 
     /// Reads a `tokenizer.json` this module wrote.
     pub fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::File {
+        let file = |message: String| TokenizerError::File {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
+        // JSON syntax is checked here: the crate panics on some syntax errors.
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| file(e.to_string()))?;
+        refuse_foreign_bpe_options(&json).map_err(|reason| TokenizerError::NotOurs {
+            path: path.to_path_buf(),
+            reason,
         })?;
+        // The crate's messages quote the offending value, which may hold line breaks.
+        let inner = text
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| file(e.to_string().escape_debug().to_string()))?;
         Self::wrap(inner).map_err(|reason| TokenizerError::NotOurs {
             path: path.to_path_buf(),
             reason,
@@ -286,6 +302,20 @@ fn encode_segments(text: &str, mut encode: impl FnMut(&str, &mut Vec<u32>)) -> V
         }
     }
     ids
+}
+
+/// Refuses the BPE options tinyllm never writes and the `tokenizers` crate does not check: a
+/// `continuing_subword_prefix` longer than a merged piece makes it panic while it builds the
+/// model.
+fn refuse_foreign_bpe_options(json: &serde_json::Value) -> Result<(), String> {
+    for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
+        if !json["model"][key].is_null() {
+            return Err(format!(
+                "model.{key} is set; tinyllm's tokenizers have none"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn byte_piece(byte: u8) -> String {
