@@ -470,11 +470,11 @@ pub fn unpack_tar_gz(archive: &Path, name: &str, dest: &Path) -> Result<u64, Dow
         };
     let bad = |message: String| DownloadError::BadArchive {
         archive: name.to_string(),
-        message: printable(&message),
+        message: fsutil::one_line(&message),
     };
     let unsafe_entry = |entry: &Path, why: &'static str| DownloadError::UnsafeEntry {
         archive: name.to_string(),
-        entry: printable(&entry.display().to_string()),
+        entry: fsutil::one_line(&entry.display().to_string()),
         why,
     };
 
@@ -520,7 +520,7 @@ pub fn unpack_tar_gz(archive: &Path, name: &str, dest: &Path) -> Result<u64, Dow
             if target.exists() {
                 return Err(DownloadError::Clash {
                     name: name.to_string(),
-                    path: printable(&path.display().to_string()),
+                    path: fsutil::one_line(&path.display().to_string()),
                 });
             }
             files += 1;
@@ -681,20 +681,6 @@ fn pax_size(content: &[u8]) -> Option<u64> {
         }
     }
     None
-}
-
-/// `text` with control characters escaped: an archive's names and the tar reader's messages
-/// (which quote raw header bytes) stay on the one line of an error.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 fn target_is_absolute(path: &Path) -> bool {

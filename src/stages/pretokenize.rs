@@ -73,7 +73,7 @@ impl TokenShards {
         let path = dir.join(SHARDS_JSON);
         let bad = |path: &Path, reason: String| ShardError::Bad {
             path: path.to_path_buf(),
-            reason,
+            reason: crate::fsutil::one_line(&reason),
         };
         let text = fs::read_to_string(&path).map_err(|e| bad(&path, e.to_string()))?;
         let set: ShardSet = serde_json::from_str(&text)

@@ -140,8 +140,8 @@ impl Tokenizer {
         };
         let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
         // JSON syntax is checked here: the crate panics on some syntax errors.
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| file(e.to_string()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| file(crate::fsutil::one_line(&e.to_string())))?;
         refuse_foreign_bpe_options(&json).map_err(|reason| TokenizerError::NotOurs {
             path: path.to_path_buf(),
             reason,
@@ -149,7 +149,7 @@ impl Tokenizer {
         // The crate's messages quote the offending value, which may hold line breaks.
         let inner = text
             .parse::<tokenizers::Tokenizer>()
-            .map_err(|e| file(e.to_string().escape_debug().to_string()))?;
+            .map_err(|e| file(crate::fsutil::one_line(&e.to_string())))?;
         Self::wrap(inner).map_err(|reason| TokenizerError::NotOurs {
             path: path.to_path_buf(),
             reason,

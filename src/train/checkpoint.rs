@@ -200,8 +200,9 @@ impl Checkpoints {
                 }
                 Err(reason) => {
                     found.damaged.push(format!(
-                        "checkpoint {} is damaged ({reason}); it was removed",
-                        checkpoint.dir.display()
+                        "checkpoint {} is damaged ({}); it was removed",
+                        checkpoint.dir.display(),
+                        fsutil::one_line(&reason)
                     ));
                     fs::remove_dir_all(&checkpoint.dir).map_err(io_err(&checkpoint.dir))?;
                 }
@@ -241,7 +242,7 @@ pub fn read_state(checkpoint: &Checkpoint) -> Result<TrainingState, CheckpointEr
     let text = fs::read(&path).map_err(io_err(&path))?;
     let bad = |reason: String| CheckpointError::Bad {
         path: path.clone(),
-        reason,
+        reason: fsutil::one_line(&reason),
     };
     let state: TrainingState = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
     if state.step != checkpoint.step {
