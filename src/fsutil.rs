@@ -192,6 +192,20 @@ pub fn corpus_files(root: &Path, limit: usize) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// `text` with its control characters escaped (`\n`, `\u{0}`): a message that quotes a file's
+/// content (a name, a value a parser choked on) stays on the one line of an error.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Human-readable byte counts: `1.4 MB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];

@@ -30,6 +30,14 @@ pub enum LoaderError {
     TooShort { window: usize, tokens: usize },
     #[error("rank {rank} is not below the world size {world}")]
     BadRank { rank: usize, world: usize },
+    #[error(
+        "the saved data position (epoch {epoch}, window {cursor}) is past the {windows} windows an epoch of these shards has"
+    )]
+    BadState {
+        epoch: u64,
+        cursor: u64,
+        windows: u64,
+    },
 }
 
 /// Where a loader is: the epoch, and how many of this rank's windows of it were used.
@@ -142,13 +150,26 @@ impl Loader {
         self.state
     }
 
-    /// Continues from a saved position.
-    pub fn restore(&mut self, state: LoaderState) {
-        let reshuffle = state.epoch != self.state.epoch;
-        self.state = state;
-        if reshuffle {
+    /// Continues from a saved position, which must be one of these shards' (a saved state never
+    /// points past an epoch's end).
+    pub fn restore(&mut self, state: LoaderState) -> Result<(), LoaderError> {
+        if state.epoch != self.state.epoch {
+            self.state = LoaderState {
+                epoch: state.epoch,
+                cursor: 0,
+            };
             self.shuffle();
         }
+        let windows = self.rank_windows();
+        if state.cursor >= windows {
+            return Err(LoaderError::BadState {
+                epoch: state.epoch,
+                cursor: state.cursor,
+                windows,
+            });
+        }
+        self.state = state;
+        Ok(())
     }
 
     /// Cuts the current epoch's windows and draws its order.
@@ -173,7 +194,8 @@ impl Loader {
         let window = self.windows[self.order[position] as usize];
         self.state.cursor += 1;
         if self.state.cursor >= self.rank_windows() {
-            self.state.epoch += 1;
+            // Epochs only seed the order, so a restored count at the limit may wrap.
+            self.state.epoch = self.state.epoch.wrapping_add(1);
             self.state.cursor = 0;
             self.shuffle();
         }
@@ -306,7 +328,7 @@ mod tests {
         let expected = batches(&mut straight, 100);
 
         let mut resumed = Loader::open(&paths, 16, 5, 0, 1).unwrap();
-        resumed.restore(saved);
+        resumed.restore(saved).unwrap();
         assert_eq!(batches(&mut resumed, 100), expected);
         // Targets are the inputs shifted by one.
         let (x, y) = &expected[0];

@@ -5,6 +5,8 @@
 //! its dtype, shape and byte range, then the tensors' bytes.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
@@ -86,31 +88,47 @@ pub fn save(
     })
 }
 
+/// The largest JSON header read: the reference implementation's bound, so a hostile length
+/// cannot make the reader allocate more than that before anything is checked.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 /// Reads the tensors `layout` names from `path`, checking every shape.
+///
+/// Only the header and the named tensors are read, each after its declared size has been checked
+/// against the file's real length, so what is allocated is bounded by what the file holds.
 pub fn load(path: &Path, layout: &[ParamInfo]) -> Result<Vec<Vec<f32>>, SafetensorsError> {
-    let bytes = std::fs::read(path).map_err(|source| SafetensorsError::Io {
+    let io = |source| SafetensorsError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
     let format = |reason: String| SafetensorsError::Format {
         path: path.to_path_buf(),
         reason,
     };
-    if bytes.len() < 8 {
+    let mut file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    if file_len < 8 {
         return Err(format("shorter than its 8-byte header length".into()));
     }
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let data_start = 8usize
-        .checked_add(header_len)
-        .filter(|&end| end <= bytes.len())
-        .ok_or_else(|| {
-            format(format!(
-                "header length {header_len} runs past the file's end"
-            ))
-        })?;
-    let header: serde_json::Map<String, Json> = serde_json::from_slice(&bytes[8..data_start])
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes).map_err(io)?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > file_len - 8 {
+        return Err(format(format!(
+            "header length {header_len} runs past the file's end"
+        )));
+    }
+    if header_len > MAX_HEADER_BYTES {
+        return Err(format(format!(
+            "header length {header_len} is above the format's limit of {MAX_HEADER_BYTES}"
+        )));
+    }
+    let mut header_bytes = vec![0u8; header_len as usize];
+    file.read_exact(&mut header_bytes).map_err(io)?;
+    let header: serde_json::Map<String, Json> = serde_json::from_slice(&header_bytes)
         .map_err(|e| format(format!("unreadable header: {e}")))?;
-    let data = &bytes[data_start..];
+    let data_start = 8 + header_len;
+    let data_len = file_len - data_start;
     layout
         .iter()
         .map(|info| {
@@ -128,48 +146,37 @@ pub fn load(path: &Path, layout: &[ParamInfo]) -> Result<Vec<Vec<f32>>, Safetens
                     dtype: dtype.to_string(),
                 });
             }
-            let shape: Vec<usize> = entry["shape"]
-                .as_array()
-                .map(|dims| {
-                    dims.iter()
-                        .filter_map(Json::as_u64)
-                        .map(|d| d as usize)
-                        .collect()
-                })
-                .unwrap_or_default();
-            if shape != info.shape {
+            let shape = u64_list(&entry["shape"])
+                .ok_or_else(|| format(format!("tensor {} has a malformed shape", info.name)))?;
+            if shape.len() != info.shape.len()
+                || shape.iter().zip(&info.shape).any(|(&a, &b)| a != b as u64)
+            {
                 return Err(SafetensorsError::Shape {
                     path: path.to_path_buf(),
                     name: info.name.clone(),
                     expected: info.shape.clone(),
-                    got: shape,
+                    got: shape.iter().map(|&d| d as usize).collect(),
                 });
             }
-            let range: Vec<usize> = entry["data_offsets"]
-                .as_array()
-                .map(|r| {
-                    r.iter()
-                        .filter_map(Json::as_u64)
-                        .map(|d| d as usize)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let (start, end) = match range[..] {
-                [start, end] if start <= end && end <= data.len() => (start, end),
+            let (start, end) = match u64_list(&entry["data_offsets"]).as_deref() {
+                Some(&[start, end]) if start <= end && end <= data_len => (start, end),
                 _ => return Err(format(format!("tensor {} has bad data offsets", info.name))),
             };
-            if end - start != info.numel() * 4 {
+            let numel = info.numel();
+            if Some(end - start) != (numel as u64).checked_mul(4) {
                 return Err(format(format!(
-                    "tensor {} has {} bytes for {} values",
+                    "tensor {} has {} bytes for {numel} values",
                     info.name,
                     end - start,
-                    info.numel()
                 )));
             }
-            let values: Vec<f32> = data[start..end]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect();
+            let mut values = vec![0f32; numel];
+            file.seek(SeekFrom::Start(data_start + start))
+                .and_then(|_| file.read_exact(bytemuck::cast_slice_mut(&mut values)))
+                .map_err(io)?;
+            for value in &mut values {
+                *value = f32::from_bits(u32::from_le(value.to_bits()));
+            }
             if let Some(index) = values.iter().position(|v| !v.is_finite()) {
                 return Err(SafetensorsError::NonFinite {
                     path: path.to_path_buf(),
@@ -181,6 +188,11 @@ pub fn load(path: &Path, layout: &[ParamInfo]) -> Result<Vec<Vec<f32>>, Safetens
             Ok(values)
         })
         .collect()
+}
+
+/// A JSON array of non-negative integers, or `None` for anything else.
+fn u64_list(value: &Json) -> Option<Vec<u64>> {
+    value.as_array()?.iter().map(Json::as_u64).collect()
 }
 
 impl<S: Shape, B: Backend<Float = f32>> Llama<S, B> {

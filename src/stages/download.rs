@@ -522,17 +522,20 @@ fn sha256_file(path: &Path) -> io::Result<String> {
 /// Unpacks a `.tar.gz` into `dest`, refusing any entry that would land outside it: absolute
 /// paths, `..`, and links pointing out. Checks every entry before writing any.
 pub fn unpack_tar_gz(archive: &Path, name: &str, dest: &Path) -> Result<u64, DownloadError> {
-    let open = || -> Result<tar::Archive<flate2::read::GzDecoder<File>>, DownloadError> {
-        let file = File::open(archive).map_err(io_err(archive))?;
-        Ok(tar::Archive::new(flate2::read::GzDecoder::new(file)))
-    };
+    let open =
+        || -> Result<tar::Archive<ExtensionLimit<flate2::read::GzDecoder<File>>>, DownloadError> {
+            let file = File::open(archive).map_err(io_err(archive))?;
+            Ok(tar::Archive::new(ExtensionLimit::new(
+                flate2::read::GzDecoder::new(file),
+            )))
+        };
     let bad = |message: String| DownloadError::BadArchive {
         archive: name.to_string(),
-        message,
+        message: fsutil::one_line(&message),
     };
     let unsafe_entry = |entry: &Path, why: &'static str| DownloadError::UnsafeEntry {
         archive: name.to_string(),
-        entry: entry.display().to_string(),
+        entry: fsutil::one_line(&entry.display().to_string()),
         why,
     };
 
@@ -578,7 +581,7 @@ pub fn unpack_tar_gz(archive: &Path, name: &str, dest: &Path) -> Result<u64, Dow
             if target.exists() {
                 return Err(DownloadError::Clash {
                     name: name.to_string(),
-                    path: path.display().to_string(),
+                    path: fsutil::one_line(&path.display().to_string()),
                 });
             }
             files += 1;
@@ -591,6 +594,154 @@ pub fn unpack_tar_gz(archive: &Path, name: &str, dest: &Path) -> Result<u64, Dow
         }
     }
     Ok(files)
+}
+
+/// The most bytes a long-name, long-link or pax extension entry may declare: far above any real
+/// path or attribute list, and small, because the tar reader reads such an entry whole into memory.
+pub const MAX_EXTENSION_BYTES: u64 = 1 << 20;
+
+/// A tar stream passed through unchanged, except that a long-name, long-link or pax extension
+/// entry declaring more than [`MAX_EXTENSION_BYTES`] is an error as soon as its header has been
+/// read, before the tar reader allocates for its content (a few compressed bytes can declare and
+/// hold gigabytes). It follows the entry layout the way the tar reader does: each header block,
+/// then the entry's data rounded up to whole blocks, with a pax `size` record overriding the size
+/// of the next entry.
+struct ExtensionLimit<R> {
+    inner: R,
+    header: tar::Header,
+    /// Bytes of `header` read so far.
+    filled: usize,
+    /// Bytes of the current entry (data and padding) still to pass before the next header.
+    skip: u64,
+    /// The content of a pax extension entry being read, and how many bytes of it are left.
+    pax: Option<(Vec<u8>, u64)>,
+    /// The size a pax extension sets for the next entry.
+    next_size: Option<u64>,
+    /// Past the end of the archive, or at a point where the tar reader stops with an error
+    /// itself: the rest is not followed.
+    stopped: bool,
+}
+
+impl<R> ExtensionLimit<R> {
+    fn new(inner: R) -> Self {
+        ExtensionLimit {
+            inner,
+            header: tar::Header::new_old(),
+            filled: 0,
+            skip: 0,
+            pax: None,
+            next_size: None,
+            stopped: false,
+        }
+    }
+
+    fn follow(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() && !self.stopped {
+            if self.skip > 0 {
+                let take = self.skip.min(data.len() as u64) as usize;
+                if let Some((content, left)) = &mut self.pax {
+                    let part = take.min(*left as usize);
+                    content.extend_from_slice(&data[..part]);
+                    *left -= part as u64;
+                }
+                self.skip -= take as u64;
+                data = &data[take..];
+                if let Some((content, 0)) = &self.pax {
+                    self.next_size = pax_size(content);
+                    self.pax = None;
+                }
+                continue;
+            }
+            let take = (512 - self.filled).min(data.len());
+            self.header.as_mut_bytes()[self.filled..self.filled + take]
+                .copy_from_slice(&data[..take]);
+            self.filled += take;
+            data = &data[take..];
+            if self.filled == 512 {
+                self.filled = 0;
+                self.on_header()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_header(&mut self) -> io::Result<()> {
+        let bytes = self.header.as_bytes();
+        let sum = bytes[..148]
+            .iter()
+            .chain(&bytes[156..])
+            .map(|&b| u32::from(b))
+            .sum::<u32>()
+            + 8 * 32;
+        let kind = self.header.entry_type();
+        let (Ok(declared), Ok(true)) = (
+            self.header.entry_size(),
+            self.header.cksum().map(|c| c == sum),
+        ) else {
+            // The end of the archive (zero blocks) or a header the tar reader refuses.
+            self.stopped = true;
+            return Ok(());
+        };
+        if kind.is_gnu_sparse() {
+            // Refused by the unpacker when the tar reader yields it, before anything after it.
+            self.stopped = true;
+            return Ok(());
+        }
+        let recognized = self.header.as_gnu().is_some() || self.header.as_ustar().is_some();
+        let read_whole = recognized
+            && (kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions());
+        let extension = kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions();
+        let size = if extension {
+            declared
+        } else {
+            self.next_size.take().unwrap_or(declared)
+        };
+        if !read_whole {
+            self.next_size = None;
+        }
+        if read_whole && size > MAX_EXTENSION_BYTES {
+            self.stopped = true;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a long-name or pax header entry declares {size} bytes; at most \
+                     {MAX_EXTENSION_BYTES} are allowed"
+                ),
+            ));
+        }
+        if read_whole && kind.is_pax_local_extensions() {
+            self.pax = Some((Vec::with_capacity(size as usize), size));
+        }
+        self.skip = size.div_ceil(512).saturating_mul(512);
+        if self.skip == 0
+            && let Some((content, _)) = self.pax.take()
+        {
+            self.next_size = pax_size(&content);
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for ExtensionLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.follow(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// The `size` record of a pax extension, read as the tar reader reads it.
+fn pax_size(content: &[u8]) -> Option<u64> {
+    for extension in tar::PaxExtensions::new(content) {
+        let extension = extension.ok()?;
+        if extension.key() == Ok("size") {
+            return extension.value().ok()?.parse().ok();
+        }
+    }
+    None
 }
 
 fn target_is_absolute(path: &Path) -> bool {

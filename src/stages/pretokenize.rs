@@ -85,7 +85,7 @@ impl TokenShards {
         let path = dir.join(SHARDS_JSON);
         let bad = |path: &Path, reason: String| ShardError::Bad {
             path: path.to_path_buf(),
-            reason,
+            reason: crate::fsutil::one_line(&reason),
         };
         let meta = fs::metadata(&path).map_err(|e| bad(&path, e.to_string()))?;
         if !meta.is_file() {
@@ -121,9 +121,11 @@ impl TokenShards {
                 return Err(bad(&path, format!("lists {} twice", shard.file)));
             }
             let file = dir.join(relative);
-            let size = fs::metadata(&file)
-                .map_err(|e| bad(&file, e.to_string()))?
-                .len();
+            let meta = fs::metadata(&file).map_err(|e| bad(&file, e.to_string()))?;
+            if !meta.is_file() {
+                return Err(bad(&file, "not a regular file".into()));
+            }
+            let size = meta.len();
             if shard.tokens.checked_mul(2) != Some(size) {
                 return Err(bad(
                     &file,

@@ -66,9 +66,9 @@ impl Stage for Train {
         if val_paths.is_empty() {
             return Err("there is no validation text: set corpus.val_files or pretokenize.val_fraction above 0".into());
         }
-        let (val_tokens, val_bytes) = shards
-            .shards(Split::Val)
-            .fold((0u64, 0u64), |(t, b), s| (t + s.tokens, b + s.text_bytes));
+        let (val_tokens, val_bytes) = shards.shards(Split::Val).fold((0u64, 0u64), |(t, b), s| {
+            (t.saturating_add(s.tokens), b.saturating_add(s.text_bytes))
+        });
         let eval = EvalSet::open(
             &val_paths,
             cfg.seq_len,

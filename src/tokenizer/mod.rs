@@ -87,24 +87,40 @@ impl Tokenizer {
         Self::wrap(inner).map_err(TokenizerError::Training)
     }
 
-    /// Checks the model and the id layout, and caches the pieces.
+    /// Checks the model and the id layout, and caches the pieces. The model must be a BPE
+    /// whose own vocabulary has every byte token, with byte fallback on and no dropout: that is
+    /// what makes encoding total (any text has ids) and fixed, which [`Tokenizer::encode`]
+    /// relies on.
     fn wrap(inner: tokenizers::Tokenizer) -> Result<Tokenizer, String> {
-        // Encoding relies on byte fallback to cover any text, and on a fixed result.
-        match inner.get_model() {
-            ModelWrapper::BPE(bpe) if bpe.byte_fallback && bpe.dropout.is_none() => {}
-            ModelWrapper::BPE(_) => {
-                return Err("its BPE model needs byte_fallback and no dropout".into());
+        let ModelWrapper::BPE(bpe) = inner.get_model() else {
+            return Err("its model is not a BPE".into());
+        };
+        if !bpe.byte_fallback || bpe.dropout.is_some() {
+            return Err(
+                "its BPE model needs byte_fallback (it has no byte fallback) and no dropout".into(),
+            );
+        }
+        for byte in 0..=255u8 {
+            let id = BYTE_BASE + u32::from(byte);
+            if bpe.token_to_id(&byte_piece(byte)) != Some(id) {
+                return Err(format!(
+                    "the BPE model's id {id} should be {}",
+                    byte_piece(byte)
+                ));
             }
-            _ => return Err("its model is not a BPE".into()),
         }
         let size = inner.get_vocab_size(true);
-        let mut pieces = vec![String::new(); size];
+        let mut slots: Vec<Option<String>> = vec![None; size];
         for (piece, id) in inner.get_vocab(true) {
-            let slot = pieces
+            let slot = slots
                 .get_mut(id as usize)
                 .ok_or_else(|| format!("id {id} of {piece:?} is outside the vocabulary"))?;
-            *slot = piece;
+            if let Some(other) = slot {
+                return Err(format!("id {id} is given to both {other:?} and {piece:?}"));
+            }
+            *slot = Some(piece);
         }
+        let pieces: Vec<String> = slots.into_iter().map(Option::unwrap_or_default).collect();
         for (id, expected) in SPECIALS.iter().enumerate() {
             if pieces.get(id).map(String::as_str) != Some(*expected) {
                 return Err(format!("id {id} should be {expected}"));
@@ -141,10 +157,22 @@ impl Tokenizer {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
-        let inner: tokenizers::Tokenizer = text.parse().map_err(|e: tokenizers::Error| {
+        // JSON syntax is checked here: the crate panics on some syntax errors.
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             file(format!(
                 "not a tokenizer.json: {}",
-                e.to_string().replace('\n', " ")
+                crate::fsutil::one_line(&e.to_string())
+            ))
+        })?;
+        refuse_foreign_bpe_options(&json).map_err(|reason| TokenizerError::NotOurs {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        // The crate's messages quote the offending value, which may hold line breaks.
+        let inner = text.parse::<tokenizers::Tokenizer>().map_err(|e| {
+            file(format!(
+                "not a tokenizer.json: {}",
+                crate::fsutil::one_line(&e.to_string())
             ))
         })?;
         Self::wrap(inner).map_err(|reason| TokenizerError::NotOurs {
@@ -299,6 +327,20 @@ fn encode_segments(text: &str, mut encode: impl FnMut(&str, &mut Vec<u32>)) -> V
         }
     }
     ids
+}
+
+/// Refuses the BPE options tinyllm never writes and the `tokenizers` crate does not check: a
+/// `continuing_subword_prefix` longer than a merged piece makes it panic while it builds the
+/// model.
+fn refuse_foreign_bpe_options(json: &serde_json::Value) -> Result<(), String> {
+    for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
+        if !json["model"][key].is_null() {
+            return Err(format!(
+                "model.{key} is set; tinyllm's tokenizers have none"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn byte_piece(byte: u8) -> String {

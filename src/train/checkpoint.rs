@@ -9,7 +9,7 @@
 //! resume instead of being loaded as garbage.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +71,8 @@ pub enum CheckpointError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: {reason}", path.display())]
+    Bad { path: PathBuf, reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -198,8 +200,9 @@ impl Checkpoints {
                 }
                 Err(reason) => {
                     found.damaged.push(format!(
-                        "checkpoint {} is damaged ({reason}); it was removed",
-                        checkpoint.dir.display()
+                        "checkpoint {} is damaged ({}); it was removed",
+                        checkpoint.dir.display(),
+                        fsutil::one_line(&reason)
                     ));
                     fs::remove_dir_all(&checkpoint.dir).map_err(io_err(&checkpoint.dir))?;
                 }
@@ -233,14 +236,56 @@ impl Checkpoints {
     }
 }
 
-/// Checks every file a checkpoint's index lists against its size and hash.
+/// Reads the [`TrainingState`] of a verified checkpoint, which must be that of its step.
+pub fn read_state(checkpoint: &Checkpoint) -> Result<TrainingState, CheckpointError> {
+    let path = checkpoint.dir.join(STATE_FILE);
+    let text = fs::read(&path).map_err(io_err(&path))?;
+    let bad = |reason: String| CheckpointError::Bad {
+        path: path.clone(),
+        reason: fsutil::one_line(&reason),
+    };
+    let state: TrainingState = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    if state.step != checkpoint.step {
+        return Err(bad(format!(
+            "says step {}, but the checkpoint is of step {}",
+            state.step, checkpoint.step
+        )));
+    }
+    Ok(state)
+}
+
+/// Checks every file a checkpoint's index lists against its size and hash. A listed name must
+/// be a regular file inside the folder (the index is data, not a licence to read elsewhere), and
+/// its size is compared before its content is read.
 pub fn verify(dir: &Path) -> Result<(), String> {
     let index_path = dir.join(INDEX_FILE);
     let text = fs::read(&index_path).map_err(|e| format!("{INDEX_FILE}: {e}"))?;
     let index: Index =
         serde_json::from_slice(&text).map_err(|e| format!("{INDEX_FILE} is unreadable: {e}"))?;
     for file in &index.files {
+        let inside = !file.name.is_empty()
+            && Path::new(&file.name)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+        if !inside {
+            return Err(format!(
+                "{INDEX_FILE} lists {:?}, which is not a path inside the checkpoint",
+                file.name
+            ));
+        }
         let path = dir.join(&file.name);
+        let meta = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", file.name))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a regular file", file.name));
+        }
+        if meta.len() != file.bytes {
+            return Err(format!(
+                "{} is {} bytes, {INDEX_FILE} says {}",
+                file.name,
+                meta.len(),
+                file.bytes
+            ));
+        }
         let (bytes, hash) =
             fsutil::blake3_file(&path).map_err(|e| format!("{}: {e}", file.name))?;
         if bytes != file.bytes {

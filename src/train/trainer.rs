@@ -11,8 +11,8 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::checkpoint::{
-    BestEval, CONFIG_FILE, Checkpoint, CheckpointError, Checkpoints, METRICS_FILE, MODEL_FILE,
-    OPTIMIZER_FILE, STATE_FILE, TrainingState,
+    self, BestEval, CONFIG_FILE, Checkpoint, CheckpointError, Checkpoints, METRICS_FILE,
+    MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TrainingState,
 };
 use super::eval::{EvalResult, EvalSet};
 use super::metrics::{MetricRecord, MetricsLog, read_jsonl};
@@ -150,7 +150,7 @@ fn start_or_resume<S: Shape, B: Backend<Float = f32>>(
         return Ok((state, Vec::new(), None));
     };
     let (mut state, records) = restore(run, &checkpoint)?;
-    loader.restore(state.loader);
+    loader.restore(state.loader)?;
     eprintln!(
         "  resuming from step {} ({})",
         state.step,
@@ -350,7 +350,10 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
             path: job.checkpoints_dir.clone(),
             reason: format!("the metrics of step {final_step} have no validation pass"),
         })?;
-    let best = state.best.expect("the last step is always evaluated");
+    let best = state.best.ok_or_else(|| TrainError::BadCheckpoint {
+        path: job.checkpoints_dir.clone(),
+        reason: format!("step {final_step} has no best validation result"),
+    })?;
     write_model(&run.model, out_dir)?;
     if best.step != final_step {
         let from = checkpoints.dir_of(best.step).join(MODEL_FILE);
@@ -438,13 +441,7 @@ fn restore<S: Shape, B: Backend<Float = f32>>(
     let moment_layout = AdamWOptimizer::<B>::state_layout(run.model.layout());
     let moments = safetensors::load(&dir.join(OPTIMIZER_FILE), &moment_layout)?;
     run.model.load_params(&params)?;
-    let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read(&state_path).map_err(io_err(&state_path))?;
-    let state: TrainingState =
-        serde_json::from_slice(&text).map_err(|e| TrainError::BadCheckpoint {
-            path: state_path.clone(),
-            reason: e.to_string(),
-        })?;
+    let state = checkpoint::read_state(checkpoint)?;
     run.optimizer
         .load_state(run.model.backend(), state.step, &moments)
         .map_err(ModelError::from)?;
