@@ -979,7 +979,7 @@ fn a_shard_list_naming_files_elsewhere_or_overflowing_is_refused() {
     manifest["shards"][0]["file"] = json!("../outside.bin");
     fs::write(root.join("shards.json"), manifest.to_string()).unwrap();
     let error = TokenShards::open_dir(&root).unwrap_err().to_string();
-    assert!(error.contains("not a file inside the artifact"), "{error}");
+    assert!(error.contains("is not a path inside the folder"), "{error}");
 
     // 2^63 + 120 tokens are 240 bytes once doubled in 64-bit arithmetic.
     let mut manifest: Json = serde_json::from_slice(&valid_manifest(120, 40)).unwrap();

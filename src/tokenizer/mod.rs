@@ -95,10 +95,11 @@ impl Tokenizer {
         let ModelWrapper::BPE(bpe) = inner.get_model() else {
             return Err("its model is not a BPE".into());
         };
-        if !bpe.byte_fallback || bpe.dropout.is_some() {
-            return Err(
-                "its BPE model needs byte_fallback (it has no byte fallback) and no dropout".into(),
-            );
+        if !bpe.byte_fallback {
+            return Err("its BPE model has no byte fallback, which encoding any text needs".into());
+        }
+        if bpe.dropout.is_some() {
+            return Err("its BPE model has dropout, which makes encoding random".into());
         }
         for byte in 0..=255u8 {
             let id = BYTE_BASE + u32::from(byte);

@@ -336,7 +336,7 @@ pub fn rows() -> Vec<Row> {
             }),
             args: &["tokenize", "--tokenizer", "model", "hi"],
             expect: Expect::Refused(
-                "error: model/tokenizer.json: not a tinyllm tokenizer: its BPE model needs byte_fallback and no dropout",
+                "error: model/tokenizer.json: not a tinyllm tokenizer: its BPE model has no byte fallback, which encoding any text needs",
             ),
             ..ROW
         },
@@ -346,7 +346,7 @@ pub fn rows() -> Vec<Row> {
             setup: Some(|project| edit_tokenizer(project, |t| t["model"]["dropout"] = 0.5.into())),
             args: &["tokenize", "--tokenizer", "model/tokenizer.json", "hi"],
             expect: Expect::Refused(
-                "error: model/tokenizer.json: not a tinyllm tokenizer: its BPE model needs byte_fallback and no dropout",
+                "error: model/tokenizer.json: not a tinyllm tokenizer: its BPE model has dropout, which makes encoding random",
             ),
             ..ROW
         },
@@ -376,7 +376,7 @@ pub fn rows() -> Vec<Row> {
             }),
             args: &["tokenize", "--tokenizer", "model", "hi"],
             expect: Expect::Refused(
-                "error: model/tokenizer.json: not a tinyllm tokenizer: id 4000 of \"<0x41>\" is outside the vocabulary",
+                "error: model/tokenizer.json: not a tinyllm tokenizer: the BPE model's id 68 should be <0x41>",
             ),
             ..ROW
         },
