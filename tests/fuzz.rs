@@ -924,19 +924,16 @@ fn fuzz_shards(cases: u32) {
             Ok(shards) => shards,
             Err(error) => return one_line(error),
         };
-        // What the train stage reads: the non-empty shards of each split.
-        let paths = |split| -> Vec<PathBuf> {
-            shards
-                .shards(split)
-                .filter(|s| s.tokens > 0)
-                .map(|s| shards.dir.join(&s.file))
-                .collect()
-        };
-        match EvalSet::open(&paths(Split::Val), input.seq_len, input.max_windows, 0.3) {
+        match EvalSet::open(
+            &shards.paths(Split::Val),
+            input.seq_len,
+            input.max_windows,
+            0.3,
+        ) {
             Ok(eval) => prop_assert!(eval.windows() > 0),
             Err(error) => one_line(error)?,
         }
-        let mut loader = match Loader::open(&paths(Split::Train), input.seq_len, 7, 0, 1) {
+        let mut loader = match Loader::open(&shards.paths(Split::Train), input.seq_len, 7, 0, 1) {
             Ok(loader) => loader,
             Err(error) => return one_line(error),
         };
@@ -980,6 +977,13 @@ fn a_shard_list_naming_files_elsewhere_or_overflowing_is_refused() {
     fs::write(root.join("shards.json"), manifest.to_string()).unwrap();
     let error = TokenShards::open_dir(&root).unwrap_err().to_string();
     assert!(error.contains("is not a path inside the folder"), "{error}");
+
+    // A name with a line break (found by the fuzzer) is quoted on one line.
+    manifest["shards"][0]["file"] = json!("trai\n/a.bin");
+    fs::write(root.join("shards.json"), manifest.to_string()).unwrap();
+    let error = TokenShards::open_dir(&root).unwrap_err().to_string();
+    assert!(error.contains("trai\\n/a.bin: "), "{error}");
+    assert!(!error.contains('\n'), "{error}");
 
     // 2^63 + 120 tokens are 240 bytes once doubled in 64-bit arithmetic.
     let mut manifest: Json = serde_json::from_slice(&valid_manifest(120, 40)).unwrap();

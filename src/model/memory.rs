@@ -35,6 +35,10 @@ impl Allocation {
             | Allocation::OptimizerMoments { .. } => {
                 "choose a smaller model (model.dim, model.n_layers, model.vocab_size)"
             }
+            // A batch of one is a single sequence: `score`'s text, or a training window.
+            Allocation::Activations { batch: 1, .. } => {
+                "use a shorter sequence (a shorter text to score, or a lower train.seq_len)"
+            }
             Allocation::Activations { .. } => "lower train.batch_size (or train.seq_len)",
             Allocation::RopeTables { .. } => {
                 "export with --format llama2c-v1, which has no tables, or train a model with a shorter context (model.max_seq_len)"
@@ -569,6 +573,21 @@ mod tests {
         for bad in ["", "G", "8X", "-1G", "0", "1e99T", "eight"] {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
+    }
+
+    /// A single sequence too long to fit is not fixed by a smaller batch (`score`, or a batch of one).
+    #[test]
+    fn one_sequence_too_long_asks_for_a_shorter_one() {
+        assert!(
+            Allocation::Activations { batch: 1, seq: 9 }
+                .remedy()
+                .contains("a shorter sequence")
+        );
+        assert!(
+            Allocation::Activations { batch: 2, seq: 9 }
+                .remedy()
+                .contains("lower train.batch_size")
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::corpus::{CorpusError, for_each_story, matching_files};
+use crate::fsutil::one_line;
 use crate::pipeline::cache::Artifact;
 use crate::pipeline::{Stage, StageContext, StageFailure, StageId, StageReport};
 use crate::stages::download::Corpus;
@@ -67,9 +68,11 @@ pub struct TokenShards {
     pub set: ShardSet,
 }
 
+/// The path is quoted from `shards.json`, which may hold any characters: control characters are
+/// escaped so that the message stays one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
-    #[error("{}: {reason}", path.display())]
+    #[error("{}: {}", one_line(&path.display().to_string()), one_line(reason))]
     Bad { path: PathBuf, reason: String },
 }
 
@@ -145,6 +148,14 @@ impl TokenShards {
 
     pub fn shards(&self, split: Split) -> impl Iterator<Item = &ShardInfo> {
         self.set.shards.iter().filter(move |s| s.split == split)
+    }
+
+    /// The files of a split's shards that hold tokens: what training and evaluation read.
+    pub fn paths(&self, split: Split) -> Vec<PathBuf> {
+        self.shards(split)
+            .filter(|s| s.tokens > 0)
+            .map(|s| self.dir.join(&s.file))
+            .collect()
     }
 }
 

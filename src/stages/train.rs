@@ -55,14 +55,7 @@ impl Stage for Train {
             )
             .into());
         }
-        let paths = |split| -> Vec<PathBuf> {
-            shards
-                .shards(split)
-                .filter(|s| s.tokens > 0)
-                .map(|s| shards.dir.join(&s.file))
-                .collect()
-        };
-        let (train_paths, val_paths) = (paths(Split::Train), paths(Split::Val));
+        let (train_paths, val_paths) = (shards.paths(Split::Train), shards.paths(Split::Val));
         if val_paths.is_empty() {
             return Err("there is no validation text: set corpus.val_files or pretokenize.val_fraction above 0".into());
         }
