@@ -7,7 +7,6 @@
 //! Checkpoints live in the stage's scratch folder while it runs, so a killed run continues from
 //! the newest one when the pipeline is run again.
 
-
 use serde_json::json;
 
 use crate::data::loader::LoaderError;
