@@ -124,7 +124,10 @@ fn score_reads_a_file_longer_than_the_context_and_scores_every_token() {
         Some(&run_dir),
     ));
     assert!(
-        line.contains(&format!("--file {} is empty", empty.display())),
+        line.contains(&format!(
+            "--file {} has nothing to score (it is empty or blank)",
+            empty.display()
+        )),
         "{line}"
     );
 
