@@ -335,3 +335,39 @@ fn a_head_size_the_model_cannot_have_is_refused_before_any_stage() {
         assert!(!project.runs().exists(), "{extra:?} created a run folder");
     }
 }
+
+/// A precision that is not one: on the command line, clap's error line names the flag and the
+/// values there are (clap's usage hint follows it); in a spec, one line names the key.
+#[test]
+fn a_precision_that_is_not_one_is_one_line() {
+    for command in [
+        &["sample", "--checkpoint", "nowhere", "--precision", "fp16"][..],
+        &["bench", "generate", "--precision", "fp16"][..],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tinyllm"))
+            .args(command)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{command:?}: {stderr}");
+        assert!(
+            errors[0].starts_with("error: ")
+                && errors[0].contains("--precision")
+                && errors[0]
+                    .contains("\"fp16\" is not a precision: use \"f32\", \"bf16\" or \"auto\""),
+            "{stderr}"
+        );
+    }
+    let project = common::training_project("max_iters = 2\n");
+    let output = project
+        .run_command(&["--set", "sample.precision=\"fp16\"", "--dry-run"])
+        .output()
+        .unwrap();
+    let line = common::one_error_line(&output);
+    assert!(
+        line.contains("sample.precision") && line.contains("\"fp16\" is not a precision"),
+        "{line}"
+    );
+}

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{BenchError, median, peak_rss_bytes};
-use crate::engine::{Backend, Device, DeviceInfo, Rng};
+use crate::engine::{Backend, Device, DeviceInfo, Precision, Rng};
 use crate::generate::folder::ModelFolder;
 use crate::generate::sampler::{Sampling, sample};
 use crate::model::{Llama, LlamaConfig, ModelJob, Preset, Shape, run_model};
@@ -17,6 +17,8 @@ use crate::tokenizer::BOS;
 pub struct GenerateBench {
     pub new_tokens: usize,
     pub runs: usize,
+    /// The matmuls' precision.
+    pub precision: Precision,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +28,7 @@ pub struct GenerateFigures {
     pub device: String,
     pub params: usize,
     pub threads: usize,
+    pub precision: Precision,
     pub new_tokens: usize,
     pub runs: usize,
     /// Tokens per second of each run.
@@ -45,12 +48,13 @@ impl fmt::Display for GenerateFigures {
             .collect();
         writeln!(
             f,
-            "model {} ({:.2} M params), batch 1, {} new tokens, {}, {} threads, {} runs",
+            "model {} ({:.2} M params), batch 1, {} new tokens, {}, {} threads, {}, {} runs",
             self.model,
             self.params as f64 / 1e6,
             self.new_tokens,
             self.device,
             self.threads,
+            self.precision,
             self.runs
         )?;
         write!(
@@ -103,11 +107,13 @@ impl ModelJob for Measure<'_> {
         let device = device.name.clone();
         match self.source {
             Source::Preset(preset) => {
-                let model = Llama::new(backend, shape, LlamaConfig::default(), 1337)?;
+                let mut model = Llama::new(backend, shape, LlamaConfig::default(), 1337)?;
+                model.set_precision(self.bench.precision)?;
                 measure(&model, preset.name().to_string(), device, self.bench)
             }
             Source::Folder(folder, name) => {
-                let model = folder.load(shape, backend)?;
+                let mut model = folder.load(shape, backend)?;
+                model.set_precision(self.bench.precision)?;
                 measure(&model, name, device, self.bench)
             }
         }
@@ -151,6 +157,7 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         device,
         params: model.num_params(),
         threads: rayon::current_num_threads(),
+        precision: model.precision(),
         new_tokens,
         runs: bench.runs,
         tokens_per_sec_runs: speeds,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 pub use crate::train::metrics::median;
 
-use crate::engine::{Backend, Cpu, EngineError};
+use crate::engine::{Backend, Cpu, EngineError, Precision};
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -48,15 +48,27 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn matmul_peak_gflops<B: Backend<Float = f32>>(
     backend: &B,
     n: usize,
+    precision: Precision,
 ) -> Result<f64, EngineError> {
     let a = backend.upload(&vec![0.5f32; n * n])?;
     let w = backend.upload(&vec![0.25f32; n * n])?;
+    let mut w_half = backend.half_zeros(if precision == Precision::Bf16 {
+        n * n
+    } else {
+        0
+    })?;
+    if precision == Precision::Bf16 {
+        backend.round_to_half(&mut w_half, &w);
+    }
     let mut out = backend.zeros(n * n)?;
     let mut best = 0.0f64;
     for _ in 0..6 {
         backend.synchronize();
         let started = Instant::now();
-        backend.matmul_forward(&mut out, &a, &w, n, n);
+        match precision {
+            Precision::F32 => backend.matmul_forward(&mut out, &a, &w, n, n),
+            Precision::Bf16 => backend.matmul_forward_half(&mut out, &a, &w_half, n, n),
+        }
         backend.synchronize();
         let secs = started.elapsed().as_secs_f64();
         best = best.max(2.0 * (n * n * n) as f64 / secs / 1e9);
@@ -66,5 +78,5 @@ pub fn matmul_peak_gflops<B: Backend<Float = f32>>(
 
 /// [`matmul_peak_gflops`] of the CPU backend.
 pub fn measure_matmul_peak_gflops() -> Result<f64, EngineError> {
-    matmul_peak_gflops(&Cpu::<f32>::new(), 1024)
+    matmul_peak_gflops(&Cpu::<f32>::new(), 1024, Precision::F32)
 }

@@ -10,14 +10,16 @@ use serde::Serialize;
 
 use super::{BenchError, matmul_peak_gflops, median, peak_rss_bytes};
 use crate::data::loader::Loader;
-use crate::engine::{Backend, Device, DeviceInfo, Rng};
+use crate::engine::profile::Profiled;
+use crate::engine::{Backend, Device, DeviceInfo, Precision, Rng, matmul_kernel};
+
 use crate::fsutil;
 use crate::model::{Llama, LlamaConfig, ModelDims, ModelJob, Preset, Shape, run_model};
 use crate::train::checkpoint::{Checkpoints, TrainingState};
 use crate::train::eval::EvalSet;
 use crate::train::metrics::{MetricRecord, MetricsLog};
 use crate::train::save_checkpoint;
-use crate::train::step::{StepConfig, Stepper};
+use crate::train::step::{Batches, StepConfig, Stepper};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -29,8 +31,12 @@ pub struct TrainBench {
     pub warmup_steps: usize,
     pub steps: usize,
     pub device: Device,
+    /// The precision of the matmuls, resolved.
+    pub precision: Precision,
     /// A pipeline's run, to estimate where its time goes.
     pub run: Option<RunPlan>,
+    /// Time each backend op of the timed steps too.
+    pub ops: bool,
 }
 
 /// The parts of a pipeline's train settings that decide what a run does besides its steps.
@@ -80,6 +86,10 @@ pub struct TrainFigures {
     pub model: String,
     /// `cpu`, or the GPU's name.
     pub device: String,
+    /// `f32` or `bf16`.
+    pub precision: Precision,
+    /// The matmul kernel that precision runs on this device.
+    pub matmul_kernel: String,
     pub params: usize,
     pub batch: usize,
     pub seq: usize,
@@ -98,6 +108,83 @@ pub struct TrainFigures {
     pub peak_rss_mb: Option<f64>,
     /// Where a run of the pipeline would spend its time, when one was given.
     pub run: Option<RunFigures>,
+    /// Where a step's time goes, op by op, when asked for.
+    pub ops: Option<OpsTable>,
+}
+
+/// The timed steps' time per backend op, largest first, then `other` (the step outside backend
+/// ops: the loader, the host side of the model).
+#[derive(Debug, Clone, Serialize)]
+pub struct OpsTable {
+    /// The mean step over the timed steps (the rows' denominator; the median is above).
+    pub mean_ms_per_step: f64,
+    pub rows: Vec<OpRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpRow {
+    pub op: String,
+    pub calls_per_step: f64,
+    pub ms_per_step: f64,
+    /// Fraction of the mean step.
+    pub share: f64,
+}
+
+impl OpsTable {
+    /// The table of `steps` steps that took `total` in all, from the ops' totals over them.
+    fn new(
+        totals: &std::collections::BTreeMap<&'static str, crate::engine::profile::OpTotal>,
+        steps: usize,
+        total: std::time::Duration,
+    ) -> OpsTable {
+        let steps_f = steps.max(1) as f64;
+        let step_ms = total.as_secs_f64() * 1e3 / steps_f;
+        let mut rows: Vec<OpRow> = totals
+            .iter()
+            .map(|(op, t)| OpRow {
+                op: op.to_string(),
+                calls_per_step: t.calls as f64 / steps_f,
+                ms_per_step: t.time.as_secs_f64() * 1e3 / steps_f,
+                share: 0.0,
+            })
+            .collect();
+        rows.sort_by(|a, b| b.ms_per_step.total_cmp(&a.ms_per_step));
+        let in_ops: f64 = rows.iter().map(|r| r.ms_per_step).sum();
+        rows.push(OpRow {
+            op: "other".into(),
+            calls_per_step: 0.0,
+            ms_per_step: (step_ms - in_ops).max(0.0),
+            share: 0.0,
+        });
+        for row in &mut rows {
+            row.share = row.ms_per_step / step_ms.max(1e-12);
+        }
+        OpsTable {
+            mean_ms_per_step: step_ms,
+            rows,
+        }
+    }
+}
+
+impl std::fmt::Display for OpsTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "per op (mean step {:.1} ms):\n  {:<22} {:>9} {:>10} {:>7}",
+            self.mean_ms_per_step, "op", "calls/step", "ms/step", "share"
+        )?;
+        for row in &self.rows {
+            write!(
+                f,
+                "\n  {:<22} {:>9.0} {:>10.2} {:>6.1}%",
+                row.op,
+                row.calls_per_step,
+                row.ms_per_step,
+                100.0 * row.share
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// A run of a pipeline, estimated from measured parts: steps × the median step, validation
@@ -236,7 +323,7 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
     };
     // A GPU needs larger products than the CPU to reach its peak.
     let peak_size = if device.is_gpu() { 4096 } else { 1024 };
-    let peak = matmul_peak_gflops(&backend, peak_size)?;
+    let peak = matmul_peak_gflops(&backend, peak_size, bench.precision)?;
     let scratch = Scratch::new()?;
     let micro_batches = (bench.warmup_steps + bench.steps) * step.accum;
     let train_tokens = (micro_batches * step.batch * step.seq + 1).min(MAX_SHARD_TOKENS);
@@ -247,20 +334,19 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         1,
     )?;
     let mut loader = Loader::open(&[shard], step.seq, 1337, 0, 1)?;
-    let mut model = Llama::new(backend, shape, LlamaConfig::default(), 1337)?;
+    let mut model = Llama::new(Profiled::new(backend), shape, LlamaConfig::default(), 1337)?;
+    model.set_precision(bench.precision)?;
     let optimizer = model.optimizer(0.9, 0.95, 0.1)?;
     // Before any batch is made: a batch too large for memory is an error, not an abort.
     model.allocate_activations(step.batch, step.seq)?;
     let mut stepper = Stepper::new(model, optimizer, step);
-    let mut times = Vec::with_capacity(bench.steps);
-    for i in 0..bench.warmup_steps + bench.steps {
-        let started = Instant::now();
-        stepper.step(&mut loader, 1e-4)?;
-        stepper.model.backend().synchronize();
-        if i >= bench.warmup_steps {
-            times.push(started.elapsed().as_secs_f64());
-        }
-    }
+    let (mut times, ops) = time_steps(
+        &mut stepper,
+        &mut loader,
+        bench.warmup_steps,
+        bench.steps,
+        bench.ops,
+    )?;
     let secs = median(&mut times);
     let run = match &bench.run {
         Some(plan) => Some(measure_run(&mut stepper, &loader, &scratch, plan, secs)?),
@@ -271,6 +357,8 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
     let achieved = flops / secs / 1e9;
     Ok(TrainFigures {
         device: device.name.clone(),
+        precision: bench.precision,
+        matmul_kernel: matmul_kernel(device.device, bench.precision).to_string(),
         model: bench
             .preset
             .map_or_else(|| format!("{dims:?}"), |p| p.name().to_string()),
@@ -290,7 +378,37 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         bf16_peak_gflops: device.bf16_peak_gflops,
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
         run,
+        ops,
     })
+}
+
+/// Runs `warmup` untimed steps, then `steps` timed ones (seconds each), with their per-op table
+/// when `ops` is set.
+fn time_steps<S: Shape, B: Backend>(
+    stepper: &mut Stepper<S, Profiled<B>>,
+    data: &mut impl Batches,
+    warmup: usize,
+    steps: usize,
+    ops: bool,
+) -> Result<(Vec<f64>, Option<OpsTable>), BenchError> {
+    let mut times = Vec::with_capacity(steps);
+    let mut total = std::time::Duration::ZERO;
+    for i in 0..warmup + steps {
+        let timed = i >= warmup;
+        stepper.model.backend().record(ops && timed);
+        let started = Instant::now();
+        stepper.step(data, 1e-4)?;
+        stepper.model.backend().synchronize();
+        let elapsed = started.elapsed();
+        if timed {
+            times.push(elapsed.as_secs_f64());
+            total += elapsed;
+        }
+    }
+    let backend = stepper.model.backend();
+    backend.record(false);
+    let table = ops.then(|| OpsTable::new(&backend.totals(), steps, total));
+    Ok((times, table))
 }
 
 /// Times one validation pass, one checkpoint and one metrics line the way the trainer runs
@@ -372,13 +490,15 @@ impl std::fmt::Display for TrainFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "model {} ({:.2} M params), batch {} × seq {} × {} micro-batches, {}, {} threads, {} steps",
+            "model {} ({:.2} M params), batch {} × seq {} × {} micro-batches, {}, {} ({} matmuls), {} threads, {} steps",
             self.model,
             self.params as f64 / 1e6,
             self.batch,
             self.seq,
             self.grad_accum_steps,
             self.device,
+            self.precision,
+            self.matmul_kernel,
             self.threads,
             self.steps
         )?;
@@ -411,6 +531,9 @@ impl std::fmt::Display for TrainFigures {
         }
         if let Some(run) = &self.run {
             write!(f, "\n{run}")?;
+        }
+        if let Some(ops) = &self.ops {
+            write!(f, "\n{ops}")?;
         }
         Ok(())
     }
@@ -451,6 +574,69 @@ impl std::fmt::Display for RunFigures {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Cpu;
+    use crate::model::RuntimeShape;
+    use crate::train::step::FixedBatch;
+
+    #[test]
+    fn the_ops_table_covers_the_step() {
+        let dims = ModelDims {
+            dim: 32,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            vocab_size: 64,
+            multiple_of: 16,
+            max_seq_len: 16,
+        };
+        let step = StepConfig {
+            batch: 2,
+            seq: 16,
+            accum: 2,
+            grad_clip: 1.0,
+        };
+        let backend = Profiled::new(Cpu::<f32>::new());
+        let model = Llama::new(
+            backend,
+            RuntimeShape::new(dims).unwrap(),
+            LlamaConfig::default(),
+            1,
+        )
+        .unwrap();
+        let optimizer = model.optimizer(0.9, 0.95, 0.1).unwrap();
+        let mut stepper = Stepper::new(model, optimizer, step);
+        let tokens: Vec<u32> = (0..32).map(|i| (i * 7 % 64) as u32).collect();
+        let mut data = FixedBatch {
+            inputs: tokens.clone(),
+            targets: tokens.iter().map(|t| (t + 1) % 64).collect(),
+        };
+        let (times, table) = time_steps(&mut stepper, &mut data, 1, 3, true).unwrap();
+        let table = table.expect("asked for");
+        assert_eq!(times.len(), 3);
+        let step_ms = times.iter().sum::<f64>() * 1e3 / 3.0;
+        assert!((table.mean_ms_per_step - step_ms).abs() < 1e-6);
+        let row = |op: &str| table.rows.iter().find(|r| r.op == op);
+        // Two micro-batches of two layers: 2 × (2 × 7 + 1) matmuls forward, 2 × 2 attentions.
+        assert_eq!(row("matmul_forward").unwrap().calls_per_step, 30.0);
+        assert_eq!(row("attention_forward").unwrap().calls_per_step, 4.0);
+        assert_eq!(row("attention_backward").unwrap().calls_per_step, 4.0);
+        assert!(row("adamw").is_some() && row("cross_entropy").is_some());
+        assert_eq!(table.rows.last().unwrap().op, "other");
+        let in_ops: f64 = table.rows[..table.rows.len() - 1]
+            .iter()
+            .map(|r| r.ms_per_step)
+            .sum();
+        assert!(
+            in_ops <= step_ms,
+            "{in_ops} ms of ops in a {step_ms} ms step"
+        );
+        let shares: f64 = table.rows.iter().map(|r| r.share).sum();
+        assert!((shares - 1.0).abs() < 1e-9, "shares sum to {shares}");
+        // Untimed steps leave the totals alone.
+        let before = stepper.model.backend().totals();
+        time_steps(&mut stepper, &mut data, 1, 1, false).unwrap();
+        assert_eq!(stepper.model.backend().totals(), before);
+    }
 
     #[test]
     fn a_plan_counts_what_the_trainer_does() {

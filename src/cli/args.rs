@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::engine::Device;
+use crate::engine::{Device, PrecisionSetting};
 use crate::model::Preset;
 use crate::pipeline::spec::MAX_THREADS;
 use crate::pipeline::{self, LoadedSpec, SpecSources, StageId};
@@ -120,6 +120,10 @@ pub struct BenchRun {
 }
 
 pub fn parse_device(name: &str) -> Result<Device, String> {
+    name.parse()
+}
+
+pub fn parse_precision(name: &str) -> Result<PrecisionSetting, String> {
     name.parse()
 }
 

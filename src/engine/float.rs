@@ -4,6 +4,10 @@ use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{AddAssign, MulAssign, SubAssign};
 
+use half::bf16;
+
+use super::vmath;
+
 pub trait Float:
     num_traits::Float
     + AddAssign
@@ -20,9 +24,58 @@ pub trait Float:
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
 
+    /// This value rounded to bf16 (to nearest, ties to even).
+    fn to_bf16(self) -> bf16 {
+        bf16::from_f64(self.to_f64())
+    }
+    /// A bf16 value, widened exactly.
+    fn from_bf16(x: bf16) -> Self {
+        Self::from_f64(x.to_f64())
+    }
+
     /// `Σ a[i] · b[i]` over the shorter length: the matrix-vector products of decoding.
     fn dot(a: &[Self], b: &[Self]) -> Self {
         dot_portable(a, b)
+    }
+
+    /// The largest element (NaNs skipped), −∞ for none: a softmax row's shift.
+    fn max_of(xs: &[Self]) -> Self {
+        xs.iter().fold(Self::neg_infinity(), |m, &x| m.max(x))
+    }
+
+    /// `xs[i] = e^(xs[i] − shift)`, returning their sum: a softmax row's numerators. f32 runs a
+    /// vectorised polynomial exp; f64 keeps the standard library's, so gradient checks stay
+    /// exact.
+    fn exp_sum(xs: &mut [Self], shift: Self) -> Self {
+        let mut sum = Self::zero();
+        for x in xs.iter_mut() {
+            *x = (*x - shift).exp();
+            sum += *x;
+        }
+        sum
+    }
+
+    /// `out = silu(gate) · up`, elementwise (the exp as in [`Float::exp_sum`]).
+    fn swiglu(out: &mut [Self], gate: &[Self], up: &[Self]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g * u / (Self::one() + (-g).exp());
+        }
+    }
+
+    /// `dgate = dout · up · σ(g)(1 + g(1 − σ(g)))`, `dup = dout · silu(g)`, both overwritten.
+    fn swiglu_backward(
+        dgate: &mut [Self],
+        dup: &mut [Self],
+        dout: &[Self],
+        gate: &[Self],
+        up: &[Self],
+    ) {
+        let one = Self::one();
+        for ((((dg, du), &d), &g), &u) in dgate.iter_mut().zip(dup).zip(dout).zip(gate).zip(up) {
+            let s = one / (one + (-g).exp());
+            *dg = d * u * s * (one + g * (one - s));
+            *du = d * g * s;
+        }
     }
 }
 
@@ -49,7 +102,7 @@ fn dot_portable<T: Float>(a: &[T], b: &[T]) -> T {
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -89,6 +142,12 @@ impl Float for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
+    fn to_bf16(self) -> bf16 {
+        bf16::from_f32(self)
+    }
+    fn from_bf16(x: bf16) -> Self {
+        x.to_f32()
+    }
 
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
@@ -98,6 +157,19 @@ impl Float for f32 {
             return unsafe { dot_f32_avx2(a, b) };
         }
         dot_portable(a, b)
+    }
+
+    fn max_of(xs: &[f32]) -> f32 {
+        vmath::max(xs)
+    }
+    fn exp_sum(xs: &mut [f32], shift: f32) -> f32 {
+        vmath::exp_sum(xs, shift)
+    }
+    fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
+        vmath::swiglu(out, gate, up);
+    }
+    fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+        vmath::swiglu_backward(dgate, dup, dout, gate, up);
     }
 }
 

@@ -2,8 +2,10 @@
 //! needs, each with its hand-derived backward pass, in the manner of llm.c.
 //!
 //! The model and the optimizer are written against [`Backend`] only, so a GPU backend can take
-//! the CPU's place without touching them. Every backward pass accumulates (`+=`) into its
-//! gradient buffers, so the caller zeroes them once per optimizer step.
+//! the CPU's place without touching them. Backward passes accumulate (`+=`) into their gradient
+//! buffers, so the caller zeroes them once per optimizer step; the exceptions, which overwrite
+//! because the model has them write their buffers first, are [`Backend::attention_backward`]
+//! and [`Backend::swiglu_backward`] (no zeroing pass before them).
 //!
 //! Allocation and transfers between host and device return [`EngineError`]: an out-of-memory is
 //! an error the caller words for the user, never a panic or an abort.
@@ -15,7 +17,10 @@ mod device;
 mod error;
 mod float;
 pub mod optimizer;
+mod precision;
+pub mod profile;
 mod rng;
+mod vmath;
 
 pub use cpu::Cpu;
 #[cfg(feature = "cuda")]
@@ -25,6 +30,10 @@ pub use error::EngineError;
 pub(crate) use error::{host_copy, host_vec};
 pub use float::Float;
 pub use optimizer::{AdamWOptimizer, clip_grad_norm};
+pub use precision::{
+    NO_BF16_INSTRUCTIONS_VAR, Precision, PrecisionSetting, bf16_instructions_disabled,
+    cpu_has_native_bf16, matmul_kernel,
+};
 pub use rng::Rng;
 
 /// Shapes of the attention op: batch, sequence, heads, kv heads, head size.
@@ -51,6 +60,20 @@ impl ParamInfo {
         self.shape.iter().product()
     }
 }
+
+/// A matmul weight as [`Backend::matvec_many`] reads it: the float tensor, or its bf16 copy
+/// (under bf16 precision).
+pub enum MatvecWeight<'a, B: Backend + ?Sized> {
+    Full(&'a B::Buf),
+    Half(&'a B::Half),
+}
+
+impl<B: Backend + ?Sized> Clone for MatvecWeight<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend + ?Sized> Copy for MatvecWeight<'_, B> {}
 
 /// Hyperparameters of one AdamW step for one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,6 +107,9 @@ pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
     /// A buffer of token ids in the backend's memory.
     type Tokens: Send + Sync;
+    /// A buffer of bf16 values in the backend's memory: the weights' matmul copies under bf16
+    /// precision (see [`Precision`]).
+    type Half: Send + Sync;
 
     /// Waits until the ops queued so far have finished (a GPU's are asynchronous); for timing.
     fn synchronize(&self) {}
@@ -171,6 +197,55 @@ pub trait Backend: Send + Sync {
         oc: usize,
     );
 
+    /// `outs[j] = inp · ws[j]ᵀ` for one input row of `ic` values, `outs[j]` as long as `ws[j]`
+    /// has rows: the matrices of a decoding step that read the same input (q, k and v; gate and
+    /// up), which a backend may run as one parallel region instead of one per matrix.
+    fn matvec_many(
+        &self,
+        outs: &mut [&mut Self::Buf],
+        inp: &Self::Buf,
+        ws: &[MatvecWeight<'_, Self>],
+        ic: usize,
+    ) {
+        for (out, w) in outs.iter_mut().zip(ws) {
+            let oc = self.len(out);
+            match *w {
+                MatvecWeight::Full(w) => self.matmul_forward(out, inp, w, ic, oc),
+                MatvecWeight::Half(w) => self.matmul_forward_half(out, inp, w, ic, oc),
+            }
+        }
+    }
+
+    /// A bf16 buffer of `len` zeros.
+    fn half_zeros(&self, len: usize) -> Result<Self::Half, EngineError>;
+    /// `dst = src` rounded to bf16 (to nearest, ties to even); both of the same length.
+    fn round_to_half(&self, dst: &mut Self::Half, src: &Self::Buf);
+    /// The values of a bf16 buffer in host memory, widened (exactly) to floats.
+    fn download_half(&self, buf: &Self::Half) -> Result<Vec<Self::Float>, EngineError>;
+    /// [`Backend::matmul_forward`] in bf16: `inp` rounded to bf16, `w` a bf16 copy, the
+    /// products summed in f32 (at least).
+    fn matmul_forward_half(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Half,
+        ic: usize,
+        oc: usize,
+    );
+    /// [`Backend::matmul_backward`] in bf16: `dout` and `inp` rounded to bf16, `w` a bf16
+    /// copy, the products summed in f32 (at least) into the float gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward_half(
+        &self,
+        dinp: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        w: &Self::Half,
+        ic: usize,
+        oc: usize,
+    );
+
     /// Rotates each head of `x` (rows of `heads × head_dim`, position = row mod `seq`) in place,
     /// in Hugging Face's `rotate_half` layout.
     fn rope_forward(
@@ -229,7 +304,8 @@ pub trait Backend: Send + Sync {
         v: &Self::Buf,
         shape: AttentionShape,
     );
-    /// `scratch` is working space of the size of `probs`.
+    /// Overwrites (does not accumulate into) `dq`, `dk`, `dv`. `scratch` is working space of
+    /// the size of `probs`.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -247,6 +323,7 @@ pub trait Backend: Send + Sync {
 
     /// `out = silu(gate) * up`.
     fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf);
+    /// Overwrites (does not accumulate into) `dgate` and `dup`.
     fn swiglu_backward(
         &self,
         dgate: &mut Self::Buf,

@@ -6,7 +6,7 @@ use std::io;
 
 use super::folder::ModelFolder;
 use super::{GenerateError, GenerateOptions, Generation, generate_ids, prompt_ids};
-use crate::engine::{Backend, Device, DeviceInfo};
+use crate::engine::{Backend, Device, DeviceInfo, Precision};
 use crate::model::safetensors::SafetensorsError;
 use crate::model::{DispatchError, ModelError, ModelJob, Shape, run_model};
 
@@ -41,11 +41,12 @@ pub enum SampleError {
     Io(#[from] io::Error),
 }
 
-/// Loads `folder`'s model on `device` and continues each prompt in turn (prompts are drawn one
-/// at a time, so they can come from a terminal as the user types them).
+/// Loads `folder`'s model on `device` in `precision` and continues each prompt in turn (prompts
+/// are drawn one at a time, so they can come from a terminal as the user types them).
 pub fn sample_folder<I>(
     folder: &ModelFolder,
     device: Device,
+    precision: Precision,
     prompts: I,
     sink: &mut dyn SampleSink,
 ) -> Result<(), SampleError>
@@ -57,6 +58,7 @@ where
         folder.dims(),
         Session {
             folder,
+            precision,
             prompts,
             sink,
         },
@@ -65,6 +67,7 @@ where
 
 struct Session<'a, I> {
     folder: &'a ModelFolder,
+    precision: Precision,
     prompts: I,
     sink: &'a mut dyn SampleSink,
 }
@@ -80,7 +83,8 @@ where
         backend: B,
         _device: &DeviceInfo,
     ) -> Self::Output {
-        let model = self.folder.load(shape, backend)?;
+        let mut model = self.folder.load(shape, backend)?;
+        model.set_precision(self.precision)?;
         // Grown by each generation to what it needs.
         let mut decoder = model.decoder(1)?;
         let context = model.dims().max_seq_len;

@@ -6,7 +6,7 @@
 use super::llama::{ATTN_NORM, EMBED, FFN_NORM, W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV, layer_index};
 use super::memory::{Footprint, decoder_bytes};
 use super::{Allocation, Llama, ModelDims, ModelError, Shape};
-use crate::engine::{Backend, EngineError};
+use crate::engine::{Backend, EngineError, MatvecWeight};
 
 /// Per-layer keys and values of the positions decoded so far, and the step's working buffers.
 pub struct Decoder<B: Backend> {
@@ -179,12 +179,21 @@ impl<S: Shape, B: Backend> Llama<S, B> {
 
         b.upload_tokens(&mut d.token, &[token])?;
         b.embedding_forward(&mut d.x, &d.token, &p[EMBED], c);
+        // Under bf16 precision the matmuls read the weights' bf16 copies (half the bytes a token
+        // streams through), as the full forward pass does.
+        let linear = |index| match self.half_weight(index) {
+            Some(w) => MatvecWeight::Half(w),
+            None => MatvecWeight::Full(&p[index]),
+        };
         for l in 0..dims.n_layers {
-            let w = |which| &p[layer_index(l, which)];
-            b.rmsnorm_forward(&mut d.ln, &mut d.rstd, &d.x, w(ATTN_NORM), c, eps);
-            b.matmul_forward(&mut d.q, &d.ln, w(WQ), c, c);
-            b.matmul_forward(&mut d.k, &d.ln, w(WK), c, kv);
-            b.matmul_forward(&mut d.v, &d.ln, w(WV), c, kv);
+            let at = |which| layer_index(l, which);
+            b.rmsnorm_forward(&mut d.ln, &mut d.rstd, &d.x, &p[at(ATTN_NORM)], c, eps);
+            b.matvec_many(
+                &mut [&mut d.q, &mut d.k, &mut d.v],
+                &d.ln,
+                &[linear(at(WQ)), linear(at(WK)), linear(at(WV))],
+                c,
+            );
             b.rope_forward_at(&mut d.q, pos, dims.n_heads, hd, theta);
             b.rope_forward_at(&mut d.k, pos, dims.n_kv_heads, hd, theta);
             b.write_at(&mut d.k_cache[l], pos * kv, &d.k);
@@ -199,14 +208,18 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 dims.n_kv_heads,
                 hd,
             );
-            b.matmul_forward(&mut d.tmp, &d.attn, w(WO), c, c);
+            b.matvec_many(&mut [&mut d.tmp], &d.attn, &[linear(at(WO))], c);
             b.add_assign(&mut d.x, &d.tmp);
 
-            b.rmsnorm_forward(&mut d.ln, &mut d.rstd, &d.x, w(FFN_NORM), c, eps);
-            b.matmul_forward(&mut d.gate, &d.ln, w(W_GATE), c, h);
-            b.matmul_forward(&mut d.up, &d.ln, w(W_UP), c, h);
+            b.rmsnorm_forward(&mut d.ln, &mut d.rstd, &d.x, &p[at(FFN_NORM)], c, eps);
+            b.matvec_many(
+                &mut [&mut d.gate, &mut d.up],
+                &d.ln,
+                &[linear(at(W_GATE)), linear(at(W_UP))],
+                c,
+            );
             b.swiglu_forward(&mut d.act, &d.gate, &d.up);
-            b.matmul_forward(&mut d.tmp, &d.act, w(W_DOWN), h, c);
+            b.matvec_many(&mut [&mut d.tmp], &d.act, &[linear(at(W_DOWN))], h);
             b.add_assign(&mut d.x, &d.tmp);
         }
         b.rmsnorm_forward(
@@ -217,12 +230,11 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             c,
             eps,
         );
-        b.matmul_forward(
-            &mut d.logits,
+        b.matvec_many(
+            &mut [&mut d.logits],
             &d.ln,
-            &p[self.output_index()],
+            &[linear(self.output_index())],
             c,
-            dims.vocab_size,
         );
         let logits = b.download(&d.logits)?;
         d.len += 1;

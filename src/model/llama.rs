@@ -12,7 +12,8 @@ use super::memory::{ActivationSizes, Activations, Allocation, Footprint, TooLarg
 use super::shape::Shape;
 pub use crate::engine::ParamInfo;
 use crate::engine::{
-    AdamWOptimizer, AttentionShape, Backend, EngineError, Float, Rng, clip_grad_norm, host_vec,
+    AdamWOptimizer, AttentionShape, Backend, EngineError, Float, Precision, Rng, clip_grad_norm,
+    host_vec,
 };
 use crate::fsutil::human_bytes;
 
@@ -131,7 +132,69 @@ pub struct Llama<S: Shape, B: Backend> {
     decay: Vec<bool>,
     params: Params<S, B>,
     grads: Params<S, B>,
+    /// Under bf16 precision, the bf16 copies of the 2-D weights that the matmuls read (`None`
+    /// for the norms), in layout order; remade whenever the weights change.
+    half: Option<Vec<Option<B::Half>>>,
     acts: Option<Activations<B>>,
+}
+
+/// The bytes of the bf16 copies of a layout's 2-D weights.
+fn half_copy_bytes(layout: &[ParamInfo]) -> u64 {
+    let values: usize = layout
+        .iter()
+        .filter(|i| i.shape.len() == 2)
+        .map(ParamInfo::numel)
+        .sum();
+    values as u64 * 2
+}
+
+/// The weights as the matmuls read them: the float tensors, or their bf16 copies.
+struct Linear<'a, B: Backend> {
+    backend: &'a B,
+    params: &'a [B::Buf],
+    half: Option<&'a [Option<B::Half>]>,
+}
+
+impl<B: Backend> Linear<'_, B> {
+    fn half(&self, index: usize) -> Option<&B::Half> {
+        self.half.map(|half| {
+            half[index]
+                .as_ref()
+                .expect("every matmul weight has a bf16 copy under bf16")
+        })
+    }
+
+    /// `out = inp · wᵀ` with weight `index`.
+    fn forward(&self, out: &mut B::Buf, inp: &B::Buf, index: usize, ic: usize, oc: usize) {
+        match self.half(index) {
+            Some(w) => self.backend.matmul_forward_half(out, inp, w, ic, oc),
+            None => self
+                .backend
+                .matmul_forward(out, inp, &self.params[index], ic, oc),
+        }
+    }
+
+    /// `dinp += dout · w`, `dw += doutᵀ · inp` with weight `index`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        dinp: &mut B::Buf,
+        dw: &mut B::Buf,
+        dout: &B::Buf,
+        inp: &B::Buf,
+        index: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        match self.half(index) {
+            Some(w) => self
+                .backend
+                .matmul_backward_half(dinp, dw, dout, inp, w, ic, oc),
+            None => self
+                .backend
+                .matmul_backward(dinp, dw, dout, inp, &self.params[index], ic, oc),
+        }
+    }
 }
 
 /// A mistake in how a model is called (sizes that do not fit, tokens out of range), or memory
@@ -274,8 +337,59 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             layout,
             params: Params::from_tensors(tensors),
             grads: Params::from_tensors(grads),
+            half: None,
             acts: None,
         })
+    }
+
+    /// The precision of the model's matmuls: f32, or bf16 operands read from bf16 copies of
+    /// the weights (made here, and remade after every change to the weights).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<(), ModelError> {
+        self.half = None;
+        if precision == Precision::Bf16 {
+            let params = self.num_params();
+            let context = ModelError::allocating(
+                Allocation::Parameters { params },
+                half_copy_bytes(&self.layout),
+            );
+            let half = self
+                .layout
+                .iter()
+                .map(|info| {
+                    (info.shape.len() == 2)
+                        .then(|| self.backend.half_zeros(info.numel()))
+                        .transpose()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(context)?;
+            self.half = Some(half);
+            self.refresh_half();
+        }
+        Ok(())
+    }
+
+    pub fn precision(&self) -> Precision {
+        if self.half.is_some() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
+    /// Remakes the bf16 copies from the weights.
+    fn refresh_half(&mut self) {
+        if let Some(half) = &mut self.half {
+            for (copy, tensor) in half.iter_mut().zip(&self.params.tensors) {
+                if let Some(copy) = copy {
+                    self.backend.round_to_half(copy, tensor);
+                }
+            }
+        }
+    }
+
+    /// The bf16 copy of weight `index`, under bf16 precision.
+    pub(super) fn half_weight(&self, index: usize) -> Option<&B::Half> {
+        self.half.as_ref().and_then(|half| half[index].as_ref())
     }
 
     pub fn dims(&self) -> ModelDims {
@@ -340,6 +454,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         for (tensor, values) in self.params.tensors.iter_mut().zip(tensors) {
             self.backend.upload_into(tensor, values)?;
         }
+        self.refresh_half();
         Ok(())
     }
 
@@ -380,6 +495,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             &self.decay,
             lr,
         );
+        self.refresh_half();
     }
 
     pub fn num_params(&self) -> usize {
@@ -457,6 +573,11 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         let acts = self.acts.as_mut().expect("allocated above");
         let b = &self.backend;
         let p = &self.params.tensors;
+        let linear = Linear {
+            backend: b,
+            params: p,
+            half: self.half.as_deref(),
+        };
         let (c, kv, h, v) = (
             dims.dim,
             dims.n_kv_heads * dims.head_dim(),
@@ -486,19 +607,19 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 c,
                 eps,
             );
-            b.matmul_forward(&mut a.q, &acts.ln, w(WQ), c, c);
-            b.matmul_forward(&mut a.k, &acts.ln, w(WK), c, kv);
-            b.matmul_forward(&mut a.v, &acts.ln, w(WV), c, kv);
+            linear.forward(&mut a.q, &acts.ln, layer_index(l, WQ), c, c);
+            linear.forward(&mut a.k, &acts.ln, layer_index(l, WK), c, kv);
+            linear.forward(&mut a.v, &acts.ln, layer_index(l, WV), c, kv);
             b.rope_forward(&mut a.q, seq, dims.n_heads, dims.head_dim(), theta);
             b.rope_forward(&mut a.k, seq, dims.n_kv_heads, dims.head_dim(), theta);
             b.attention_forward(&mut a.attn, &mut a.probs, &a.q, &a.k, &a.v, attention);
-            b.matmul_forward(&mut acts.tmp, &a.attn, w(WO), c, c);
+            linear.forward(&mut acts.tmp, &a.attn, layer_index(l, WO), c, c);
             b.add(&mut a.mid, &a.input, &acts.tmp);
             b.rmsnorm_forward(&mut acts.ln, &mut a.ln2_rstd, &a.mid, w(FFN_NORM), c, eps);
-            b.matmul_forward(&mut a.gate, &acts.ln, w(W_GATE), c, h);
-            b.matmul_forward(&mut a.up, &acts.ln, w(W_UP), c, h);
+            linear.forward(&mut a.gate, &acts.ln, layer_index(l, W_GATE), c, h);
+            linear.forward(&mut a.up, &acts.ln, layer_index(l, W_UP), c, h);
             b.swiglu_forward(&mut acts.act, &a.gate, &a.up);
-            b.matmul_forward(&mut acts.tmp, &acts.act, w(W_DOWN), h, c);
+            linear.forward(&mut acts.tmp, &acts.act, layer_index(l, W_DOWN), h, c);
             let next = match rest.first_mut() {
                 Some(next) => &mut next.input,
                 None => &mut acts.out,
@@ -508,11 +629,11 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         let norm = &p[1 + dims.n_layers * PER_LAYER];
         b.rmsnorm_forward(&mut acts.lnf, &mut acts.lnf_rstd, &acts.out, norm, c, eps);
         let output = if self.config.tie_embeddings {
-            &p[EMBED]
+            EMBED
         } else {
-            &p[p.len() - 1]
+            p.len() - 1
         };
-        b.matmul_forward(&mut acts.logits, &acts.lnf, output, c, v);
+        linear.forward(&mut acts.logits, &acts.lnf, output, c, v);
 
         let Some(targets) = targets else {
             return Ok(None);
@@ -579,6 +700,11 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         let b = &self.backend;
         let p = &self.params.tensors;
         let g = &mut self.grads.tensors;
+        let linear = Linear {
+            backend: b,
+            params: p,
+            half: self.half.as_deref(),
+        };
         let (c, kv, h, v) = (
             dims.dim,
             dims.n_kv_heads * dims.head_dim(),
@@ -596,12 +722,12 @@ impl<S: Shape, B: Backend> Llama<S, B> {
 
         // Head and final norm.
         b.fill_zero(&mut acts.d_ln);
-        b.matmul_backward(
+        linear.backward(
             &mut acts.d_ln,
             &mut g[output_index],
             &acts.logits,
             &acts.lnf,
-            &p[output_index],
+            output_index,
             c,
             v,
         );
@@ -622,17 +748,16 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             // Feed-forward: next = mid + down(silu(gate(ln2)) · up(ln2)).
             b.swiglu_forward(&mut acts.act, &a.gate, &a.up);
             b.fill_zero(&mut acts.d_act);
-            b.matmul_backward(
+            linear.backward(
                 &mut acts.d_act,
                 &mut g[i(W_DOWN)],
                 &acts.d_resid,
                 &acts.act,
-                &p[i(W_DOWN)],
+                i(W_DOWN),
                 h,
                 c,
             );
-            b.fill_zero(&mut acts.d_gate);
-            b.fill_zero(&mut acts.d_up);
+            // Overwrites d_gate, d_up (and attention_backward d_q, d_k, d_v): no zeroing.
             b.swiglu_backward(
                 &mut acts.d_gate,
                 &mut acts.d_up,
@@ -649,21 +774,21 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 eps,
             );
             b.fill_zero(&mut acts.d_ln);
-            b.matmul_backward(
+            linear.backward(
                 &mut acts.d_ln,
                 &mut g[i(W_GATE)],
                 &acts.d_gate,
                 &acts.ln,
-                &p[i(W_GATE)],
+                i(W_GATE),
                 c,
                 h,
             );
-            b.matmul_backward(
+            linear.backward(
                 &mut acts.d_ln,
                 &mut g[i(W_UP)],
                 &acts.d_up,
                 &acts.ln,
-                &p[i(W_UP)],
+                i(W_UP),
                 c,
                 h,
             );
@@ -678,18 +803,15 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             );
             // Attention: mid = input + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))).
             b.fill_zero(&mut acts.d_attn);
-            b.matmul_backward(
+            linear.backward(
                 &mut acts.d_attn,
                 &mut g[i(WO)],
                 &acts.d_resid,
                 &a.attn,
-                &p[i(WO)],
+                i(WO),
                 c,
                 c,
             );
-            b.fill_zero(&mut acts.d_q);
-            b.fill_zero(&mut acts.d_k);
-            b.fill_zero(&mut acts.d_v);
             b.attention_backward(
                 &mut acts.d_q,
                 &mut acts.d_k,
@@ -725,30 +847,30 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 eps,
             );
             b.fill_zero(&mut acts.d_ln);
-            b.matmul_backward(
+            linear.backward(
                 &mut acts.d_ln,
                 &mut g[i(WQ)],
                 &acts.d_q,
                 &acts.ln,
-                &p[i(WQ)],
+                i(WQ),
                 c,
                 c,
             );
-            b.matmul_backward(
+            linear.backward(
                 &mut acts.d_ln,
                 &mut g[i(WK)],
                 &acts.d_k,
                 &acts.ln,
-                &p[i(WK)],
+                i(WK),
                 c,
                 kv,
             );
-            b.matmul_backward(
+            linear.backward(
                 &mut acts.d_ln,
                 &mut g[i(WV)],
                 &acts.d_v,
                 &acts.ln,
-                &p[i(WV)],
+                i(WV),
                 c,
                 kv,
             );

@@ -2,8 +2,8 @@
 //! overfitting a batch.
 
 use super::*;
-use crate::engine::Cpu;
 use crate::engine::cpu::gradcheck::check_gradients;
+use crate::engine::{Cpu, Precision};
 
 fn tiny_dims() -> ModelDims {
     ModelDims {
@@ -355,4 +355,178 @@ fn forward_on_an_impossible_batch_returns_the_refusal() {
         message.contains("for the activations of batch 2 × seq 1048576"),
         "{message}"
     );
+}
+
+/// A tiny f32 model with weights of a visible scale, and a batch for it.
+fn tiny_f32_model(seed: u64) -> (Llama<RuntimeShape, Cpu<f32>>, Vec<u32>, Vec<u32>) {
+    let dims = tiny_dims();
+    let shape = RuntimeShape::new(dims).unwrap();
+    let mut model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), seed).unwrap();
+    let mut rng = crate::engine::Rng::new(seed + 1);
+    let weights: Vec<Vec<f32>> = model
+        .layout()
+        .iter()
+        .map(|info| {
+            (0..info.numel())
+                .map(|_| {
+                    let scale = if info.shape.len() == 1 { 0.1 } else { 0.3 };
+                    (f64::from(u8::from(info.shape.len() == 1)) + scale * rng.normal()) as f32
+                })
+                .collect()
+        })
+        .collect();
+    model.load_params(&weights).unwrap();
+    let n = 2 * 8;
+    (
+        model,
+        tokens(n, dims.vocab_size, seed + 2),
+        tokens(n, dims.vocab_size, seed + 3),
+    )
+}
+
+/// The logits and the gradients of one forward and backward pass.
+fn pass(
+    model: &mut Llama<RuntimeShape, Cpu<f32>>,
+    inputs: &[u32],
+    targets: &[u32],
+) -> (Vec<f32>, Vec<f32>) {
+    model.zero_grad();
+    model.forward(inputs, None, 2, 8, 1.0).unwrap();
+    let logits = model.logits().unwrap().unwrap();
+    model
+        .forward(inputs, Some(targets), 2, 8, 1.0 / 16.0)
+        .unwrap();
+    model.backward();
+    let grads = model.grads().tensors().concat();
+    (logits, grads)
+}
+
+/// `‖a − b‖ / ‖b‖`.
+fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        diff += (f64::from(x) - f64::from(y)).powi(2);
+        norm += f64::from(y).powi(2);
+    }
+    (diff / norm).sqrt()
+}
+
+#[test]
+fn bf16_logits_and_gradients_are_the_f32_ones_within_bf16_rounding() {
+    let (mut model, inputs, targets) = tiny_f32_model(11);
+    let (logits32, grads32) = pass(&mut model, &inputs, &targets);
+    model.set_precision(Precision::Bf16).unwrap();
+    assert_eq!(model.precision(), Precision::Bf16);
+    let (logits16, grads16) = pass(&mut model, &inputs, &targets);
+    // bf16 keeps 8 significant bits (relative rounding 2⁻⁹ ≈ 0.2%) per operand; through two
+    // layers and the head the errors stay around 1%.
+    let (logit_error, grad_error) = (
+        relative_error(&logits16, &logits32),
+        relative_error(&grads16, &grads32),
+    );
+    assert!(logit_error > 0.0, "bf16 rounded nothing");
+    assert!(logit_error < 0.02, "logits off by {logit_error}");
+    assert!(grad_error < 0.05, "gradients off by {grad_error}");
+    model.set_precision(Precision::F32).unwrap();
+    let (logits_again, _) = pass(&mut model, &inputs, &targets);
+    assert_eq!(logits_again, logits32, "f32 again is f32 exactly");
+}
+
+#[test]
+fn bf16_copies_follow_every_change_of_the_weights() {
+    let (mut model, inputs, targets) = tiny_f32_model(21);
+    model.set_precision(Precision::Bf16).unwrap();
+    let mut optimizer = model.optimizer(0.9, 0.95, 0.1).unwrap();
+    pass(&mut model, &inputs, &targets);
+    model.optimizer_step(&mut optimizer, 1e-2);
+    // A model made from the stepped weights computes what the stepped model computes: its
+    // copies were remade after the step.
+    let weights = model.state_tensors().unwrap();
+    let (mut fresh, _, _) = tiny_f32_model(99);
+    fresh.load_params(&weights).unwrap();
+    fresh.set_precision(Precision::Bf16).unwrap();
+    assert_eq!(
+        pass(&mut model, &inputs, &targets),
+        pass(&mut fresh, &inputs, &targets)
+    );
+    // And loading weights remakes them too.
+    let (mut other, _, _) = tiny_f32_model(5);
+    other.set_precision(Precision::Bf16).unwrap();
+    other.load_params(&weights).unwrap();
+    assert_eq!(
+        pass(&mut other, &inputs, &targets),
+        pass(&mut fresh, &inputs, &targets)
+    );
+}
+
+/// Decoding in bf16 reads the bf16 weight copies: its logits equal the bf16 full forward pass's
+/// (the same rounded operands, only the f32 sums in another order) and stay within bf16's
+/// precision of the f32 decoder's, without being the f32 logits themselves.
+#[test]
+fn bf16_decoding_matches_the_bf16_forward_and_f32_decoding_within_bf16_precision() {
+    // 48 = 32 + 16: the kernels' full vectors and their masked tails.
+    let dims = ModelDims {
+        dim: 48,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        vocab_size: 67,
+        multiple_of: 4,
+        max_seq_len: 16,
+    };
+    let shape = RuntimeShape::new(dims).unwrap();
+    let mut model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 5).unwrap();
+    // Weights of unit-order logits, so the tolerances below are relative to a visible scale.
+    let mut rng = crate::engine::Rng::new(6);
+    let mut larger = model.state_tensors().unwrap();
+    for (info, tensor) in model.layout().iter().zip(&mut larger) {
+        if info.shape.len() == 2 {
+            tensor
+                .iter_mut()
+                .for_each(|x| *x = 0.3 * rng.normal() as f32);
+        }
+    }
+    model.load_params(&larger).unwrap();
+    let sequence = tokens(12, dims.vocab_size, 7);
+    let decode_all = |model: &Llama<RuntimeShape, Cpu<f32>>| {
+        let mut decoder = model.decoder(dims.max_seq_len).unwrap();
+        let steps: Vec<Vec<f32>> = sequence
+            .iter()
+            .map(|&t| model.decode_step(&mut decoder, t).unwrap())
+            .collect();
+        steps
+    };
+    let f32_steps = decode_all(&model);
+    model.set_precision(Precision::Bf16).unwrap();
+    let bf16_steps = decode_all(&model);
+    model
+        .forward(&sequence, None, 1, sequence.len(), 1.0)
+        .unwrap();
+    let bf16_full = model.logits().unwrap().unwrap();
+
+    let v = dims.vocab_size;
+    let max_abs = |xs: &[f32]| xs.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let mut largest_gap = 0.0f32;
+    for (pos, (half, full)) in bf16_steps.iter().zip(&f32_steps).enumerate() {
+        let scale = max_abs(full);
+        assert!(scale > 0.5, "logits of unit order, not {scale}");
+        for (o, (a, b)) in half.iter().zip(full).enumerate() {
+            // bf16 keeps 8 significant bits (relative error 2^-9 per rounding); through two
+            // layers of rounded weights and activations the logits move by a few per cent.
+            assert!(
+                (a - b).abs() <= 0.05 * scale,
+                "position {pos}, logit {o}: {a} vs {b}"
+            );
+            largest_gap = largest_gap.max((a - b).abs());
+        }
+        for (o, (a, b)) in half.iter().zip(&bf16_full[pos * v..]).enumerate() {
+            // Same products, f32 sums in another order (and the odd activation rounded the
+            // other way at a bf16 tie boundary).
+            assert!(
+                (a - b).abs() <= 2e-3 * scale,
+                "position {pos}, logit {o}: {a} vs {b}"
+            );
+        }
+    }
+    assert!(largest_gap > 1e-4, "bf16 decoding gave the f32 logits");
 }

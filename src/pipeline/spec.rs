@@ -378,6 +378,8 @@ impl ModelConfig {
 
 /// Where the model trains or generates (see [`crate::engine::Device`]).
 pub use crate::engine::Device;
+/// The precision of the matmuls (see [`crate::engine::Precision`]).
+pub use crate::engine::PrecisionSetting;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -414,16 +416,22 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Where the model trains: `"cpu"`, `"cuda"` (the first GPU) or `"cuda:N"`.
     pub device: Device,
+    /// The matmuls' precision: `"f32"`, `"bf16"` (bf16 operands, f32 sums, f32 master weights)
+    /// or `"auto"` (bf16 where the CPU has native bf16 dot products, else f32).
+    pub precision: PrecisionSetting,
 }
 
 impl Section for TrainConfig {
     /// The device changes the last bits of a result, not what it is (like the thread count):
-    /// a run cached or checkpointed on one device is reused or resumed on another.
+    /// a run cached or checkpointed on one device is reused or resumed on another. The
+    /// precision as written (`auto`) is not keyed; the precision it resolves to is (see
+    /// [`super::view::TrainView`]).
     const NON_SEMANTIC: &'static [&'static str] = &[
         "checkpoint_interval",
         "keep_checkpoints",
         "log_interval",
         "device",
+        "precision",
     ];
 }
 
@@ -448,6 +456,7 @@ impl Default for TrainConfig {
             log_interval: 10,
             seed: 1337,
             device: Device::Cpu,
+            precision: PrecisionSetting::Auto,
         }
     }
 }
@@ -472,11 +481,16 @@ pub struct SampleConfig {
     pub seed: u64,
     /// Where the model generates: `"cpu"`, `"cuda"` or `"cuda:N"`.
     pub device: Device,
+    /// The matmuls' precision: `"f32"`, `"bf16"` (bf16 weights, f32 sums: half the bytes a
+    /// token reads) or `"auto"` (bf16 on a CPU with native bf16 dot products).
+    pub precision: PrecisionSetting,
 }
 
 impl Section for SampleConfig {
     /// Like `train.device`: the device changes the last bits of the logits, not the recipe.
-    const NON_SEMANTIC: &'static [&'static str] = &["device"];
+    /// The precision is keyed as resolved, by the sample stage's view (`auto` means different
+    /// precisions on different machines).
+    const NON_SEMANTIC: &'static [&'static str] = &["device", "precision"];
 }
 
 impl Default for SampleConfig {
@@ -490,6 +504,7 @@ impl Default for SampleConfig {
             top_p: 0.9,
             seed: 42,
             device: Device::Cpu,
+            precision: PrecisionSetting::Auto,
         }
     }
 }

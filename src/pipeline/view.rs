@@ -18,6 +18,7 @@ use super::spec::{
     CorpusConfig, DownloadConfig, MAX_MIRROR_FILES, PipelineSpec, PretokenizeConfig, SampleConfig,
     Section, StoryLayout, TrainConfig, TrainVocabConfig, Violation, local_mirror_path,
 };
+use crate::engine::Precision;
 use crate::fsutil;
 use crate::model::{LlamaConfig, ModelDims};
 
@@ -54,6 +55,9 @@ pub struct PretokenizeView {
 pub struct TrainView {
     pub model: ResolvedModel,
     pub train: TrainConfig,
+    /// `train.precision` resolved on this machine for `train.device`: keyed, since bf16 and
+    /// f32 train different weights (an f32 key leaves it out, as keys did before it existed).
+    pub precision: Precision,
 }
 
 /// `[model]` as the train stage uses it: the preset and explicit fields resolved to dimensions
@@ -78,10 +82,12 @@ impl ResolvedModel {
     }
 }
 
-/// The sample stage's view: the prompts and sampling settings.
+/// The sample stage's view: the prompts and sampling settings, and the precision
+/// `sample.precision` resolves to on this machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleView {
     pub sample: SampleConfig,
+    pub precision: Precision,
 }
 
 /// One stage's view of a spec.
@@ -147,10 +153,12 @@ impl StageView {
                         dropout: model.dropout,
                     },
                     train: spec.train.clone(),
+                    precision: spec.train.precision.resolve(spec.train.device),
                 })
             }
             StageId::Sample => StageView::Sample(SampleView {
                 sample: spec.sample.clone(),
+                precision: spec.sample.precision.resolve(spec.sample.device),
             }),
         })
     }
@@ -216,11 +224,30 @@ impl StageView {
                 "pretokenize": semantic(pretokenize),
                 "corpus": corpus,
             }),
-            StageView::Train(TrainView { model, train }) => json!({
-                "model": model,
-                "train": semantic(train),
-            }),
-            StageView::Sample(SampleView { sample }) => semantic(sample),
+            StageView::Train(TrainView {
+                model,
+                train,
+                precision,
+            }) => {
+                let mut key = json!({
+                    "model": model,
+                    "train": semantic(train),
+                });
+                if *precision != Precision::F32 {
+                    key["precision"] = json!(precision);
+                }
+                key
+            }
+            StageView::Sample(SampleView { sample, precision }) => {
+                let mut key = semantic(sample);
+                // f32 stays out, so the keys of samples made before bf16 existed still match.
+                if *precision != Precision::F32
+                    && let Json::Object(map) = &mut key
+                {
+                    map.insert("precision".into(), json!(precision));
+                }
+                key
+            }
         }
     }
 }

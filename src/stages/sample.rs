@@ -28,7 +28,8 @@ impl Stage for Sample {
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
-        let cfg = &cx.view.sample()?.sample;
+        let view = cx.view.sample()?;
+        let cfg = &view.sample;
         let folder = ModelFolder::open(&cx.input(StageId::Train)?.dir)?;
         let mut sink = StageSink::new(cfg, !cx.quiet);
         let prompts = cfg.prompts.iter().flat_map(|prompt| {
@@ -47,7 +48,7 @@ impl Stage for Sample {
                 })
             })
         });
-        sample_folder(&folder, cfg.device, prompts, &mut sink)?;
+        sample_folder(&folder, cfg.device, view.precision, prompts, &mut sink)?;
 
         for dir in [cx.out_dir, cx.run_dir] {
             let path = dir.join(SAMPLES_MD);

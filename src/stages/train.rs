@@ -76,6 +76,7 @@ impl Stage for Train {
         })?;
         let job = TrainJob {
             config: cfg.clone(),
+            precision: view.precision,
             dims,
             llama: view.model.llama_config(),
             train_shards: train_paths,
@@ -103,6 +104,7 @@ impl Stage for Train {
             "steps": outcome.steps,
             "tokens": outcome.tokens_seen,
             "params": outcome.params,
+            "precision": job.precision,
             "elapsed_secs": outcome.elapsed_secs,
             "tokens_per_sec": tokens_per_sec,
             "validation_windows": job.eval.windows(),
@@ -135,8 +137,9 @@ impl Stage for Train {
             report.metrics.insert(name.to_string(), value);
         }
         report.summary = format!(
-            "{} steps, {} tokens, validation {:.4} bits/byte ({:.3} nats/token); best {:.4} at step {}{}",
+            "{} steps in {}, {} tokens, validation {:.4} bits/byte ({:.3} nats/token); best {:.4} at step {}{}",
             outcome.steps,
+            job.precision,
             outcome.tokens_seen,
             outcome.final_eval.bits_per_byte,
             outcome.final_eval.loss,

@@ -19,7 +19,7 @@ use super::metrics::{MetricRecord, MetricsLog, read_jsonl};
 use super::schedule::LrSchedule;
 use super::step::{StepConfig, Stepper};
 use crate::data::loader::{Loader, LoaderError};
-use crate::engine::{AdamWOptimizer, Backend, DeviceInfo};
+use crate::engine::{AdamWOptimizer, Backend, DeviceInfo, Precision};
 use crate::fsutil;
 use crate::model::hf_config::{HfConfig, HfConfigError};
 use crate::model::safetensors::{self, SafetensorsError};
@@ -31,6 +31,8 @@ use crate::pipeline::spec::TrainConfig;
 /// Everything a training run reads.
 pub struct TrainJob {
     pub config: TrainConfig,
+    /// `config.precision` resolved for the device.
+    pub precision: Precision,
     pub dims: ModelDims,
     pub llama: LlamaConfig,
     pub train_shards: Vec<PathBuf>,
@@ -198,6 +200,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
 ) -> Result<TrainOutcome, TrainError> {
     let cfg = &job.config;
     let mut model = Llama::new(backend, shape, job.llama, cfg.seed)?;
+    model.set_precision(job.precision)?;
     let optimizer = model.optimizer(cfg.beta1, cfg.beta2, cfg.weight_decay)?;
     // Before any batch is read: a batch too large for memory is an error now, not an abort.
     model.allocate_activations(cfg.batch_size, cfg.seq_len)?;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::cli::args::{parse_device, train_folder};
-use crate::engine::Device;
+use crate::cli::args::{parse_device, parse_precision, train_folder};
+use crate::engine::{Device, PrecisionSetting};
 use crate::generate::folder::ModelFolder;
 use crate::generate::{GenerateOptions, Generation, Prompt, SampleSink, Sampling, sample_folder};
 
@@ -46,6 +46,10 @@ pub struct SampleArgs {
     /// Generate on this device: cpu, cuda or cuda:N (a build with --features cuda).
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     device: Device,
+    /// The matmuls' precision: f32, bf16 (bf16 weights, f32 sums) or auto (bf16 on a CPU with
+    /// native bf16 dot products).
+    #[arg(long, default_value = "auto", value_parser = parse_precision)]
+    precision: PrecisionSetting,
 }
 
 /// Checks the options and the model folder, then generates for the prompt or for each line of
@@ -76,6 +80,7 @@ pub fn exec(args: SampleArgs, out: &mut dyn Write) -> Result<()> {
         );
     }
     let folder = ModelFolder::open(&train_folder(&args.checkpoint))?;
+    let precision = args.precision.resolve(args.device);
     let prompt_of = |text: String| Prompt { text, options };
     let mut sink = ConsoleSink { out };
     if args.interactive {
@@ -86,10 +91,10 @@ pub fn exec(args: SampleArgs, out: &mut dyn Write) -> Result<()> {
             line.map(|l| prompt_of(l.trim_end().to_string()))
                 .map_err(Into::into)
         });
-        sample_folder(&folder, args.device, lines, &mut sink)?;
+        sample_folder(&folder, args.device, precision, lines, &mut sink)?;
     } else {
         let once = std::iter::once(Ok(prompt_of(args.prompt.unwrap_or_default())));
-        sample_folder(&folder, args.device, once, &mut sink)?;
+        sample_folder(&folder, args.device, precision, once, &mut sink)?;
     }
     Ok(())
 }

@@ -89,12 +89,8 @@ pub fn forward<T: Float>(
                 for (i, row) in rows.chunks_mut(seq).enumerate() {
                     let t = r0 + i;
                     let (visible, masked) = row.split_at_mut(t + 1);
-                    let max = visible.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
-                    let mut sum = T::zero();
-                    for x in visible.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
+                    let max = T::max_of(visible);
+                    let sum = T::exp_sum(visible, max);
                     let inv = T::one() / sum;
                     visible.iter_mut().for_each(|x| *x *= inv);
                     masked.fill(T::zero());
@@ -123,7 +119,8 @@ pub fn forward<T: Float>(
         });
 }
 
-/// Backward pass. `scratch` holds `batch × heads × seq × seq` values of working space.
+/// Backward pass: overwrites `dq`, `dk`, `dv` (no zeroing pass needed). `scratch` holds
+/// `batch × heads × seq × seq` values of working space.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Float>(
     dq: &mut [T],
@@ -175,13 +172,17 @@ pub fn backward<T: Float>(
             let (b, g) = (bg / kv_heads, bg % kv_heads);
             let (dq_ptr, dk_ptr, dv_ptr) = (&dq_ptr, &dk_ptr, &dv_ptr);
             let kv_offset = (b * seq * kv_heads + g) * head_dim;
+            // The first product into dk, dv overwrites them: the last row block comes first, and
+            // its products cover every row.
+            let mut overwrite_kv = true;
             for (j, ds) in scratch.chunks_mut(seq * seq).enumerate() {
                 let h = g * group + j;
                 let q_offset = (b * seq * heads + h) * head_dim;
                 let p = &probs[(b * heads + h) * seq * seq..][..seq * seq];
-                for r0 in (0..seq).step_by(BLOCK) {
+                for r0 in (0..seq).step_by(BLOCK).rev() {
                     let r1 = (r0 + BLOCK).min(seq);
                     let m = r1 - r0;
+                    let accumulate_kv = !std::mem::take(&mut overwrite_kv);
                     let p_rows = &p[r0 * seq..r1 * seq];
                     let ds_rows = &mut ds[r0 * seq..r1 * seq];
                     let do_rows = view(dout[q_offset + r0 * q_rs..].as_ptr(), q_rs, 1);
@@ -202,7 +203,7 @@ pub fn backward<T: Float>(
                             v_t,
                             T::one(),
                         );
-                        // dV += Pᵀ · dO
+                        // dV (+)= Pᵀ · dO
                         let p_t = view(p_rows.as_ptr(), 1, seq);
                         gemm_serial(
                             r1,
@@ -210,7 +211,7 @@ pub fn backward<T: Float>(
                             m,
                             dv_ptr.0.add(kv_offset),
                             kv_rs,
-                            true,
+                            accumulate_kv,
                             p_t,
                             do_rows,
                             T::one(),
@@ -219,8 +220,7 @@ pub fn backward<T: Float>(
                     // dS = P ⊙ (dP − Σ P·dP), times the score scale.
                     for (row_p, row_ds) in p_rows.chunks(seq).zip(ds_rows.chunks_mut(seq)) {
                         let (row_p, row_ds) = (&row_p[..r1], &mut row_ds[..r1]);
-                        let weighted: T =
-                            row_p.iter().zip(row_ds.iter()).map(|(&a, &b)| a * b).sum();
+                        let weighted = T::dot(row_p, row_ds);
                         for (d, &pi) in row_ds.iter_mut().zip(row_p) {
                             *d = pi * (*d - weighted) * scale;
                         }
@@ -229,11 +229,21 @@ pub fn backward<T: Float>(
                     let ds_t = view(ds_rows.as_ptr(), 1, seq);
                     // SAFETY: as above.
                     unsafe {
-                        // dQ += dS · K
+                        // dQ = dS · K: each block of a head's rows is written once.
                         let k_g = view(k[kv_offset..].as_ptr(), kv_rs, 1);
                         let dq_rows = dq_ptr.0.add(q_offset + r0 * q_rs);
-                        gemm_serial(m, head_dim, r1, dq_rows, q_rs, true, ds_view, k_g, T::one());
-                        // dK += dSᵀ · Q
+                        gemm_serial(
+                            m,
+                            head_dim,
+                            r1,
+                            dq_rows,
+                            q_rs,
+                            false,
+                            ds_view,
+                            k_g,
+                            T::one(),
+                        );
+                        // dK (+)= dSᵀ · Q
                         let q_rows = view(q[q_offset + r0 * q_rs..].as_ptr(), q_rs, 1);
                         gemm_serial(
                             r1,
@@ -241,7 +251,7 @@ pub fn backward<T: Float>(
                             m,
                             dk_ptr.0.add(kv_offset),
                             kv_rs,
-                            true,
+                            accumulate_kv,
                             ds_t,
                             q_rows,
                             T::one(),
@@ -384,9 +394,10 @@ mod tests {
         };
         let loss = |x: &[Vec<f64>]| dot_all(&run(&x[0], &x[1], &x[2]).0, &upstream);
         let (_, probs) = run(&q, &k, &v);
-        let mut dq = vec![0.0; q.len()];
-        let mut dk = vec![0.0; k.len()];
-        let mut dv = vec![0.0; v.len()];
+        // Overwritten, whatever was there.
+        let mut dq = vec![5.0; q.len()];
+        let mut dk = vec![-2.0; k.len()];
+        let mut dv = vec![3.0; v.len()];
         let mut scratch = vec![0.0; probs.len()];
         backward(
             &mut dq,

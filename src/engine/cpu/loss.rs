@@ -26,12 +26,8 @@ pub fn fused<T: Float>(
                 "target {target} outside the vocabulary of {vocab}"
             );
             let target_logit = row[target];
-            let max = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
-            let mut sum = T::zero();
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
+            let max = T::max_of(row);
+            let sum = T::exp_sum(row, max);
             *loss = max + sum.ln() - target_logit;
             let inv = scale / sum;
             for x in row.iter_mut() {

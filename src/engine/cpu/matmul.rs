@@ -1,9 +1,12 @@
 //! `out = inp · wᵀ` through the `gemm` crate; transposes are strides, not copies.
 
-use gemm::{Parallelism, gemm};
-use rayon::prelude::*;
+use std::any::TypeId;
 
+use super::gemm_bf16::{self as kernel, Operand};
+use super::matvec::{Weight, matvec_many};
 use crate::engine::Float;
+use gemm::{Parallelism, gemm};
+use half::bf16;
 
 fn parallelism(rows: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
@@ -66,21 +69,15 @@ pub(crate) unsafe fn gemm_serial<T: Float>(
     }
 }
 
-/// Up to this many input rows (decoding: one token), `forward` computes dot products split over
-/// the output rows instead of calling `gemm`, whose threads only split many-row products.
+/// Up to this many input rows (decoding: one token), `forward` and `forward_half` compute dot
+/// products split over the output rows instead of calling a gemm, whose threads only split
+/// many-row products.
 const MATVEC_ROWS: usize = 4;
 
-/// `out[r, o] = inp[r] · w[o]` for a few rows `r`, parallel over blocks of outputs.
-fn matvec<T: Float>(out: &mut [T], inp: &[T], w: &[T], ic: usize, oc: usize) {
-    let threads = rayon::current_num_threads();
-    let block = oc.div_ceil(threads).max(16);
+/// `out[r, o] = inp[r] · w[o]` for a few rows `r`, one parallel region per row.
+fn matvec_rows<T: Float>(out: &mut [T], inp: &[T], w: Weight<'_, T>, ic: usize, oc: usize) {
     for (x, out) in inp.chunks_exact(ic).zip(out.chunks_exact_mut(oc)) {
-        out.par_chunks_mut(block).enumerate().for_each(|(b, outs)| {
-            for (j, o) in outs.iter_mut().enumerate() {
-                let row = (b * block + j) * ic;
-                *o = T::dot(x, &w[row..row + ic]);
-            }
-        });
+        matvec_many(&mut [out], x, &[w]);
     }
 }
 
@@ -90,7 +87,7 @@ pub fn forward<T: Float>(out: &mut [T], inp: &[T], w: &[T], ic: usize, oc: usize
     assert_eq!(out.len(), n * oc);
     assert_eq!(w.len(), oc * ic);
     if n <= MATVEC_ROWS {
-        matvec(out, inp, w, ic, oc);
+        matvec_rows(out, inp, Weight::Full(w), ic, oc);
         return;
     }
     // SAFETY: the asserts above bound every index gemm touches: dst n×oc (row stride oc), lhs
@@ -183,6 +180,120 @@ pub fn backward<T: Float>(
     }
 }
 
+/// `values` as f32s, when `T` is f32: the bf16 kernel's operands.
+fn as_f32<T: Float>(values: &[T]) -> Option<&[f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice(values))
+}
+
+/// `values` as f32s, when `T` is f32.
+fn as_f32_mut<T: Float>(values: &mut [T]) -> Option<&mut [f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice_mut(values))
+}
+
+/// `values` rounded to bf16 and widened back: the operands of a bf16 product in another float
+/// type (the f64 of the checks).
+fn rounded<T: Float>(values: &[T]) -> Vec<T> {
+    values.iter().map(|&x| T::from_bf16(x.to_bf16())).collect()
+}
+
+fn widened<T: Float>(values: &[bf16]) -> Vec<T> {
+    values.iter().map(|&x| T::from_bf16(x)).collect()
+}
+
+fn row_major<V>(values: &[V], cols: usize) -> View<V> {
+    View {
+        ptr: values.as_ptr(),
+        row_stride: cols,
+        col_stride: 1,
+    }
+}
+
+fn transposed<V>(values: &[V], cols: usize) -> View<V> {
+    View {
+        ptr: values.as_ptr(),
+        row_stride: 1,
+        col_stride: cols,
+    }
+}
+
+/// [`forward`] in bf16: `out[n, oc] = Σ_ic bf16(inp[n, ic]) · w[oc, ic]`, summed in f32.
+pub fn forward_half<T: Float>(out: &mut [T], inp: &[T], w: &[bf16], ic: usize, oc: usize) {
+    let n = inp.len() / ic;
+    assert_eq!(out.len(), n * oc);
+    assert_eq!(w.len(), oc * ic);
+    if n <= MATVEC_ROWS {
+        matvec_rows(out, inp, Weight::Half(w), ic, oc);
+        return;
+    }
+    let (Some(out32), Some(inp32)) = (as_f32_mut(out), as_f32(inp)) else {
+        forward(out, &rounded(inp), &widened(w), ic, oc);
+        return;
+    };
+    // SAFETY: the asserts bound every index: dst n×oc, lhs n×ic, rhs ic×oc read from w[oc, ic].
+    unsafe {
+        kernel::gemm(
+            n,
+            oc,
+            ic,
+            out32.as_mut_ptr(),
+            oc,
+            false,
+            Operand::F32(row_major(inp32, ic)),
+            Operand::Bf16(transposed(w, ic)),
+            true,
+        );
+    }
+}
+
+/// [`backward`] in bf16: `dinp += bf16(dout) · w`, `dw += bf16(dout)ᵀ · bf16(inp)`, summed in f32.
+pub fn backward_half<T: Float>(
+    dinp: &mut [T],
+    dw: &mut [T],
+    dout: &[T],
+    inp: &[T],
+    w: &[bf16],
+    ic: usize,
+    oc: usize,
+) {
+    let n = inp.len() / ic;
+    assert_eq!(dinp.len(), n * ic);
+    assert_eq!(dout.len(), n * oc);
+    assert_eq!(dw.len(), oc * ic);
+    assert_eq!(w.len(), oc * ic);
+    let (Some(dinp32), Some(dw32), Some(dout32), Some(inp32)) =
+        (as_f32_mut(dinp), as_f32_mut(dw), as_f32(dout), as_f32(inp))
+    else {
+        backward(dinp, dw, &rounded(dout), &rounded(inp), &widened(w), ic, oc);
+        return;
+    };
+    // SAFETY: as in `backward`, the asserts bound every index: dinp n×ic += dout n×oc · w
+    // oc×ic; dw oc×ic += doutᵀ (oc×n) · inp n×ic.
+    unsafe {
+        kernel::gemm(
+            n,
+            ic,
+            oc,
+            dinp32.as_mut_ptr(),
+            ic,
+            true,
+            Operand::F32(row_major(dout32, oc)),
+            Operand::Bf16(row_major(w, ic)),
+            true,
+        );
+        kernel::gemm(
+            oc,
+            ic,
+            n,
+            dw32.as_mut_ptr(),
+            ic,
+            true,
+            Operand::F32(transposed(dout32, oc)),
+            Operand::F32(row_major(inp32, ic)),
+            true,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +314,55 @@ mod tests {
                     assert!((out[r * oc + o] - expected).abs() < 1e-12);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn half_products_match_f64_sums_of_rounded_operands() {
+        let (n, ic, oc) = (37, 50, 70);
+        let f32s = |v: Vec<f64>| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
+        let r = |x: f32| f64::from(bf16::from_f32(x).to_f32());
+        let (inp, dout) = (f32s(random(n * ic, 1)), f32s(random(n * oc, 2)));
+        let w: Vec<bf16> = random(oc * ic, 3)
+            .iter()
+            .map(|&x| bf16::from_f64(x))
+            .collect();
+        let wf = |o: usize, i: usize| w[o * ic + i].to_f64();
+        let close = |got: f32, terms: &mut dyn Iterator<Item = f64>, what: &str| {
+            let (mut sum, mut scale) = (0.0, 0.0);
+            for t in terms {
+                sum += t;
+                scale += t.abs();
+            }
+            let got = f64::from(got);
+            assert!((got - sum).abs() <= 1e-5 * scale, "{what}: {got} vs {sum}");
+        };
+        let mut out = vec![0f32; n * oc];
+        forward_half(&mut out, &inp, &w, ic, oc);
+        for (row, o) in (0..n).flat_map(|row| (0..oc).map(move |o| (row, o))) {
+            let mut terms = (0..ic).map(|i| r(inp[row * ic + i]) * wf(o, i));
+            close(out[row * oc + o], &mut terms, "out");
+        }
+        let (dinp0, dw0) = (f32s(random(n * ic, 4)), f32s(random(oc * ic, 5)));
+        let (mut dinp, mut dw) = (dinp0.clone(), dw0.clone());
+        backward_half(&mut dinp, &mut dw, &dout, &inp, &w, ic, oc);
+        for (row, i) in (0..n).flat_map(|row| (0..ic).map(move |i| (row, i))) {
+            let before = f64::from(dinp0[row * ic + i]);
+            let products = (0..oc).map(|o| r(dout[row * oc + o]) * wf(o, i));
+            close(
+                dinp[row * ic + i],
+                &mut std::iter::once(before).chain(products),
+                "dinp",
+            );
+        }
+        for (o, i) in (0..oc).flat_map(|o| (0..ic).map(move |i| (o, i))) {
+            let before = f64::from(dw0[o * ic + i]);
+            let products = (0..n).map(|row| r(dout[row * oc + o]) * r(inp[row * ic + i]));
+            close(
+                dw[o * ic + i],
+                &mut std::iter::once(before).chain(products),
+                "dw",
+            );
         }
     }
 

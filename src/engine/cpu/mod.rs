@@ -4,10 +4,12 @@
 
 mod attention;
 mod embedding;
+pub(crate) mod gemm_bf16;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 mod loss;
 mod matmul;
+pub(crate) mod matvec;
 mod norm;
 mod optim;
 mod rope;
@@ -15,9 +17,12 @@ mod swiglu;
 
 use std::marker::PhantomData;
 
+use half::bf16;
 use rayon::prelude::*;
 
-use super::{AdamW, AttentionShape, Backend, EngineError, Float, host_copy, host_vec};
+use super::{
+    AdamW, AttentionShape, Backend, EngineError, Float, MatvecWeight, host_copy, host_vec,
+};
 
 /// The device name in the CPU backend's errors.
 const DEVICE: &str = "cpu";
@@ -47,6 +52,7 @@ impl<T: Float> Backend for Cpu<T> {
     type Float = T;
     type Buf = Vec<T>;
     type Tokens = Vec<u32>;
+    type Half = Vec<bf16>;
 
     fn in_host_memory(&self) -> bool {
         true
@@ -124,6 +130,68 @@ impl<T: Float> Backend for Cpu<T> {
         oc: usize,
     ) {
         matmul::backward(dinp, dw, dout, inp, w, ic, oc);
+    }
+
+    fn matvec_many(
+        &self,
+        outs: &mut [&mut Vec<T>],
+        inp: &Vec<T>,
+        ws: &[MatvecWeight<'_, Self>],
+        ic: usize,
+    ) {
+        assert_eq!(inp.len(), ic);
+        let mut outs: Vec<&mut [T]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+        let ws: Vec<matvec::Weight<'_, T>> = ws
+            .iter()
+            .map(|w| match *w {
+                MatvecWeight::Full(w) => matvec::Weight::Full(&w[..]),
+                MatvecWeight::Half(w) => matvec::Weight::Half(&w[..]),
+            })
+            .collect();
+        matvec::matvec_many(&mut outs, inp, &ws);
+    }
+
+    fn half_zeros(&self, len: usize) -> Result<Vec<bf16>, EngineError> {
+        host_vec(len, bf16::ZERO, DEVICE)
+    }
+    fn round_to_half(&self, dst: &mut Vec<bf16>, src: &Vec<T>) {
+        assert_eq!(dst.len(), src.len());
+        dst.par_chunks_mut(1 << 14)
+            .zip(src.par_chunks(1 << 14))
+            .for_each(|(d, s)| {
+                for (d, &s) in d.iter_mut().zip(s) {
+                    *d = s.to_bf16();
+                }
+            });
+    }
+    fn download_half(&self, buf: &Vec<bf16>) -> Result<Vec<T>, EngineError> {
+        let mut host = host_vec(buf.len(), T::zero(), DEVICE)?;
+        for (h, &b) in host.iter_mut().zip(buf) {
+            *h = T::from_bf16(b);
+        }
+        Ok(host)
+    }
+    fn matmul_forward_half(
+        &self,
+        out: &mut Vec<T>,
+        inp: &Vec<T>,
+        w: &Vec<bf16>,
+        ic: usize,
+        oc: usize,
+    ) {
+        matmul::forward_half(out, inp, w, ic, oc);
+    }
+    fn matmul_backward_half(
+        &self,
+        dinp: &mut Vec<T>,
+        dw: &mut Vec<T>,
+        dout: &Vec<T>,
+        inp: &Vec<T>,
+        w: &Vec<bf16>,
+        ic: usize,
+        oc: usize,
+    ) {
+        matmul::backward_half(dinp, dw, dout, inp, w, ic, oc);
     }
 
     fn rope_forward(&self, x: &mut Vec<T>, seq: usize, heads: usize, head_dim: usize, theta: f64) {

@@ -9,7 +9,7 @@ pub fn forward<T: Float>(out: &mut [T], rstd: &mut [T], x: &[T], w: &[T], c: usi
         .zip(rstd.par_iter_mut())
         .zip(x.par_chunks(c))
         .for_each(|((out, rstd), x)| {
-            let mean_square = x.iter().map(|&v| v * v).sum::<T>() / T::from_f64(c as f64);
+            let mean_square = T::dot(x, x) / T::from_f64(c as f64);
             let r = T::one() / (mean_square + T::from_f64(eps)).sqrt();
             *rstd = r;
             for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
@@ -18,7 +18,13 @@ pub fn forward<T: Float>(out: &mut [T], rstd: &mut [T], x: &[T], w: &[T], c: usi
         });
 }
 
+/// Rows per task of the backward pass: a fixed split, so `dw`'s partial sums add up in the same
+/// order for any thread count.
+const ROWS: usize = 64;
+
 /// `dx += …`, `dw += …`. With `g = dout · w`: `dx = r·g − r³/c · x · Σ(g·x)`, `dw = Σ_rows dout·x·r`.
+/// One pass over the rows does both: each block of rows sums its own `dw`, then the blocks' sums
+/// are added in order.
 pub fn backward<T: Float>(
     dx: &mut [T],
     dw: &mut [T],
@@ -28,32 +34,62 @@ pub fn backward<T: Float>(
     rstd: &[T],
     c: usize,
 ) {
-    dx.par_chunks_mut(c)
-        .zip(dout.par_chunks(c))
-        .zip(x.par_chunks(c))
-        .zip(rstd.par_iter())
-        .for_each(|(((dx, dout), x), &r)| {
-            let gx: T = dout
-                .iter()
-                .zip(w)
-                .zip(x)
-                .map(|((&d, &wi), &xi)| d * wi * xi)
-                .sum();
-            let k = r * r * r * gx / T::from_f64(c as f64);
-            for (((dxi, &d), &wi), &xi) in dx.iter_mut().zip(dout).zip(w).zip(x) {
-                *dxi += r * d * wi - k * xi;
+    assert_eq!(dx.len(), rstd.len() * c);
+    assert_eq!(dout.len(), dx.len());
+    assert_eq!(x.len(), dx.len());
+    let (w, dw) = (&w[..c], &mut dw[..c]);
+    let inv_c = T::one() / T::from_f64(c as f64);
+    let partials: Vec<Vec<T>> = dx
+        .par_chunks_mut(ROWS * c)
+        .zip(dout.par_chunks(ROWS * c))
+        .zip(x.par_chunks(ROWS * c))
+        .zip(rstd.par_chunks(ROWS))
+        .map(|(((dx, dout), x), rstd)| {
+            let mut dw_part = vec![T::zero(); c];
+            for (((dx, dout), x), &r) in dx
+                .chunks_mut(c)
+                .zip(dout.chunks(c))
+                .zip(x.chunks(c))
+                .zip(rstd)
+            {
+                let gx = dot3(dout, w, x);
+                let k = r * r * r * gx * inv_c;
+                for ((((dxi, &d), &wi), &xi), dwi) in
+                    dx.iter_mut().zip(dout).zip(w).zip(x).zip(&mut dw_part)
+                {
+                    *dxi += r * d * wi - k * xi;
+                    *dwi += d * xi * r;
+                }
             }
-        });
-    // Each thread owns a range of channels and walks every row: no races, a fixed order.
-    dw.par_chunks_mut(32).enumerate().for_each(|(chunk, dw)| {
-        let first = chunk * 32;
-        for (row, &r) in rstd.iter().enumerate() {
-            let base = row * c + first;
-            for (j, dwj) in dw.iter_mut().enumerate() {
-                *dwj += dout[base + j] * x[base + j] * r;
-            }
+            dw_part
+        })
+        .collect();
+    for part in partials {
+        for (d, p) in dw.iter_mut().zip(part) {
+            *d += p;
         }
-    });
+    }
+}
+
+/// `Σ a·b·c` in eight running sums (vector registers), in a fixed order.
+fn dot3<T: Float>(a: &[T], b: &[T], c: &[T]) -> T {
+    let mut sums = [T::zero(); 8];
+    let (a8, b8, c8) = (a.chunks_exact(8), b.chunks_exact(8), c.chunks_exact(8));
+    let rest = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .zip(c8.remainder());
+    for ((a, b), c) in a8.zip(b8).zip(c8) {
+        for i in 0..8 {
+            sums[i] += a[i] * b[i] * c[i];
+        }
+    }
+    let mut total = sums.iter().fold(T::zero(), |acc, &s| acc + s);
+    for ((&a, &b), &c) in rest {
+        total += a * b * c;
+    }
+    total
 }
 
 #[cfg(test)]
@@ -64,7 +100,12 @@ mod tests {
 
     #[test]
     fn backward_matches_finite_differences() {
-        let (n, c) = (4, 40);
+        check_backward(4, 40);
+        // More rows than one task's block, and a width that is not a multiple of 8.
+        check_backward(ROWS + 9, 13);
+    }
+
+    fn check_backward(n: usize, c: usize) {
         let x = random(n * c, 1);
         let w = random(c, 2);
         let upstream = random(n * c, 3);

@@ -6,23 +6,18 @@ use crate::engine::Float;
 
 const CHUNK: usize = 4096;
 
-fn sigmoid<T: Float>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
-}
-
 pub fn forward<T: Float>(out: &mut [T], gate: &[T], up: &[T]) {
     out.par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK))
         .zip(up.par_chunks(CHUNK))
-        .for_each(|((out, gate), up)| {
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g * sigmoid(g) * u;
-            }
-        });
+        .for_each(|((out, gate), up)| T::swiglu(out, gate, up));
 }
 
-/// `dgate += dout · up · σ(g)(1 + g(1 − σ(g)))`, `dup += dout · silu(g)`.
+/// `dgate = dout · up · σ(g)(1 + g(1 − σ(g)))`, `dup = dout · silu(g)`: overwritten, not
+/// accumulated (the model's only writer of both), so no zeroing pass comes first.
 pub fn backward<T: Float>(dgate: &mut [T], dup: &mut [T], dout: &[T], gate: &[T], up: &[T]) {
+    assert_eq!(dup.len(), dgate.len());
+    assert_eq!(dout.len(), dgate.len());
     dgate
         .par_chunks_mut(CHUNK)
         .zip(dup.par_chunks_mut(CHUNK))
@@ -30,12 +25,7 @@ pub fn backward<T: Float>(dgate: &mut [T], dup: &mut [T], dout: &[T], gate: &[T]
         .zip(gate.par_chunks(CHUNK))
         .zip(up.par_chunks(CHUNK))
         .for_each(|((((dgate, dup), dout), gate), up)| {
-            for i in 0..dgate.len() {
-                let (g, u, d) = (gate[i], up[i], dout[i]);
-                let s = sigmoid(g);
-                dgate[i] += d * u * s * (T::one() + g * (T::one() - s));
-                dup[i] += d * g * s;
-            }
+            T::swiglu_backward(dgate, dup, dout, gate, up);
         });
 }
 
@@ -55,8 +45,9 @@ mod tests {
             forward(&mut out, &v[0], &v[1]);
             dot(&out, &upstream)
         };
-        let mut dgate = vec![0.0; 50];
-        let mut dup = vec![0.0; 50];
+        // Overwritten, whatever was there.
+        let mut dgate = vec![7.0; 50];
+        let mut dup = vec![-3.0; 50];
         backward(&mut dgate, &mut dup, &upstream, &gate, &up);
         check_gradients(&[gate, up], &[dgate, dup], loss);
     }

@@ -75,8 +75,8 @@ extern "C" __global__ void swiglu_backward(float* dgate, float* dup, const float
         float g = gate[i];
         float sig = 1.0f / (1.0f + expf(-g));
         float silu = g * sig;
-        dup[i] += dout[i] * silu;
-        dgate[i] += dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+        dup[i] = dout[i] * silu;
+        dgate[i] = dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
     }
 }
 
@@ -112,6 +112,36 @@ extern "C" __global__ void sum_f64(double* out, const float* x, long long n, int
         __syncthreads();
     }
     if (threadIdx.x == 0) out[0] = shared[0];
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16, as its bits in an unsigned short (NVRTC without the CUDA headers has no __nv_bfloat16).
+// The same rounding as the `half` crate's, which the CPU backend uses: to nearest, ties to even;
+// a NaN stays a NaN (quiet), which plain rounding could carry into an infinity.
+
+__device__ unsigned short bf16_bits(float x) {
+    unsigned int bits = __float_as_uint(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((bits >> 16) | 0x0040u);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (unsigned short)(bits >> 16);
+}
+
+__device__ float bf16_widen(unsigned short h) { return __uint_as_float((unsigned int)h << 16); }
+
+extern "C" __global__ void round_to_bf16(unsigned short* dst, const float* src, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = bf16_bits(src[i]);
+}
+
+extern "C" __global__ void widen_bf16(float* dst, const unsigned short* src, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = bf16_widen(src[i]);
+}
+
+// dst = src rounded to bf16 and widened back: an activation operand of a bf16 matmul, for sgemm.
+extern "C" __global__ void round_through_bf16(float* dst, const float* src, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = bf16_widen(bf16_bits(src[i]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,7 +324,7 @@ extern "C" __global__ void attention_dscores(float* dscores, const float* dout,
     }
 }
 
-// Backward, step 2: dq[b, t, h, :] += scale · Σ_t2 dS[b, h, t, t2] · k[b, t2, g, :]; one block per
+// Backward, step 2: dq[b, t, h, :] = scale · Σ_t2 dS[b, h, t, t2] · k[b, t2, g, :]; one block per
 // (batch, t, head).
 extern "C" __global__ void attention_dq(float* dq, const float* dscores, const float* k, int seq,
                                         int heads, int kv_heads, int head_dim, float scale) {
@@ -309,12 +339,12 @@ extern "C" __global__ void attention_dq(float* dq, const float* dscores, const f
         for (int t2 = 0; t2 <= t; t2++) {
             acc += ds[t2] * k[(((long long)b * seq + t2) * kv_heads + g) * head_dim + d];
         }
-        o[d] += scale * acc;
+        o[d] = scale * acc;
     }
 }
 
 // Backward, step 3: for kv head g at position t2, summed over its query heads and the positions
-// t ≥ t2 that see it: dk += scale · Σ dS · q, dv += Σ P · dout. One block per (batch, t2, g).
+// t ≥ t2 that see it: dk = scale · Σ dS · q, dv = Σ P · dout (overwritten). One block per (batch, t2, g).
 extern "C" __global__ void attention_dkv(float* dk, float* dv, const float* dscores,
                                          const float* probs, const float* q, const float* dout,
                                          int seq, int heads, int kv_heads, int head_dim,
@@ -335,8 +365,8 @@ extern "C" __global__ void attention_dkv(float* dk, float* dv, const float* dsco
                 acc_v += probs[p_at] * dout[q_at];
             }
         }
-        dk[kv_at + d] += scale * acc_k;
-        dv[kv_at + d] += acc_v;
+        dk[kv_at + d] = scale * acc_k;
+        dv[kv_at + d] = acc_v;
     }
 }
 

@@ -5,7 +5,8 @@
 //! The CUDA libraries are loaded when a [`Cuda`] is made, not linked: a binary built with the
 //! feature still runs its CPU path on a machine without a driver, and asking it for CUDA there is
 //! a one-line error. Buffers are `f32`; shapes follow the CPU backend (`src/engine/cpu/`), and
-//! `tests.rs` checks each op against it.
+//! `tests.rs` checks each op against it. bf16 buffers ([`Backend::Half`]) are `u16`s holding
+//! the bits, rounded by a kernel exactly as the CPU's `half` crate rounds.
 //!
 //! Longer than most files on purpose: it is one `impl Backend`, each op a short kernel launch,
 //! and every launch sits here beside the others so that `tests.rs` can check each one against the
@@ -31,10 +32,13 @@ use super::{AdamW, AttentionShape, Backend, EngineError, host_vec};
 pub const KERNELS_CU: &str = include_str!("kernels.cu");
 
 /// Every kernel of [`KERNELS_CU`], loaded when a [`Cuda`] is made.
-pub const KERNEL_NAMES: [&str; 20] = [
+pub const KERNEL_NAMES: [&str; 23] = [
     "add",
     "add_assign",
     "scale",
+    "round_to_bf16",
+    "widen_bf16",
+    "round_through_bf16",
     "swiglu_forward",
     "swiglu_backward",
     "adamw",
@@ -289,6 +293,8 @@ impl Backend for Cuda {
     type Float = f32;
     type Buf = CudaSlice<f32>;
     type Tokens = CudaSlice<u32>;
+    /// bf16 bits: `half::bf16` is no `DeviceRepr`, and cudarc's own bf16 needs its `f16` feature.
+    type Half = CudaSlice<u16>;
 
     fn synchronize(&self) {
         self.stream
@@ -497,6 +503,63 @@ impl Backend for Cuda {
             ldc: ic as i32,
         };
         self.gemm(config, inp, dout, dw);
+    }
+
+    fn half_zeros(&self, len: usize) -> Result<CudaSlice<u16>, EngineError> {
+        self.alloc_zeros(len)
+    }
+    fn round_to_half(&self, dst: &mut CudaSlice<u16>, src: &CudaSlice<f32>) {
+        assert_eq!(dst.len(), src.len());
+        let n = src.len() as i64;
+        launch!(
+            self,
+            "round_to_bf16",
+            elementwise(src.len()),
+            &mut *dst,
+            src,
+            &n
+        );
+    }
+    fn download_half(&self, buf: &CudaSlice<u16>) -> Result<Vec<f32>, EngineError> {
+        let mut bits = host_vec(buf.len(), 0u16, "cpu")?;
+        self.stream
+            .memcpy_dtoh(buf, &mut bits)
+            .map_err(|e| self.engine_error(e, EngineError::bytes_of::<u16>(buf.len()).0))?;
+        let mut host = host_vec(buf.len(), 0.0f32, "cpu")?;
+        for (h, &b) in host.iter_mut().zip(&bits) {
+            *h = half::bf16::from_bits(b).to_f32();
+        }
+        Ok(host)
+    }
+    // The f32 sgemms on operands rounded through bf16: a product of two bf16 values is exact in
+    // f32, so this is the bf16 product summed in f32 that the CPU computes. Simple, not fast:
+    // sgemm instead of tensor cores, and f32 scratch copies allocated per call.
+    fn matmul_forward_half(
+        &self,
+        out: &mut CudaSlice<f32>,
+        inp: &CudaSlice<f32>,
+        w: &CudaSlice<u16>,
+        ic: usize,
+        oc: usize,
+    ) {
+        let inp = self.rounded_through_bf16(inp);
+        let w = self.widened(w);
+        self.matmul_forward(out, &inp, &w, ic, oc);
+    }
+    fn matmul_backward_half(
+        &self,
+        dinp: &mut CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        inp: &CudaSlice<f32>,
+        w: &CudaSlice<u16>,
+        ic: usize,
+        oc: usize,
+    ) {
+        let dout = self.rounded_through_bf16(dout);
+        let inp = self.rounded_through_bf16(inp);
+        let w = self.widened(w);
+        self.matmul_backward(dinp, dw, &dout, &inp, &w, ic, oc);
     }
 
     fn rope_forward(
@@ -819,6 +882,43 @@ impl Cuda {
             &theta,
             &sign
         );
+    }
+
+    /// `len` floats of working space for a bf16 matmul. The matmul has no error to return, so
+    /// running out of memory here is a panic that says what for.
+    fn matmul_scratch(&self, len: usize) -> CudaSlice<f32> {
+        self.alloc_zeros(len)
+            .unwrap_or_else(|e| panic!("the bf16 matmul's working copy: {e}"))
+    }
+
+    /// `src` rounded to bf16 and widened back, in a new buffer.
+    fn rounded_through_bf16(&self, src: &CudaSlice<f32>) -> CudaSlice<f32> {
+        let mut dst = self.matmul_scratch(src.len());
+        let n = src.len() as i64;
+        launch!(
+            self,
+            "round_through_bf16",
+            elementwise(src.len()),
+            &mut dst,
+            src,
+            &n
+        );
+        dst
+    }
+
+    /// The bf16 values of `src` as floats, in a new buffer.
+    fn widened(&self, src: &CudaSlice<u16>) -> CudaSlice<f32> {
+        let mut dst = self.matmul_scratch(src.len());
+        let n = src.len() as i64;
+        launch!(
+            self,
+            "widen_bf16",
+            elementwise(src.len()),
+            &mut dst,
+            src,
+            &n
+        );
+        dst
     }
 
     fn reduce(&self, buf: &CudaSlice<f32>, squares: bool) -> f64 {

@@ -2,6 +2,7 @@
 //! and each stage's view and key are checked against the sections that stage may read.
 
 use super::*;
+use crate::engine::PrecisionSetting;
 use crate::pipeline::spec::{DownloadFile, ModelConfig};
 
 /// A spec with every optional field given, so that every field of it can be changed; its
@@ -11,6 +12,8 @@ fn full_spec() -> PipelineSpec {
     spec.pipeline.cache_dir = Some("cache".into());
     spec.pipeline.runs_dir = Some("runs".into());
     spec.pipeline.threads = Some(2);
+    // Explicit, so the key does not depend on this machine's CPU (`auto` would resolve by it).
+    spec.train.precision = crate::engine::PrecisionSetting::F32;
     spec.download.files = vec![
         DownloadFile {
             name: Some("stories.tar.gz".into()),
@@ -39,6 +42,8 @@ fn full_spec() -> PipelineSpec {
         max_seq_len: Some(128),
         ..ModelConfig::default()
     };
+    // Not `auto`, whose meaning depends on the machine the tests run on.
+    spec.sample.precision = PrecisionSetting::Bf16;
     spec
 }
 
@@ -67,12 +72,19 @@ fn leaves(value: &Json, path: &str, out: &mut Vec<(String, Json)>) {
 
 /// Another valid value of the same type.
 fn changed(path: &str, value: &Json) -> Json {
-    let other_variant = [("train_vocab.kind", "char"), ("corpus.format", "lines")];
+    let other_variant = [
+        ("train_vocab.kind", "char"),
+        ("corpus.format", "lines"),
+        ("sample.precision", "f32"),
+    ];
     if let Some((_, other)) = other_variant.iter().find(|(p, _)| *p == path) {
         return json!(other);
     }
     if path.ends_with(".device") {
         return json!("cuda");
+    }
+    if path.ends_with(".precision") {
+        return json!("bf16");
     }
     match value {
         Json::Bool(b) => json!(!b),
@@ -131,13 +143,17 @@ fn covered(stage: StageId, path: &str) -> bool {
 fn unkeyed(path: &str) -> bool {
     let non_semantic =
         |section: &str, fields: &[&str]| fields.iter().any(|f| path == format!("{section}.{f}"));
-    non_semantic("download", DownloadConfig::NON_SEMANTIC)
+    // A precision setting is keyed as what it resolves to (see
+    // `precision_is_keyed_as_it_resolves`).
+    let resolved = path.ends_with(".precision");
+    (non_semantic("download", DownloadConfig::NON_SEMANTIC)
         || non_semantic("train", TrainConfig::NON_SEMANTIC)
         || non_semantic("train_vocab", TrainVocabConfig::NON_SEMANTIC)
         || non_semantic("pretokenize", PretokenizeConfig::NON_SEMANTIC)
         || non_semantic("sample", SampleConfig::NON_SEMANTIC)
         // A file with a checksum is the same file from any mirror.
-        || path == "download.files[0].mirrors"
+        || path == "download.files[0].mirrors")
+        && !resolved
 }
 
 #[test]
@@ -197,10 +213,38 @@ fn the_resolved_model_reaches_the_train_key() {
 }
 
 #[test]
+fn precision_is_keyed_as_it_resolves() {
+    use crate::engine::{Device, PrecisionSetting};
+    let train_key = |precision: PrecisionSetting, device: Device| {
+        let mut spec = full_spec();
+        spec.train.precision = precision;
+        spec.train.device = device;
+        StageView::new(StageId::Train, &spec).unwrap().key_config()
+    };
+    let f32_key = train_key(PrecisionSetting::F32, Device::Cpu);
+    assert!(
+        f32_key.get("precision").is_none(),
+        "an f32 key is the key of before precision existed: {f32_key}"
+    );
+    let bf16_key = train_key(PrecisionSetting::Bf16, Device::Cpu);
+    assert_eq!(bf16_key["precision"], "bf16");
+    assert_ne!(f32_key, bf16_key);
+    // `auto` is keyed as what it resolves to, so it shares the artifact of that precision.
+    assert_eq!(train_key(PrecisionSetting::Auto, Device::Cuda(0)), f32_key);
+    let expected = match PrecisionSetting::Auto.resolve(Device::Cpu) {
+        Precision::Bf16 => &bf16_key,
+        Precision::F32 => &f32_key,
+    };
+    assert_eq!(&train_key(PrecisionSetting::Auto, Device::Cpu), expected);
+}
+
+#[test]
 fn keys_are_those_of_the_whole_spec_sections_they_replace() {
     // The keys tinyllm computed from the whole spec before stages had views: the same JSON
-    // means every artifact already in a cache keeps its key.
-    let spec = full_spec();
+    // means every artifact already in a cache keeps its key (f32 sampling, the only precision
+    // there was, adds nothing to the sample key).
+    let mut spec = full_spec();
+    spec.sample.precision = PrecisionSetting::F32;
     let semantic_of = |section: Json, non_semantic: &[&str]| {
         let mut section = section;
         for field in non_semantic {
@@ -316,4 +360,21 @@ fn editing_a_local_corpus_changes_the_download_key() {
     assert_ne!(first, edited);
     std::fs::write(folder.join("b.txt"), "Lily ran.").unwrap();
     assert_ne!(edited, key(), "a new file changes it too");
+}
+
+#[test]
+fn the_sample_key_holds_the_resolved_precision_unless_f32() {
+    let key = |setting: PrecisionSetting| {
+        let mut spec = full_spec();
+        spec.sample.precision = setting;
+        StageView::new(StageId::Sample, &spec).unwrap().key_config()
+    };
+    assert_eq!(key(PrecisionSetting::Bf16)["precision"], json!("bf16"));
+    assert!(key(PrecisionSetting::F32).get("precision").is_none());
+    let resolved = PrecisionSetting::Auto.resolve(crate::engine::Device::Cpu);
+    let same = match resolved {
+        Precision::F32 => PrecisionSetting::F32,
+        Precision::Bf16 => PrecisionSetting::Bf16,
+    };
+    assert_eq!(key(PrecisionSetting::Auto), key(same));
 }

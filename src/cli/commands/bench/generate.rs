@@ -8,7 +8,8 @@ use clap::Args;
 
 use super::print_figures;
 use crate::bench::generate::{GenerateBench, Source, run};
-use crate::cli::args::{BenchRun, parse_preset, set_threads, train_folder};
+use crate::cli::args::{BenchRun, parse_precision, parse_preset, set_threads, train_folder};
+use crate::engine::PrecisionSetting;
 use crate::generate::folder::ModelFolder;
 use crate::model::Preset;
 
@@ -29,6 +30,10 @@ pub struct GenerateArgs {
     new_tokens: usize,
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// The matmuls' precision: f32, bf16 (bf16 weights, f32 sums) or auto (bf16 on a CPU with
+    /// native bf16 dot products).
+    #[arg(long, default_value = "auto", value_parser = parse_precision)]
+    precision: PrecisionSetting,
     #[command(flatten)]
     run: BenchRun,
 }
@@ -41,6 +46,7 @@ pub fn exec(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
     let bench = GenerateBench {
         new_tokens: args.new_tokens,
         runs: args.runs,
+        precision: args.precision.resolve(args.run.device),
     };
     let device = args.run.device;
     let folder = match &args.checkpoint {

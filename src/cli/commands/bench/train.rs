@@ -9,7 +9,7 @@ use clap::Args;
 use super::print_figures;
 use crate::bench::train::{RunPlan, TrainBench, run};
 use crate::cli::args::{BenchRun, parse_preset, set_threads};
-use crate::engine::Device;
+use crate::engine::{Device, PrecisionSetting};
 use crate::model::{Footprint, ModelDims, Preset, ShapeError};
 use crate::pipeline::{self, SpecSources};
 use crate::train::step::StepConfig;
@@ -19,6 +19,7 @@ use crate::train::step::StepConfig;
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     tinyllm bench train --preset tutorial --batch 8 --seq 256\n  \
+    tinyllm bench train --preset tutorial --precision f32\n  \
     tinyllm bench train --preset stories110M --device cuda\n  \
     tinyllm bench train --dim 128 --n-layers 4 --n-heads 4 --n-kv-heads 2 --vocab-size 512 --threads 1 --json\n  \
     tinyllm bench train --spec pipelines/tinystories-10min.toml --val-windows 1488\n\n\
@@ -60,6 +61,13 @@ pub struct TrainArgs {
     /// Timed steps (after 2 warm-up steps).
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// The matmuls' precision: f32, bf16 or auto (bf16 where the CPU has native bf16 dot
+    /// products). Default: the spec's train.precision with --spec, else auto.
+    #[arg(long, value_name = "PRECISION")]
+    precision: Option<PrecisionSetting>,
+    /// Also time each backend op of the timed steps: calls, ms and share of a step per op.
+    #[arg(long)]
+    ops: bool,
     #[command(flatten)]
     run: BenchRun,
 }
@@ -100,7 +108,9 @@ pub fn exec(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         warmup_steps: 2,
         steps: args.steps,
         device: args.run.device,
+        precision: args.precision.unwrap_or_default().resolve(args.run.device),
         run: None,
+        ops: args.ops,
     };
     if let Some(path) = args.spec {
         let loaded = pipeline::load(&SpecSources {
@@ -122,6 +132,10 @@ pub fn exec(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
             .map_err(|v| anyhow::anyhow!("{}: {}", v.key, v.message))?;
         bench.preset = spec.model.preset;
         bench.step = StepConfig::of(t);
+        bench.precision = args
+            .precision
+            .unwrap_or(t.precision)
+            .resolve(args.run.device);
         bench.run = Some(RunPlan {
             pipeline: spec.pipeline.name.clone(),
             max_iters: t.max_iters,
