@@ -80,7 +80,7 @@ pub trait Float:
 }
 
 /// A dot product with eight running sums, which compilers keep in vector registers.
-fn dot_portable<T: Float>(a: &[T], b: &[T]) -> T {
+pub(crate) fn dot_portable<T: Float>(a: &[T], b: &[T]) -> T {
     let mut sums = [T::zero(); 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (a8.remainder(), b8.remainder());

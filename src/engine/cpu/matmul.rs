@@ -117,6 +117,25 @@ pub fn forward<T: Float>(out: &mut [T], inp: &[T], w: &[T], ic: usize, oc: usize
     }
 }
 
+/// The rows of a matmul's backward pass, every buffer's length checked against them (the
+/// bounds the unsafe products rely on).
+fn backward_rows(
+    dinp: usize,
+    dw: usize,
+    dout: usize,
+    inp: usize,
+    w: usize,
+    ic: usize,
+    oc: usize,
+) -> usize {
+    let n = inp / ic;
+    assert_eq!(dinp, n * ic);
+    assert_eq!(dout, n * oc);
+    assert_eq!(dw, oc * ic);
+    assert_eq!(w, oc * ic);
+    n
+}
+
 /// `dinp += dout · w` and `dw += doutᵀ · inp`.
 pub fn backward<T: Float>(
     dinp: &mut [T],
@@ -127,11 +146,7 @@ pub fn backward<T: Float>(
     ic: usize,
     oc: usize,
 ) {
-    let n = inp.len() / ic;
-    assert_eq!(dinp.len(), n * ic);
-    assert_eq!(dout.len(), n * oc);
-    assert_eq!(dw.len(), oc * ic);
-    assert_eq!(w.len(), oc * ic);
+    let n = backward_rows(dinp.len(), dw.len(), dout.len(), inp.len(), w.len(), ic, oc);
     // SAFETY: as in `forward`, the asserts bound every index: dinp n×ic += dout n×oc · w oc×ic;
     // dw oc×ic += doutᵀ (oc×n, row stride 1, column stride oc) · inp n×ic.
     unsafe {
@@ -255,11 +270,7 @@ pub fn backward_half<T: Float>(
     ic: usize,
     oc: usize,
 ) {
-    let n = inp.len() / ic;
-    assert_eq!(dinp.len(), n * ic);
-    assert_eq!(dout.len(), n * oc);
-    assert_eq!(dw.len(), oc * ic);
-    assert_eq!(w.len(), oc * ic);
+    let n = backward_rows(dinp.len(), dw.len(), dout.len(), inp.len(), w.len(), ic, oc);
     let (Some(dinp32), Some(dw32), Some(dout32), Some(inp32)) =
         (as_f32_mut(dinp), as_f32_mut(dw), as_f32(dout), as_f32(inp))
     else {

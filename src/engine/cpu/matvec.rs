@@ -215,7 +215,7 @@ fn rows_f32(out: &mut [f32], x: &[f32], w: &[f32], kernel: Kernel) {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the CPU has AVX2 and FMA (see above).
                     Kernel::Avx2 => unsafe { crate::engine::float::dot_f32_avx2(x, row) },
-                    _ => portable_dot(x, row),
+                    _ => crate::engine::float::dot_portable(x, row),
                 };
             }
         }
@@ -241,24 +241,6 @@ fn rows_half(out: &mut [f32], input: &Input<'_>, w: &[bf16], kernel: Kernel) {
             }
         }
     }
-}
-
-/// Eight running sums, which compilers keep in a vector register.
-fn portable_dot(x: &[f32], w: &[f32]) -> f32 {
-    let mut sums = [0.0f32; 8];
-    let (x8, w8) = (x.chunks_exact(8), w.chunks_exact(8));
-    let tail: f32 = x8
-        .remainder()
-        .iter()
-        .zip(w8.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in x8.zip(w8) {
-        for i in 0..8 {
-            sums[i] += a[i] * b[i];
-        }
-    }
-    sums.iter().sum::<f32>() + tail
 }
 
 fn portable_dot_half(x: &[f32], w: &[bf16]) -> f32 {
@@ -304,8 +286,10 @@ mod x86 {
         // SAFETY: every load reads lanes i..i+16 ≤ ic (or the masked tail below ic) of `x` and
         // of rows o..o+4 < out.len() of `w`, which the assert bounds.
         unsafe {
-            while o + 4 <= out.len() {
-                let r = [0, 1, 2, 3].map(|k| pw.add((o + k) * ic));
+            while o < out.len() {
+                // The last tile of fewer than four rows repeats its last row in the spare lanes.
+                let tile = (out.len() - o).min(4);
+                let r = [0, 1, 2, 3].map(|k| pw.add((o + k.min(tile - 1)) * ic));
                 let mut acc = [_mm512_setzero_ps(); 4];
                 let mut i = 0;
                 while i < full {
@@ -322,27 +306,10 @@ mod x86 {
                         acc[k] = _mm512_fmadd_ps(xv, wv, acc[k]);
                     }
                 }
-                for k in 0..4 {
+                for k in 0..tile {
                     out[o + k] = _mm512_reduce_add_ps(acc[k]);
                 }
-                o += 4;
-            }
-            while o < out.len() {
-                let r = pw.add(o * ic);
-                let mut acc = _mm512_setzero_ps();
-                let mut i = 0;
-                while i < full {
-                    acc =
-                        _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(r.add(i)), acc);
-                    i += 16;
-                }
-                if full < ic {
-                    let xv = _mm512_maskz_loadu_ps(tail, px.add(full));
-                    let wv = _mm512_maskz_loadu_ps(tail, r.add(full));
-                    acc = _mm512_fmadd_ps(xv, wv, acc);
-                }
-                out[o] = _mm512_reduce_add_ps(acc);
-                o += 1;
+                o += tile;
             }
         }
     }
