@@ -33,6 +33,21 @@ pub trait Float:
         Self::from_f64(x.to_f64())
     }
 
+    /// `dst[i] = src[i]` rounded to bf16 (to nearest, ties to even): activations kept in bf16.
+    fn round_into_bf16(dst: &mut [bf16], src: &[Self]) {
+        assert_eq!(dst.len(), src.len());
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s.to_bf16();
+        }
+    }
+    /// `dst[i] = src[i]` widened exactly.
+    fn widen_from_bf16(dst: &mut [Self], src: &[bf16]) {
+        assert_eq!(dst.len(), src.len());
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = Self::from_bf16(s);
+        }
+    }
+
     /// `Σ a[i] · b[i]` over the shorter length: the matrix-vector products of decoding.
     fn dot(a: &[Self], b: &[Self]) -> Self {
         dot_portable(a, b)
@@ -148,6 +163,23 @@ impl Float for f32 {
     fn from_bf16(x: bf16) -> Self {
         x.to_f32()
     }
+    fn round_into_bf16(dst: &mut [bf16], src: &[f32]) {
+        assert_eq!(dst.len(), src.len());
+        // Branch-free bit arithmetic, so that the compiler vectorises the loop: round to
+        // nearest even by adding 0x7fff plus the kept lowest bit; NaN stays a quiet NaN.
+        for (d, &s) in dst.iter_mut().zip(src) {
+            let bits = s.to_bits();
+            let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+            let nan = ((bits >> 16) as u16) | 0x0040;
+            *d = bf16::from_bits(if s.is_nan() { nan } else { rounded });
+        }
+    }
+    fn widen_from_bf16(dst: &mut [f32], src: &[bf16]) {
+        assert_eq!(dst.len(), src.len());
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits(u32::from(s.to_bits()) << 16);
+        }
+    }
 
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
@@ -203,5 +235,38 @@ mod tests {
             );
             assert!((f64::dot(&a64, &b64) - plain).abs() < 1e-12, "n = {n}");
         }
+    }
+
+    /// The vectorisable f32 rounding agrees with the `half` crate's on ties, carries into the
+    /// exponent, infinities, subnormals and NaN.
+    #[test]
+    fn bulk_bf16_rounding_matches_the_half_crate() {
+        let mut values = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+            f32::from_bits(0x3f80_7fff),
+            f32::from_bits(0x3fff_ffff),
+            f32::MAX,
+            f32::MIN_POSITIVE / 3.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        values.extend((0..1000).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 1.37e-3));
+        let mut rounded = vec![bf16::ZERO; values.len()];
+        f32::round_into_bf16(&mut rounded, &values);
+        for (&x, &r) in values.iter().zip(&rounded) {
+            assert_eq!(r.to_bits(), bf16::from_f32(x).to_bits(), "{x:e}");
+        }
+        let mut widened = vec![0.0f32; values.len()];
+        f32::widen_from_bf16(&mut widened, &rounded);
+        for (&w, &r) in widened.iter().zip(&rounded) {
+            assert_eq!(w.to_bits(), r.to_f32().to_bits());
+        }
+        let mut nan = [bf16::ZERO; 2];
+        f32::round_into_bf16(&mut nan, &[f32::NAN, f32::from_bits(0x7f80_0001)]);
+        assert!(nan.iter().all(|x| x.is_nan()));
     }
 }

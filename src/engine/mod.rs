@@ -7,6 +7,9 @@
 //! because the model has them write their buffers first, are [`Backend::attention_backward`]
 //! and [`Backend::swiglu_backward`] (no zeroing pass before them).
 //!
+//! Under bf16 precision the activations kept for a backward pass may be bf16 ([`Saved`]): the
+//! ops that read them take an [`Input`], floats or bf16 widened as read.
+//!
 //! Allocation and transfers between host and device return [`EngineError`]: an out-of-memory is
 //! an error the caller words for the user, never a panic or an abort.
 
@@ -74,6 +77,94 @@ impl<B: Backend + ?Sized> Clone for MatvecWeight<'_, B> {
     }
 }
 impl<B: Backend + ?Sized> Copy for MatvecWeight<'_, B> {}
+
+/// An activation kept from the forward pass for the backward pass: floats (`F`, a backend's
+/// `Buf`), or (under bf16 precision) bf16 values (`H`, its `Half`), which halves the largest
+/// part of a training step's memory. Generic over the buffer types rather than the backend, so
+/// that a wrapper backend with the same buffers passes it through.
+pub enum Saved<F, H> {
+    Full(F),
+    Half(H),
+}
+
+/// [`Saved`] with a backend's buffer types.
+pub type SavedOf<B> = Saved<<B as Backend>::Buf, <B as Backend>::Half>;
+
+impl<F, H> Saved<F, H> {
+    /// `len` zeros, in bf16 under bf16 precision.
+    pub fn zeros<B>(backend: &B, len: usize, precision: Precision) -> Result<Self, EngineError>
+    where
+        B: Backend<Buf = F, Half = H> + ?Sized,
+    {
+        Ok(match precision {
+            Precision::F32 => Saved::Full(backend.zeros(len)?),
+            Precision::Bf16 => Saved::Half(backend.half_zeros(len)?),
+        })
+    }
+
+    /// Where an op computes these values in floats: this buffer itself, or, when the values
+    /// are kept in bf16, `work`, to be rounded into it by [`Saved::keep`].
+    pub fn floats<'a>(&'a mut self, work: &'a mut F) -> &'a mut F {
+        match self {
+            Saved::Full(buf) => buf,
+            Saved::Half(_) => work,
+        }
+    }
+
+    /// Rounds the floats computed in `work` into this bf16 buffer; nothing for floats (they
+    /// were computed in place).
+    pub fn keep<B>(&mut self, backend: &B, work: &F)
+    where
+        B: Backend<Buf = F, Half = H> + ?Sized,
+    {
+        if let Saved::Half(kept) = self {
+            backend.round_to_half(kept, work);
+        }
+    }
+
+    /// The values, for an op to read.
+    pub fn input(&self) -> Input<'_, F, H> {
+        match self {
+            Saved::Full(buf) => Input::Full(buf),
+            Saved::Half(buf) => Input::Half(buf),
+        }
+    }
+}
+
+/// Values an op reads in either form: floats, or bf16 values it widens as it reads them.
+pub enum Input<'a, F, H> {
+    Full(&'a F),
+    Half(&'a H),
+}
+
+/// [`Input`] with a backend's buffer types.
+pub type InputOf<'a, B> = Input<'a, <B as Backend>::Buf, <B as Backend>::Half>;
+
+impl<F, H> Clone for Input<'_, F, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<F, H> Copy for Input<'_, F, H> {}
+
+/// What attention's backward pass reads from its forward pass: the probabilities, the rotated
+/// queries and keys, and the values.
+pub struct AttentionKept<'a, F, H> {
+    pub probs: Input<'a, F, H>,
+    pub q: Input<'a, F, H>,
+    pub k: Input<'a, F, H>,
+    pub v: Input<'a, F, H>,
+}
+
+/// [`AttentionKept`] with a backend's buffer types.
+pub type AttentionKeptOf<'a, B> = AttentionKept<'a, <B as Backend>::Buf, <B as Backend>::Half>;
+
+impl<F, H> Clone for AttentionKept<'_, F, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<F, H> Copy for AttentionKept<'_, F, H> {}
 
 /// Hyperparameters of one AdamW step for one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -218,6 +309,7 @@ pub trait Backend: Send + Sync {
 
     /// A bf16 buffer of `len` zeros.
     fn half_zeros(&self, len: usize) -> Result<Self::Half, EngineError>;
+    fn half_len(&self, buf: &Self::Half) -> usize;
     /// `dst = src` rounded to bf16 (to nearest, ties to even); both of the same length.
     fn round_to_half(&self, dst: &mut Self::Half, src: &Self::Buf);
     /// The values of a bf16 buffer in host memory, widened (exactly) to floats.
@@ -294,18 +386,28 @@ pub trait Backend: Send + Sync {
     /// Copies `src` into `dst` starting at element `offset` (a row of a cache).
     fn write_at(&self, dst: &mut Self::Buf, offset: usize, src: &Self::Buf);
 
-    /// Causal grouped-query attention; keeps the probabilities in `probs` (`batch × heads × seq × seq`).
+    /// Causal grouped-query attention; keeps the probabilities in `probs` (`batch × heads × seq ×
+    /// seq`, floats or bf16).
     fn attention_forward(
         &self,
         out: &mut Self::Buf,
-        probs: &mut Self::Buf,
+        probs: &mut SavedOf<Self>,
         q: &Self::Buf,
         k: &Self::Buf,
         v: &Self::Buf,
         shape: AttentionShape,
     );
-    /// Overwrites (does not accumulate into) `dq`, `dk`, `dv`. `scratch` is working space of
-    /// the size of `probs`.
+    /// The floats of working space [`Backend::attention_backward`] needs: by default as many
+    /// as the probabilities (a backend that works block by block in space of its own needs none).
+    fn attention_scratch_len(&self, shape: AttentionShape) -> usize {
+        shape
+            .batch
+            .saturating_mul(shape.heads)
+            .saturating_mul(shape.seq)
+            .saturating_mul(shape.seq)
+    }
+    /// Overwrites (does not accumulate into) `dq`, `dk`, `dv`. `scratch` holds
+    /// [`Backend::attention_scratch_len`] floats of working space.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -313,24 +415,35 @@ pub trait Backend: Send + Sync {
         dk: &mut Self::Buf,
         dv: &mut Self::Buf,
         dout: &Self::Buf,
-        probs: &Self::Buf,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
+        kept: AttentionKeptOf<'_, Self>,
         scratch: &mut Self::Buf,
         shape: AttentionShape,
     );
 
     /// `out = silu(gate) * up`.
-    fn swiglu_forward(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf);
+    fn swiglu_forward(&self, out: &mut Self::Buf, gate: InputOf<'_, Self>, up: InputOf<'_, Self>);
+    /// [`Backend::swiglu_forward`] on floats that also rounds `gate` and `up` into the bf16
+    /// copies kept for the backward pass: a backend may do both in one pass over them.
+    fn swiglu_forward_keeping(
+        &self,
+        out: &mut Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        kept_gate: &mut Self::Half,
+        kept_up: &mut Self::Half,
+    ) {
+        self.swiglu_forward(out, Input::Full(gate), Input::Full(up));
+        self.round_to_half(kept_gate, gate);
+        self.round_to_half(kept_up, up);
+    }
     /// Overwrites (does not accumulate into) `dgate` and `dup`.
     fn swiglu_backward(
         &self,
         dgate: &mut Self::Buf,
         dup: &mut Self::Buf,
         dout: &Self::Buf,
-        gate: &Self::Buf,
-        up: &Self::Buf,
+        gate: InputOf<'_, Self>,
+        up: InputOf<'_, Self>,
     );
 
     /// `out = a + b`.

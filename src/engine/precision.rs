@@ -5,6 +5,14 @@
 //! (norms, softmax, RoPE, loss, reductions) stay f32; each matmul reads its weight from a bf16
 //! copy made after every optimizer step and rounds its activation operand to bf16 while packing
 //! it, so the products are exact and only their sums are rounded (in f32).
+//!
+//! The activations a layer keeps for its backward pass are bf16 where that is safe: q, k and v
+//! (after RoPE), the attention probabilities, and SwiGLU's gate and up, which the backward pass
+//! reads as matmul operands (rounded to bf16 anyway) or through the attention and SwiGLU
+//! derivatives, whose error stays within bf16's. The residual stream that RMSNorm's backward
+//! reads, the norms' `1/rms` and the attention output stay f32. The forward pass itself computes
+//! from the unrounded floats; only the kept copies are rounded. That takes the tutorial model's
+//! training memory from 0.97x to about 0.78x of f32's (`model::memory`).
 
 use std::fmt;
 use std::str::FromStr;

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{AdamW, AttentionShape, Backend, EngineError};
+use super::{AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, InputOf, SavedOf};
 
 /// Time and calls of one op.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -173,6 +173,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn half_zeros(&self, len: usize) -> Result<B::Half, EngineError> {
         self.timed("zeros", |b| b.half_zeros(len))
     }
+    fn half_len(&self, buf: &B::Half) -> usize {
+        self.inner.half_len(buf)
+    }
     fn round_to_half(&self, dst: &mut B::Half, src: &B::Buf) {
         self.timed("round_to_half", |b| b.round_to_half(dst, src))
     }
@@ -257,7 +260,7 @@ impl<B: Backend> Backend for Profiled<B> {
     fn attention_forward(
         &self,
         out: &mut B::Buf,
-        probs: &mut B::Buf,
+        probs: &mut SavedOf<B>,
         q: &B::Buf,
         k: &B::Buf,
         v: &B::Buf,
@@ -267,34 +270,46 @@ impl<B: Backend> Backend for Profiled<B> {
             b.attention_forward(out, probs, q, k, v, shape)
         })
     }
+    fn attention_scratch_len(&self, shape: AttentionShape) -> usize {
+        self.inner.attention_scratch_len(shape)
+    }
     fn attention_backward(
         &self,
         dq: &mut B::Buf,
         dk: &mut B::Buf,
         dv: &mut B::Buf,
         dout: &B::Buf,
-        probs: &B::Buf,
-        q: &B::Buf,
-        k: &B::Buf,
-        v: &B::Buf,
+        kept: AttentionKeptOf<'_, B>,
         scratch: &mut B::Buf,
         shape: AttentionShape,
     ) {
         self.timed("attention_backward", |b| {
-            b.attention_backward(dq, dk, dv, dout, probs, q, k, v, scratch, shape)
+            b.attention_backward(dq, dk, dv, dout, kept, scratch, shape)
         })
     }
 
-    fn swiglu_forward(&self, out: &mut B::Buf, gate: &B::Buf, up: &B::Buf) {
+    fn swiglu_forward(&self, out: &mut B::Buf, gate: InputOf<'_, B>, up: InputOf<'_, B>) {
         self.timed("swiglu_forward", |b| b.swiglu_forward(out, gate, up))
+    }
+    fn swiglu_forward_keeping(
+        &self,
+        out: &mut B::Buf,
+        gate: &B::Buf,
+        up: &B::Buf,
+        kept_gate: &mut B::Half,
+        kept_up: &mut B::Half,
+    ) {
+        self.timed("swiglu_forward", |b| {
+            b.swiglu_forward_keeping(out, gate, up, kept_gate, kept_up)
+        })
     }
     fn swiglu_backward(
         &self,
         dgate: &mut B::Buf,
         dup: &mut B::Buf,
         dout: &B::Buf,
-        gate: &B::Buf,
-        up: &B::Buf,
+        gate: InputOf<'_, B>,
+        up: InputOf<'_, B>,
     ) {
         self.timed("swiglu_backward", |b| {
             b.swiglu_backward(dgate, dup, dout, gate, up)

@@ -6,7 +6,7 @@
 use super::llama::{ATTN_NORM, EMBED, FFN_NORM, W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV, layer_index};
 use super::memory::{Footprint, decoder_bytes};
 use super::{Allocation, Llama, ModelDims, ModelError, Shape};
-use crate::engine::{Backend, EngineError, MatvecWeight};
+use crate::engine::{Backend, EngineError, Input, MatvecWeight};
 
 /// Per-layer keys and values of the positions decoded so far, and the step's working buffers.
 pub struct Decoder<B: Backend> {
@@ -218,7 +218,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 &[linear(at(W_GATE)), linear(at(W_UP))],
                 c,
             );
-            b.swiglu_forward(&mut d.act, &d.gate, &d.up);
+            b.swiglu_forward(&mut d.act, Input::Full(&d.gate), Input::Full(&d.up));
             b.matvec_many(&mut [&mut d.tmp], &d.act, &[linear(at(W_DOWN))], h);
             b.add_assign(&mut d.x, &d.tmp);
         }

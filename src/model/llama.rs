@@ -12,8 +12,8 @@ use super::memory::{ActivationSizes, Activations, Allocation, Footprint, TooLarg
 use super::shape::Shape;
 pub use crate::engine::ParamInfo;
 use crate::engine::{
-    AdamWOptimizer, AttentionShape, Backend, EngineError, Float, Precision, Rng, clip_grad_norm,
-    host_vec,
+    AdamWOptimizer, AttentionKept, AttentionShape, Backend, EngineError, Float, Precision, Rng,
+    Saved, clip_grad_norm, host_vec,
 };
 use crate::fsutil::human_bytes;
 
@@ -346,6 +346,8 @@ impl<S: Shape, B: Backend> Llama<S, B> {
     /// the weights (made here, and remade after every change to the weights).
     pub fn set_precision(&mut self, precision: Precision) -> Result<(), ModelError> {
         self.half = None;
+        // The kept activations change type with the precision.
+        self.acts = None;
         if precision == Precision::Bf16 {
             let params = self.num_params();
             let context = ModelError::allocating(
@@ -607,18 +609,41 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 c,
                 eps,
             );
-            linear.forward(&mut a.q, &acts.ln, layer_index(l, WQ), c, c);
-            linear.forward(&mut a.k, &acts.ln, layer_index(l, WK), c, kv);
-            linear.forward(&mut a.v, &acts.ln, layer_index(l, WV), c, kv);
-            b.rope_forward(&mut a.q, seq, dims.n_heads, dims.head_dim(), theta);
-            b.rope_forward(&mut a.k, seq, dims.n_kv_heads, dims.head_dim(), theta);
-            b.attention_forward(&mut a.attn, &mut a.probs, &a.q, &a.k, &a.v, attention);
+            // q, k, v (and gate, up) in floats: in the layer's buffers, or, when those are
+            // bf16, in the gradient buffers (free until the backward pass), then rounded.
+            let q = a.q.floats(&mut acts.d_q);
+            let k = a.k.floats(&mut acts.d_k);
+            let v = a.v.floats(&mut acts.d_v);
+            linear.forward(q, &acts.ln, layer_index(l, WQ), c, c);
+            linear.forward(k, &acts.ln, layer_index(l, WK), c, kv);
+            linear.forward(v, &acts.ln, layer_index(l, WV), c, kv);
+            b.rope_forward(q, seq, dims.n_heads, dims.head_dim(), theta);
+            b.rope_forward(k, seq, dims.n_kv_heads, dims.head_dim(), theta);
+            b.attention_forward(&mut a.attn, &mut a.probs, q, k, v, attention);
+            a.q.keep(b, &acts.d_q);
+            a.k.keep(b, &acts.d_k);
+            a.v.keep(b, &acts.d_v);
             linear.forward(&mut acts.tmp, &a.attn, layer_index(l, WO), c, c);
             b.add(&mut a.mid, &a.input, &acts.tmp);
             b.rmsnorm_forward(&mut acts.ln, &mut a.ln2_rstd, &a.mid, w(FFN_NORM), c, eps);
-            linear.forward(&mut a.gate, &acts.ln, layer_index(l, W_GATE), c, h);
-            linear.forward(&mut a.up, &acts.ln, layer_index(l, W_UP), c, h);
-            b.swiglu_forward(&mut acts.act, &a.gate, &a.up);
+            let gate = a.gate.floats(&mut acts.d_gate);
+            linear.forward(gate, &acts.ln, layer_index(l, W_GATE), c, h);
+            let up = a.up.floats(&mut acts.d_up);
+            linear.forward(up, &acts.ln, layer_index(l, W_UP), c, h);
+            match (&mut a.gate, &mut a.up) {
+                (Saved::Half(kept_gate), Saved::Half(kept_up)) => b.swiglu_forward_keeping(
+                    &mut acts.act,
+                    &acts.d_gate,
+                    &acts.d_up,
+                    kept_gate,
+                    kept_up,
+                ),
+                (gate, up) => {
+                    gate.keep(b, &acts.d_gate);
+                    up.keep(b, &acts.d_up);
+                    b.swiglu_forward(&mut acts.act, gate.input(), up.input());
+                }
+            }
             linear.forward(&mut acts.tmp, &acts.act, layer_index(l, W_DOWN), h, c);
             let next = match rest.first_mut() {
                 Some(next) => &mut next.input,
@@ -669,7 +694,9 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         }
         // The old buffers go first, so their memory is free for the new ones.
         self.acts = None;
-        let needed = ActivationSizes::new(&dims, batch, seq).bytes::<B::Float>(dims.n_layers);
+        let precision = self.precision();
+        let needed = ActivationSizes::on(&dims, batch, seq, &self.backend, precision)
+            .bytes::<B::Float>(dims.n_layers);
         if self.backend.in_host_memory() {
             // Host memory past the machine's is not refused by the allocator but taken until
             // the kernel kills the process: refuse it here.
@@ -681,7 +708,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             }
             .check("this pass")?;
         }
-        let acts = Activations::new(&self.backend, &dims, batch, seq).map_err(
+        let acts = Activations::new(&self.backend, &dims, batch, seq, precision).map_err(
             ModelError::allocating(Allocation::Activations { batch, seq }, needed),
         )?;
         self.acts = Some(acts);
@@ -746,7 +773,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             let a = &mut acts.layers[l];
             let i = |which| layer_index(l, which);
             // Feed-forward: next = mid + down(silu(gate(ln2)) · up(ln2)).
-            b.swiglu_forward(&mut acts.act, &a.gate, &a.up);
+            b.swiglu_forward(&mut acts.act, a.gate.input(), a.up.input());
             b.fill_zero(&mut acts.d_act);
             linear.backward(
                 &mut acts.d_act,
@@ -762,8 +789,8 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 &mut acts.d_gate,
                 &mut acts.d_up,
                 &acts.d_act,
-                &a.gate,
-                &a.up,
+                a.gate.input(),
+                a.up.input(),
             );
             b.rmsnorm_forward(
                 &mut acts.ln,
@@ -817,10 +844,12 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 &mut acts.d_k,
                 &mut acts.d_v,
                 &acts.d_attn,
-                &a.probs,
-                &a.q,
-                &a.k,
-                &a.v,
+                AttentionKept {
+                    probs: a.probs.input(),
+                    q: a.q.input(),
+                    k: a.k.input(),
+                    v: a.v.input(),
+                },
                 &mut acts.d_probs,
                 attention,
             );
@@ -901,7 +930,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
 
     /// The floats and tokens of the activations held, counted buffer by buffer.
     #[cfg(test)]
-    pub(super) fn activation_counts(&self) -> Option<(u128, u128)> {
+    pub(super) fn activation_counts(&self) -> Option<(u128, u128, u128)> {
         self.acts.as_ref().map(|a| a.counts(&self.backend))
     }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use super::ModelDims;
-use crate::engine::{Backend, EngineError};
+use crate::engine::{AttentionShape, Backend, EngineError, Precision, Saved, SavedOf};
 use crate::fsutil::human_bytes;
 
 /// What a model allocates, so that an out-of-memory message says what did not fit and which
@@ -341,19 +341,22 @@ pub(super) fn float_bytes<F>(len: usize, copies: u128) -> u64 {
     u64::try_from(bytes).unwrap_or(u64::MAX)
 }
 
-/// Buffers of one layer's forward pass, kept for its backward pass.
+/// Buffers of one layer's forward pass, kept for its backward pass. Under bf16 precision the
+/// ones that feed only attention, SwiGLU and matmul operands (q, k, v, the probabilities, gate
+/// and up) are kept in bf16, which those ops round to anyway or read within bf16 tolerance; the
+/// residual stream (`input`, `mid`), the norms' `1/rms` and the attention output stay f32.
 pub(super) struct LayerActs<B: Backend> {
     pub(super) input: B::Buf,
     pub(super) ln1_rstd: B::Buf,
-    pub(super) q: B::Buf,
-    pub(super) k: B::Buf,
-    pub(super) v: B::Buf,
-    pub(super) probs: B::Buf,
+    pub(super) q: SavedOf<B>,
+    pub(super) k: SavedOf<B>,
+    pub(super) v: SavedOf<B>,
+    pub(super) probs: SavedOf<B>,
     pub(super) attn: B::Buf,
     pub(super) mid: B::Buf,
     pub(super) ln2_rstd: B::Buf,
-    pub(super) gate: B::Buf,
-    pub(super) up: B::Buf,
+    pub(super) gate: SavedOf<B>,
+    pub(super) up: SavedOf<B>,
 }
 
 /// Every activation and activation gradient of one (batch, seq), allocated once.
@@ -376,10 +379,13 @@ pub(super) struct Activations<B: Backend> {
     /// `silu(gate) · up` of the layer at hand: recomputed in the backward pass rather than kept
     /// for every layer.
     pub(super) act: B::Buf,
-    /// Working space of the attention backward pass.
+    /// Working space of the attention backward pass (as long as the backend asks).
     pub(super) d_probs: B::Buf,
     pub(super) d_resid: B::Buf,
     pub(super) d_ln: B::Buf,
+    /// The gradients of q, k, v, gate and up. Free during the forward pass, they then hold the
+    /// float q, k, v, gate and up of the layer at hand, before those are rounded to the
+    /// layer's bf16 copies (under bf16 precision).
     pub(super) d_q: B::Buf,
     pub(super) d_k: B::Buf,
     pub(super) d_v: B::Buf,
@@ -398,48 +404,100 @@ pub(super) struct ActivationSizes {
     v: usize,
     /// Attention probabilities: batch × heads × seq × seq.
     probs: usize,
+    /// The attention backward pass's working space.
+    scratch: usize,
+    /// Whether the kept activations that may be are bf16.
+    half: bool,
 }
 
 impl ActivationSizes {
+    /// The sizes in f32 with working space as large as the probabilities: the most any
+    /// backend and precision allocates.
     pub(super) fn new(dims: &ModelDims, batch: usize, seq: usize) -> Self {
+        let probs = batch
+            .saturating_mul(dims.n_heads)
+            .saturating_mul(seq)
+            .saturating_mul(seq);
         ActivationSizes {
             n: batch.saturating_mul(seq),
             c: dims.dim,
             kv: dims.n_kv_heads * dims.head_dim(),
             h: dims.hidden_dim(),
             v: dims.vocab_size,
-            probs: batch
-                .saturating_mul(dims.n_heads)
-                .saturating_mul(seq)
-                .saturating_mul(seq),
+            probs,
+            scratch: probs,
+            half: false,
         }
     }
 
-    /// The floats and the tokens of every buffer [`Activations::new`] allocates, exactly.
-    pub(super) fn counts(&self, n_layers: usize) -> (u128, u128) {
-        let [n, c, kv, h, v, probs] =
-            [self.n, self.c, self.kv, self.h, self.v, self.probs].map(|x| x as u128);
-        let per_layer = 4 * n * c + 2 * n + 2 * n * kv + probs + 2 * n * h;
-        let shared = 8 * n * c + 2 * n + n * v + 4 * n * h + probs + 2 * n * kv;
-        (n_layers as u128 * per_layer + shared, 2 * n)
+    /// The sizes on `backend` in `precision`.
+    pub(super) fn on<B: Backend>(
+        dims: &ModelDims,
+        batch: usize,
+        seq: usize,
+        backend: &B,
+        precision: Precision,
+    ) -> Self {
+        ActivationSizes {
+            scratch: backend.attention_scratch_len(attention_shape(dims, batch, seq)),
+            half: precision == Precision::Bf16,
+            ..Self::new(dims, batch, seq)
+        }
     }
 
-    /// The bytes of the activations, saturated at `u64::MAX`.
+    /// The floats, the bf16 values and the tokens of every buffer [`Activations::new`]
+    /// allocates, exactly.
+    pub(super) fn counts(&self, n_layers: usize) -> (u128, u128, u128) {
+        let [n, c, kv, h, v, probs, scratch] = [
+            self.n,
+            self.c,
+            self.kv,
+            self.h,
+            self.v,
+            self.probs,
+            self.scratch,
+        ]
+        .map(|x| x as u128);
+        let kept = probs + n * c + 2 * n * kv + 2 * n * h;
+        let floats_per_layer = 3 * n * c + 2 * n;
+        let shared = 8 * n * c + 2 * n + n * v + 4 * n * h + scratch + 2 * n * kv;
+        let layers = n_layers as u128;
+        if self.half {
+            (layers * floats_per_layer + shared, layers * kept, 2 * n)
+        } else {
+            (layers * (floats_per_layer + kept) + shared, 0, 2 * n)
+        }
+    }
+
+    /// The bytes of the activations with floats of type `F`, saturated at `u64::MAX`.
     pub(super) fn bytes<F>(&self, n_layers: usize) -> u64 {
-        let (floats, tokens) = self.counts(n_layers);
-        let bytes = floats * std::mem::size_of::<F>() as u128 + tokens * 4;
+        let (floats, halves, tokens) = self.counts(n_layers);
+        let bytes = floats * std::mem::size_of::<F>() as u128 + halves * 2 + tokens * 4;
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }
 }
 
+/// The attention shape of a pass of `batch × seq` tokens.
+pub(super) fn attention_shape(dims: &ModelDims, batch: usize, seq: usize) -> AttentionShape {
+    AttentionShape {
+        batch,
+        seq,
+        heads: dims.n_heads,
+        kv_heads: dims.n_kv_heads,
+        head_dim: dims.head_dim(),
+    }
+}
+
 impl<B: Backend> Activations<B> {
-    /// Every buffer of one (batch, seq). Lengths saturate rather than wrap, so a size too large
-    /// to count is an allocation the backend refuses, never a small buffer.
+    /// Every buffer of one (batch, seq), the kept ones in bf16 under bf16 precision. Lengths
+    /// saturate rather than wrap, so a size too large to count is an allocation the backend
+    /// refuses, never a small buffer.
     pub(super) fn new(
         backend: &B,
         dims: &ModelDims,
         batch: usize,
         seq: usize,
+        precision: Precision,
     ) -> Result<Self, EngineError> {
         let ActivationSizes {
             n,
@@ -448,24 +506,29 @@ impl<B: Backend> Activations<B> {
             h,
             v,
             probs,
-        } = ActivationSizes::new(dims, batch, seq);
+            scratch,
+            half: _,
+        } = ActivationSizes::on(dims, batch, seq, backend, precision);
         let z = |rows: usize, width: usize| backend.zeros(rows.saturating_mul(width));
+        let kept = |rows: usize, width: usize| {
+            Saved::zeros(backend, rows.saturating_mul(width), precision)
+        };
         let layers = (0..dims.n_layers)
             .map(|_| {
                 // The attention probabilities, quadratic in seq, first: a size that cannot fit
                 // fails before anything else is allocated.
                 Ok(LayerActs {
-                    probs: z(probs, 1)?,
+                    probs: kept(probs, 1)?,
                     input: z(n, c)?,
                     ln1_rstd: z(n, 1)?,
-                    q: z(n, c)?,
-                    k: z(n, kv)?,
-                    v: z(n, kv)?,
+                    q: kept(n, c)?,
+                    k: kept(n, kv)?,
+                    v: kept(n, kv)?,
                     attn: z(n, c)?,
                     mid: z(n, c)?,
                     ln2_rstd: z(n, 1)?,
-                    gate: z(n, h)?,
-                    up: z(n, h)?,
+                    gate: kept(n, h)?,
+                    up: kept(n, h)?,
                 })
             })
             .collect::<Result<_, EngineError>>()?;
@@ -483,7 +546,7 @@ impl<B: Backend> Activations<B> {
             tmp: z(n, c)?,
             ln: z(n, c)?,
             act: z(n, h)?,
-            d_probs: z(probs, 1)?,
+            d_probs: z(scratch, 1)?,
             d_resid: z(n, c)?,
             d_ln: z(n, c)?,
             d_q: z(n, c)?,
@@ -496,10 +559,10 @@ impl<B: Backend> Activations<B> {
         })
     }
 
-    /// The floats and tokens held, counted field by field (the destructuring names every field,
-    /// so a new buffer cannot be left out): checks [`ActivationSizes::counts`].
+    /// The floats, bf16 values and tokens held, counted field by field (the destructuring names
+    /// every field, so a new buffer cannot be left out): checks [`ActivationSizes::counts`].
     #[cfg(test)]
-    pub(super) fn counts(&self, backend: &B) -> (u128, u128) {
+    pub(super) fn counts(&self, backend: &B) -> (u128, u128, u128) {
         let Activations {
             batch,
             seq,
@@ -532,6 +595,7 @@ impl<B: Backend> Activations<B> {
         .iter()
         .map(|b| backend.len(b))
         .sum();
+        let mut halves = 0;
         for layer in layers {
             let LayerActs {
                 input,
@@ -546,15 +610,19 @@ impl<B: Backend> Activations<B> {
                 gate,
                 up,
             } = layer;
-            floats += [
-                input, ln1_rstd, q, k, v, probs, attn, mid, ln2_rstd, gate, up,
-            ]
-            .iter()
-            .map(|b| backend.len(b))
-            .sum::<usize>();
+            floats += [input, ln1_rstd, attn, mid, ln2_rstd]
+                .iter()
+                .map(|b| backend.len(b))
+                .sum::<usize>();
+            for kept in [q, k, v, probs, gate, up] {
+                match kept {
+                    Saved::Full(buf) => floats += backend.len(buf),
+                    Saved::Half(buf) => halves += backend.half_len(buf),
+                }
+            }
         }
         // inputs and targets: one token per row each.
-        (floats as u128, 2 * (batch * seq) as u128)
+        (floats as u128, halves as u128, 2 * (batch * seq) as u128)
     }
 }
 

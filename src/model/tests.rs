@@ -271,9 +271,20 @@ fn memory_figures_count_every_buffer() {
         };
         let cpu = Cpu::<f32>::new();
         let mut model = Llama::new(cpu, shape, config, 1).unwrap();
-        model.allocate_activations(3, 5).unwrap();
-        let sizes = super::memory::ActivationSizes::new(&dims, 3, 5);
-        assert_eq!(model.activation_counts(), Some(sizes.counts(dims.n_layers)));
+        for precision in [Precision::Bf16, Precision::F32] {
+            model.set_precision(precision).unwrap();
+            model.allocate_activations(3, 5).unwrap();
+            let sizes = super::memory::ActivationSizes::on(&dims, 3, 5, &cpu, precision);
+            let counts = sizes.counts(dims.n_layers);
+            assert_eq!(model.activation_counts(), Some(counts));
+            assert_eq!(counts.1 > 0, precision == Precision::Bf16);
+        }
+        // No backend and precision needs more than the estimate made before a model exists.
+        let upper = super::memory::ActivationSizes::new(&dims, 3, 5).bytes::<f32>(dims.n_layers);
+        for precision in [Precision::Bf16, Precision::F32] {
+            let sizes = super::memory::ActivationSizes::on(&dims, 3, 5, &cpu, precision);
+            assert!(sizes.bytes::<f32>(dims.n_layers) <= upper);
+        }
         for positions in [1, 3, dims.max_seq_len] {
             let decoder = model.decoder(positions).unwrap();
             assert_eq!(decoder.capacity(), positions);

@@ -21,7 +21,8 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::{
-    AdamW, AttentionShape, Backend, EngineError, Float, MatvecWeight, host_copy, host_vec,
+    AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, Float, Input, InputOf,
+    MatvecWeight, Saved, SavedOf, host_copy, host_vec,
 };
 
 /// The device name in the CPU backend's errors.
@@ -47,6 +48,96 @@ pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 unsafe impl<T> Sync for SendPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Send for SendPtr<T> {}
+
+/// Values an op reads that may be kept as floats or, under bf16 precision, as bf16.
+#[derive(Clone, Copy)]
+pub(crate) enum Kept<'a, T> {
+    Full(&'a [T]),
+    Half(&'a [bf16]),
+}
+
+impl<'a, T: Float> Kept<'a, T> {
+    fn of(input: InputOf<'a, Cpu<T>>) -> Self {
+        match input {
+            Input::Full(values) => Kept::Full(values),
+            Input::Half(values) => Kept::Half(values),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Kept::Full(values) => values.len(),
+            Kept::Half(values) => values.len(),
+        }
+    }
+
+    /// The `dst.len()` values from `offset`, as floats.
+    pub(crate) fn load(&self, offset: usize, dst: &mut [T]) {
+        match self {
+            Kept::Full(values) => dst.copy_from_slice(&values[offset..][..dst.len()]),
+            Kept::Half(values) => T::widen_from_bf16(dst, &values[offset..][..dst.len()]),
+        }
+    }
+}
+
+/// Where an op keeps values for a later one: floats, or (under bf16 precision) bf16.
+pub(crate) enum KeptMut<'a, T> {
+    Full(&'a mut [T]),
+    Half(&'a mut [bf16]),
+}
+
+impl<'a, T: Float> KeptMut<'a, T> {
+    fn of(saved: &'a mut SavedOf<Cpu<T>>) -> Self {
+        match saved {
+            Saved::Full(values) => KeptMut::Full(values),
+            Saved::Half(values) => KeptMut::Half(values),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            KeptMut::Full(values) => values.len(),
+            KeptMut::Half(values) => values.len(),
+        }
+    }
+
+    /// The destination as a pointer that tasks writing disjoint ranges may share.
+    pub(crate) fn shared(self) -> SharedKept<T> {
+        match self {
+            KeptMut::Full(values) => SharedKept::Full(SendPtr(values.as_mut_ptr()), values.len()),
+            KeptMut::Half(values) => SharedKept::Half(SendPtr(values.as_mut_ptr()), values.len()),
+        }
+    }
+}
+
+/// A [`KeptMut`] shared by tasks that write disjoint ranges of it.
+pub(crate) enum SharedKept<T> {
+    Full(SendPtr<T>, usize),
+    Half(SendPtr<bf16>, usize),
+}
+
+impl<T: Float> SharedKept<T> {
+    /// Writes `src` from `offset`, rounded where the values are kept in bf16.
+    ///
+    /// # Safety
+    /// No other task reads or writes `offset..offset + src.len()` meanwhile.
+    pub(crate) unsafe fn store(&self, offset: usize, src: &[T]) {
+        match self {
+            SharedKept::Full(ptr, len) => {
+                assert!(offset + src.len() <= *len);
+                // SAFETY: in bounds by the assert; the range is this caller's alone.
+                let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(offset), src.len()) };
+                dst.copy_from_slice(src);
+            }
+            SharedKept::Half(ptr, len) => {
+                assert!(offset + src.len() <= *len);
+                // SAFETY: as above.
+                let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(offset), src.len()) };
+                T::round_into_bf16(dst, src);
+            }
+        }
+    }
+}
 
 impl<T: Float> Backend for Cpu<T> {
     type Float = T;
@@ -154,15 +245,14 @@ impl<T: Float> Backend for Cpu<T> {
     fn half_zeros(&self, len: usize) -> Result<Vec<bf16>, EngineError> {
         host_vec(len, bf16::ZERO, DEVICE)
     }
+    fn half_len(&self, buf: &Vec<bf16>) -> usize {
+        buf.len()
+    }
     fn round_to_half(&self, dst: &mut Vec<bf16>, src: &Vec<T>) {
         assert_eq!(dst.len(), src.len());
         dst.par_chunks_mut(1 << 14)
             .zip(src.par_chunks(1 << 14))
-            .for_each(|(d, s)| {
-                for (d, &s) in d.iter_mut().zip(s) {
-                    *d = s.to_bf16();
-                }
-            });
+            .for_each(|(d, s)| T::round_into_bf16(d, s));
     }
     fn download_half(&self, buf: &Vec<bf16>) -> Result<Vec<T>, EngineError> {
         let mut host = host_vec(buf.len(), T::zero(), DEVICE)?;
@@ -240,13 +330,16 @@ impl<T: Float> Backend for Cpu<T> {
     fn attention_forward(
         &self,
         out: &mut Vec<T>,
-        probs: &mut Vec<T>,
+        probs: &mut SavedOf<Self>,
         q: &Vec<T>,
         k: &Vec<T>,
         v: &Vec<T>,
         shape: AttentionShape,
     ) {
-        attention::forward(out, probs, q, k, v, shape);
+        attention::forward(out, KeptMut::of(probs), q, k, v, shape);
+    }
+    fn attention_scratch_len(&self, _shape: AttentionShape) -> usize {
+        0
     }
     fn attention_backward(
         &self,
@@ -254,28 +347,45 @@ impl<T: Float> Backend for Cpu<T> {
         dk: &mut Vec<T>,
         dv: &mut Vec<T>,
         dout: &Vec<T>,
-        probs: &Vec<T>,
-        q: &Vec<T>,
-        k: &Vec<T>,
-        v: &Vec<T>,
-        scratch: &mut Vec<T>,
+        kept: AttentionKeptOf<'_, Self>,
+        _scratch: &mut Vec<T>,
         shape: AttentionShape,
     ) {
-        attention::backward(dq, dk, dv, dout, probs, q, k, v, scratch, shape);
+        attention::backward(
+            dq,
+            dk,
+            dv,
+            dout,
+            Kept::of(kept.probs),
+            Kept::of(kept.q),
+            Kept::of(kept.k),
+            Kept::of(kept.v),
+            shape,
+        );
     }
 
-    fn swiglu_forward(&self, out: &mut Vec<T>, gate: &Vec<T>, up: &Vec<T>) {
-        swiglu::forward(out, gate, up);
+    fn swiglu_forward(&self, out: &mut Vec<T>, gate: InputOf<'_, Self>, up: InputOf<'_, Self>) {
+        swiglu::forward(out, Kept::of(gate), Kept::of(up));
+    }
+    fn swiglu_forward_keeping(
+        &self,
+        out: &mut Vec<T>,
+        gate: &Vec<T>,
+        up: &Vec<T>,
+        kept_gate: &mut Vec<bf16>,
+        kept_up: &mut Vec<bf16>,
+    ) {
+        swiglu::forward_keeping(out, gate, up, kept_gate, kept_up);
     }
     fn swiglu_backward(
         &self,
         dgate: &mut Vec<T>,
         dup: &mut Vec<T>,
         dout: &Vec<T>,
-        gate: &Vec<T>,
-        up: &Vec<T>,
+        gate: InputOf<'_, Self>,
+        up: InputOf<'_, Self>,
     ) {
-        swiglu::backward(dgate, dup, dout, gate, up);
+        swiglu::backward(dgate, dup, dout, Kept::of(gate), Kept::of(up));
     }
 
     fn add(&self, out: &mut Vec<T>, a: &Vec<T>, b: &Vec<T>) {

@@ -26,7 +26,10 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
-use super::{AdamW, AttentionShape, Backend, EngineError, host_vec};
+use super::{
+    AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, Input, InputOf, Saved, SavedOf,
+    host_vec,
+};
 
 /// The kernels' CUDA C source.
 pub const KERNELS_CU: &str = include_str!("kernels.cu");
@@ -508,6 +511,9 @@ impl Backend for Cuda {
     fn half_zeros(&self, len: usize) -> Result<CudaSlice<u16>, EngineError> {
         self.alloc_zeros(len)
     }
+    fn half_len(&self, buf: &CudaSlice<u16>) -> usize {
+        buf.len()
+    }
     fn round_to_half(&self, dst: &mut CudaSlice<u16>, src: &CudaSlice<f32>) {
         assert_eq!(dst.len(), src.len());
         let n = src.len() as i64;
@@ -637,40 +643,20 @@ impl Backend for Cuda {
     fn attention_forward(
         &self,
         out: &mut CudaSlice<f32>,
-        probs: &mut CudaSlice<f32>,
+        probs: &mut SavedOf<Self>,
         q: &CudaSlice<f32>,
         k: &CudaSlice<f32>,
         v: &CudaSlice<f32>,
         shape: AttentionShape,
     ) {
-        let rows = shape.batch * shape.heads * shape.seq;
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let [seq, heads, kv_heads, head_dim] = attention_dims(shape);
-        launch!(
-            self,
-            "attention_probs",
-            blocks(rows, BLOCK),
-            &mut *probs,
-            q,
-            k,
-            &seq,
-            &heads,
-            &kv_heads,
-            &head_dim,
-            &scale
-        );
-        launch!(
-            self,
-            "attention_values",
-            blocks(rows, HEAD_BLOCK),
-            out,
-            &*probs,
-            v,
-            &seq,
-            &heads,
-            &kv_heads,
-            &head_dim
-        );
+        match probs {
+            Saved::Full(probs) => self.attention_forward_floats(out, probs, q, k, v, shape),
+            Saved::Half(kept) => {
+                let mut probs = self.matmul_scratch(kept.len());
+                self.attention_forward_floats(out, &mut probs, q, k, v, shape);
+                self.round_to_half(kept, &probs);
+            }
+        }
     }
 
     fn attention_backward(
@@ -679,62 +665,23 @@ impl Backend for Cuda {
         dk: &mut CudaSlice<f32>,
         dv: &mut CudaSlice<f32>,
         dout: &CudaSlice<f32>,
-        probs: &CudaSlice<f32>,
-        q: &CudaSlice<f32>,
-        k: &CudaSlice<f32>,
-        v: &CudaSlice<f32>,
+        kept: AttentionKeptOf<'_, Self>,
         scratch: &mut CudaSlice<f32>,
         shape: AttentionShape,
     ) {
-        let rows = shape.batch * shape.heads * shape.seq;
-        let kv_rows = shape.batch * shape.kv_heads * shape.seq;
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let [seq, heads, kv_heads, head_dim] = attention_dims(shape);
-        launch!(
-            self,
-            "attention_dscores",
-            blocks(rows, BLOCK),
-            &mut *scratch,
-            dout,
-            probs,
-            v,
-            &seq,
-            &heads,
-            &kv_heads,
-            &head_dim
-        );
-        launch!(
-            self,
-            "attention_dq",
-            blocks(rows, HEAD_BLOCK),
-            dq,
-            &*scratch,
-            k,
-            &seq,
-            &heads,
-            &kv_heads,
-            &head_dim,
-            &scale
-        );
-        launch!(
-            self,
-            "attention_dkv",
-            blocks(kv_rows, HEAD_BLOCK),
-            dk,
-            dv,
-            &*scratch,
-            probs,
-            q,
-            dout,
-            &seq,
-            &heads,
-            &kv_heads,
-            &head_dim,
-            &scale
-        );
+        let mut widened = [None, None, None, None];
+        let [probs, q, k, v] = self.floats_of([kept.probs, kept.q, kept.k, kept.v], &mut widened);
+        self.attention_backward_floats(dq, dk, dv, dout, probs, q, k, v, scratch, shape);
     }
 
-    fn swiglu_forward(&self, out: &mut CudaSlice<f32>, gate: &CudaSlice<f32>, up: &CudaSlice<f32>) {
+    fn swiglu_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        gate: InputOf<'_, Self>,
+        up: InputOf<'_, Self>,
+    ) {
+        let mut widened = [None, None];
+        let [gate, up] = self.floats_of([gate, up], &mut widened);
         let n = out.len() as i64;
         launch!(
             self,
@@ -751,9 +698,11 @@ impl Backend for Cuda {
         dgate: &mut CudaSlice<f32>,
         dup: &mut CudaSlice<f32>,
         dout: &CudaSlice<f32>,
-        gate: &CudaSlice<f32>,
-        up: &CudaSlice<f32>,
+        gate: InputOf<'_, Self>,
+        up: InputOf<'_, Self>,
     ) {
+        let mut widened = [None, None];
+        let [gate, up] = self.floats_of([gate, up], &mut widened);
         let n = dout.len() as i64;
         launch!(
             self,
@@ -886,6 +835,131 @@ impl Cuda {
 
     /// `len` floats of working space for a bf16 matmul. The matmul has no error to return, so
     /// running out of memory here is a panic that says what for.
+    /// [`Backend::attention_forward`] keeping the probabilities as floats.
+    fn attention_forward_floats(
+        &self,
+        out: &mut CudaSlice<f32>,
+        probs: &mut CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        shape: AttentionShape,
+    ) {
+        let rows = shape.batch * shape.heads * shape.seq;
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let [seq, heads, kv_heads, head_dim] = attention_dims(shape);
+        launch!(
+            self,
+            "attention_probs",
+            blocks(rows, BLOCK),
+            &mut *probs,
+            q,
+            k,
+            &seq,
+            &heads,
+            &kv_heads,
+            &head_dim,
+            &scale
+        );
+        launch!(
+            self,
+            "attention_values",
+            blocks(rows, HEAD_BLOCK),
+            out,
+            &*probs,
+            v,
+            &seq,
+            &heads,
+            &kv_heads,
+            &head_dim
+        );
+    }
+
+    /// [`Backend::attention_backward`] on floats.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_floats(
+        &self,
+        dq: &mut CudaSlice<f32>,
+        dk: &mut CudaSlice<f32>,
+        dv: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        probs: &CudaSlice<f32>,
+        q: &CudaSlice<f32>,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        scratch: &mut CudaSlice<f32>,
+        shape: AttentionShape,
+    ) {
+        let rows = shape.batch * shape.heads * shape.seq;
+        let kv_rows = shape.batch * shape.kv_heads * shape.seq;
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let [seq, heads, kv_heads, head_dim] = attention_dims(shape);
+        launch!(
+            self,
+            "attention_dscores",
+            blocks(rows, BLOCK),
+            &mut *scratch,
+            dout,
+            probs,
+            v,
+            &seq,
+            &heads,
+            &kv_heads,
+            &head_dim
+        );
+        launch!(
+            self,
+            "attention_dq",
+            blocks(rows, HEAD_BLOCK),
+            dq,
+            &*scratch,
+            k,
+            &seq,
+            &heads,
+            &kv_heads,
+            &head_dim,
+            &scale
+        );
+        launch!(
+            self,
+            "attention_dkv",
+            blocks(kv_rows, HEAD_BLOCK),
+            dk,
+            dv,
+            &*scratch,
+            probs,
+            q,
+            dout,
+            &seq,
+            &heads,
+            &kv_heads,
+            &head_dim,
+            &scale
+        );
+    }
+
+    /// The floats of each input: the buffer itself, or its bf16 values widened into a new
+    /// buffer held in `widened`.
+    fn floats_of<'a, const N: usize>(
+        &self,
+        inputs: [InputOf<'a, Self>; N],
+        widened: &'a mut [Option<CudaSlice<f32>>; N],
+    ) -> [&'a CudaSlice<f32>; N] {
+        for (input, slot) in inputs.iter().zip(widened.iter_mut()) {
+            if let Input::Half(half) = input {
+                *slot = Some(self.widened(half));
+            }
+        }
+        let mut slots = widened.iter();
+        inputs.map(|input| {
+            let slot = slots.next().expect("one slot per input");
+            match input {
+                Input::Full(floats) => floats,
+                Input::Half(_) => slot.as_ref().expect("widened above"),
+            }
+        })
+    }
+
     fn matmul_scratch(&self, len: usize) -> CudaSlice<f32> {
         self.alloc_zeros(len)
             .unwrap_or_else(|e| panic!("the bf16 matmul's working copy: {e}"))

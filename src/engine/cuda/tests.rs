@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::engine::{Cpu, Rng};
+use crate::engine::{AttentionKept, Cpu, Input, Rng, Saved};
 
 /// NVRTC is optional on a developer's machine, but `.ci/run` installs it and sets this, so CI
 /// cannot pass by skipping.
@@ -219,15 +219,28 @@ fn gpu_elementwise_ops_and_reductions_match_the_cpu() {
     let (s, gs) = (p.cpu.sum_squares(&out), p.gpu.sum_squares(&gout));
     assert!((s - gs).abs() < 1e-6 * s, "sum_squares {s} vs {gs}");
 
-    p.cpu.swiglu_forward(&mut out, &a, &b);
-    p.gpu.swiglu_forward(&mut gout, &ga, &gb);
+    p.cpu
+        .swiglu_forward(&mut out, Input::Full(&a), Input::Full(&b));
+    p.gpu
+        .swiglu_forward(&mut gout, Input::Full(&ga), Input::Full(&gb));
     p.same("swiglu_forward", &out, &gout);
     let (dout, gdout) = p.both(n);
     let (mut dgate, mut dup) = (p.random(n), p.random(n));
     let (mut gdgate, mut gdup) = (p.gpu.upload(&dgate).unwrap(), p.gpu.upload(&dup).unwrap());
-    p.cpu.swiglu_backward(&mut dgate, &mut dup, &dout, &a, &b);
-    p.gpu
-        .swiglu_backward(&mut gdgate, &mut gdup, &gdout, &ga, &gb);
+    p.cpu.swiglu_backward(
+        &mut dgate,
+        &mut dup,
+        &dout,
+        Input::Full(&a),
+        Input::Full(&b),
+    );
+    p.gpu.swiglu_backward(
+        &mut gdgate,
+        &mut gdup,
+        &gdout,
+        Input::Full(&ga),
+        Input::Full(&gb),
+    );
     p.same("swiglu_backward dgate", &dgate, &gdgate);
     p.same("swiglu_backward dup", &dup, &gdup);
 
@@ -360,12 +373,16 @@ fn gpu_attention_matches_the_cpu() {
     let (k, gk) = p.both(kv_len);
     let (v, gv) = p.both(kv_len);
     let (mut out, mut gout) = (vec![0.0; q_len], p.gpu.zeros(q_len).unwrap());
-    let (mut probs, mut gprobs) = (vec![0.0; p_len], p.gpu.zeros(p_len).unwrap());
+    let mut probs = Saved::Full(vec![0.0; p_len]);
+    let mut gprobs = Saved::Full(p.gpu.zeros(p_len).unwrap());
     p.cpu
         .attention_forward(&mut out, &mut probs, &q, &k, &v, shape);
     p.gpu
         .attention_forward(&mut gout, &mut gprobs, &gq, &gk, &gv, shape);
-    p.same("attention_forward probs", &probs, &gprobs);
+    let (Saved::Full(probs_f), Saved::Full(gprobs_f)) = (&probs, &gprobs) else {
+        unreachable!("made as floats above")
+    };
+    p.same("attention_forward probs", probs_f, gprobs_f);
     p.same("attention_forward out", &out, &gout);
 
     let (dout, gdout) = p.both(q_len);
@@ -375,16 +392,19 @@ fn gpu_attention_matches_the_cpu() {
         p.gpu.upload(&dk).unwrap(),
         p.gpu.upload(&dv).unwrap(),
     );
-    let (mut scratch, mut gscratch) = (vec![0.0; p_len], p.gpu.zeros(p_len).unwrap());
+    let mut scratch = vec![0.0; p.cpu.attention_scratch_len(shape)];
+    let mut gscratch = p.gpu.zeros(p.gpu.attention_scratch_len(shape)).unwrap();
     p.cpu.attention_backward(
         &mut dq,
         &mut dk,
         &mut dv,
         &dout,
-        &probs,
-        &q,
-        &k,
-        &v,
+        AttentionKept {
+            probs: probs.input(),
+            q: Input::Full(&q),
+            k: Input::Full(&k),
+            v: Input::Full(&v),
+        },
         &mut scratch,
         shape,
     );
@@ -393,10 +413,12 @@ fn gpu_attention_matches_the_cpu() {
         &mut gdk,
         &mut gdv,
         &gdout,
-        &gprobs,
-        &gq,
-        &gk,
-        &gv,
+        AttentionKept {
+            probs: gprobs.input(),
+            q: Input::Full(&gq),
+            k: Input::Full(&gk),
+            v: Input::Full(&gv),
+        },
         &mut gscratch,
         shape,
     );
