@@ -70,7 +70,9 @@ impl StageId {
             // 2: shards are named by index and stem; shards.json names each one's source.
             StageId::Pretokenize => 2,
             // 2: later epochs cut the token shards at other offsets.
-            StageId::Train => 2,
+            // 3: bf16 keeps activations in bf16; attention's backward reads them in its own
+            // working space (f32 sums may come in another order).
+            StageId::Train => 3,
             StageId::Sample => 1,
         }
     }
