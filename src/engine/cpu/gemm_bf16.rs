@@ -930,6 +930,15 @@ mod native {
         add: bool,
     ) {
         const V: usize = NR / 16;
+        // The dst tile is read (or written) only after the k loop, which is long enough to
+        // hide fetching its lines; in a training step dst is rarely in cache (the input
+        // gradients are 2048 rows), and without this each tile waits for it at the end.
+        for i in 0..mr {
+            let d = dst.wrapping_add(i * dst_rs);
+            for c in (0..nr).step_by(16).chain([nr - 1]) {
+                _mm_prefetch::<_MM_HINT_ET0>(d.wrapping_add(c).cast());
+            }
+        }
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         // SAFETY: pair row kp < kcp of both panels is in bounds; the 512-bit values are
         // reinterpreted as 32 bf16s (plain bits).
