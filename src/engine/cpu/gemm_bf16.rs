@@ -765,6 +765,12 @@ mod native {
                 for q in (0..panels).step_by(2) {
                     let c = q * MR;
                     let m = mask((xn - c).min(16));
+                    // k rows lie a whole row of the source apart (16 KiB for the head), too
+                    // far for the hardware prefetchers: fetch four pair rows ahead.
+                    if 2 * kp + 9 < kn {
+                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(8 * sk + c).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(9 * sk + c).cast());
+                    }
                     let lo = _mm512_maskz_loadu_ps(m, row.wrapping_add(c));
                     let hi = if has_hi {
                         _mm512_maskz_loadu_ps(m, row.wrapping_add(sk + c))
