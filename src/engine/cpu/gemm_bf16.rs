@@ -193,6 +193,16 @@ trait Kernel {
     #[allow(clippy::too_many_arguments)]
     unsafe fn pack(out: *mut u32, w: usize, src: Src, x0: usize, xn: usize, k0: usize, kn: usize);
 
+    /// Packs `lhs` rows `x0..x0 + xn` as `xn.div_ceil(MR)` consecutive [`MR`]-row panels of
+    /// `ceil(kn/2)` pair rows each, as [`Kernel::pack`] would one panel at a time.
+    ///
+    /// # Safety
+    /// `out` holds `xn.div_ceil(MR)·ceil(kn/2)·MR` lanes; the elements are in bounds.
+    unsafe fn pack_lhs(out: *mut u32, src: Src, x0: usize, xn: usize, k0: usize, kn: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { pack_panels::<Self>(out, src, x0, xn, k0, kn) }
+    }
+
     /// `dst (mr×nr) = [dst +] a · b` for `kcp` packed pairs of an [`MR`]-row panel `a` and an
     /// [`NR`]-column panel `b`.
     ///
@@ -209,6 +219,35 @@ trait Kernel {
         nr: usize,
         add: bool,
     );
+}
+
+/// [`Kernel::pack_lhs`] one panel at a time through [`Kernel::pack`].
+///
+/// # Safety
+/// As [`Kernel::pack_lhs`], and `K`'s instructions exist on this CPU.
+unsafe fn pack_panels<K: Kernel + ?Sized>(
+    out: *mut u32,
+    src: Src,
+    x0: usize,
+    xn: usize,
+    k0: usize,
+    kn: usize,
+) {
+    let kcp = kn.div_ceil(2);
+    for q in 0..xn.div_ceil(MR) {
+        // SAFETY: panel q of kcp·MR lanes lies in `out`; its rows are in bounds.
+        unsafe {
+            K::pack(
+                out.add(q * kcp * MR),
+                MR,
+                src,
+                x0 + q * MR,
+                MR.min(xn - q * MR),
+                k0,
+                kn,
+            )
+        };
+    }
 }
 
 /// 64 bytes, the alignment of the packed panels (whole-line vector loads).
@@ -308,15 +347,17 @@ unsafe fn run<K: Kernel>(
         (0..kb * np).for_each(pack_rhs);
     }
 
-    // Tasks: tiles of dst of whole register tiles, split evenly; across columns only when
-    // there are too few row blocks to keep every thread busy (each split packs lhs again).
+    // Tasks: tiles of dst of whole register tiles, split evenly into a multiple of the thread
+    // count, so that no thread is left with one task more than the others. Rows are split
+    // first, into blocks of at most MB panels; columns only when there are fewer row blocks
+    // than threads, because each column split packs the lhs block again (at bf16 speed,
+    // packing an element costs about as much as a hundred multiply-adds).
     let split = |panels: usize, blocks: usize| {
         let per = panels.div_ceil(blocks.clamp(1, panels));
         (per, panels.div_ceil(per))
     };
-    let (per_m, bm) = split(mp, mp.div_ceil(MB));
-    let target = if threads > 1 { 4 * threads } else { 1 };
-    let (per_n, bn) = split(np, target.div_ceil(bm));
+    let (per_m, bm) = split(mp, mp.div_ceil(MB).next_multiple_of(threads));
+    let (per_n, bn) = split(np, threads.div_ceil(bm));
     let out = SendPtr(dst);
     let task = |t: usize| {
         let (packed, out) = (&packed, &out);
@@ -327,22 +368,10 @@ unsafe fn run<K: Kernel>(
         for p in 0..kb {
             let (k0, kn) = block(p);
             let kcp = kn.div_ceil(2);
-            for ip in ip0..ip1 {
-                let i0 = ip * MR;
-                // SAFETY: panel ip - ip0 of kcp·MR lanes lies in the buffer sized above; rows
-                // i0.. < m and columns k0.. < k of lhs are in bounds by the contract.
-                unsafe {
-                    K::pack(
-                        a.add((ip - ip0) * kcp * MR),
-                        MR,
-                        lhs,
-                        i0,
-                        MR.min(m - i0),
-                        k0,
-                        kn,
-                    )
-                };
-            }
+            let i0 = ip0 * MR;
+            // SAFETY: the ip1 - ip0 panels of kcp·MR lanes fill the buffer sized above; rows
+            // i0.. < m and columns k0.. < k of lhs are in bounds by the contract.
+            unsafe { K::pack_lhs(a, lhs, i0, ((ip1 - ip0) * MR).min(m - i0), k0, kn) };
             for jp in jp0..jp1 {
                 let j0 = jp * NR;
                 for ip in ip0..ip1 {
@@ -514,7 +543,7 @@ mod native {
     use std::arch::x86_64::*;
     use std::mem::transmute;
 
-    use super::{Kernel, MR, NR, Src, pack_scalar, tile_portable};
+    use super::{Kernel, MR, NR, Src, pack_panels, pack_scalar, tile_portable};
 
     /// The portable kernel with 256-bit vectors and fused multiply-adds.
     pub(super) struct PortableFma;
@@ -579,6 +608,17 @@ mod native {
         ) {
             // SAFETY: forwarded from the caller, who checked for AVX512-BF16.
             unsafe { pack_avx512(out, w, src, x0, xn, k0, kn) }
+        }
+
+        unsafe fn pack_lhs(out: *mut u32, src: Src, x0: usize, xn: usize, k0: usize, kn: usize) {
+            match src {
+                // SAFETY: forwarded from the caller, who checked for AVX512-BF16.
+                Src::F32 { ptr, sx: 1, sk } => unsafe {
+                    pack_lhs_rows_avx512(out, ptr, sk, x0, xn, k0, kn)
+                },
+                // SAFETY: forwarded from the caller.
+                _ => unsafe { pack_panels::<Self>(out, src, x0, xn, k0, kn) },
+            }
         }
 
         unsafe fn tile(
@@ -696,6 +736,56 @@ mod native {
             _mm512_shuffle_i32x4::<0xDD>(p0[1], p1[1]),
             _mm512_shuffle_i32x4::<0xDD>(p2[1], p3[1]),
         ]
+    }
+
+    /// [`Kernel::pack_lhs`] of an f32 `lhs` whose rows are contiguous (the transposed output
+    /// gradient of a weight gradient): each k row of the block is read once, 16 rows at a time
+    /// into two panels, rather than once per panel in half-line pieces; for a source far
+    /// larger than the caches (the vocabulary head's) this keeps the reads sequential.
+    ///
+    /// # Safety
+    /// As [`Kernel::pack_lhs`] for `Src::F32 { ptr, sx: 1, sk }`, and the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn pack_lhs_rows_avx512(
+        out: *mut u32,
+        ptr: *const f32,
+        sk: usize,
+        x0: usize,
+        xn: usize,
+        k0: usize,
+        kn: usize,
+    ) {
+        let (kcp, panels) = (kn.div_ceil(2), xn.div_ceil(MR));
+        // SAFETY: reads are of rows x0.. < x0 + xn (the masks), columns k0.. < k0 + kn, in
+        // bounds by the contract; writes are of pair row kp < kcp of panel q < panels.
+        unsafe {
+            for kp in 0..kcp {
+                let row = ptr.wrapping_add(x0 + (k0 + 2 * kp) * sk);
+                let has_hi = 2 * kp + 1 < kn;
+                for q in (0..panels).step_by(2) {
+                    let c = q * MR;
+                    let m = mask((xn - c).min(16));
+                    // k rows lie a whole row of the source apart (16 KiB for the head), too
+                    // far for the hardware prefetchers: fetch four pair rows ahead.
+                    if 2 * kp + 9 < kn {
+                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(8 * sk + c).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(9 * sk + c).cast());
+                    }
+                    let lo = _mm512_maskz_loadu_ps(m, row.wrapping_add(c));
+                    let hi = if has_hi {
+                        _mm512_maskz_loadu_ps(m, row.wrapping_add(sk + c))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    let v = interleave(_mm512_cvtneps_pbh(lo), _mm512_cvtneps_pbh(hi));
+                    let at = |q: usize| out.add((q * kcp + kp) * MR).cast::<__m256i>();
+                    _mm256_storeu_si256(at(q), _mm512_castsi512_si256(v));
+                    if q + 1 < panels {
+                        _mm256_storeu_si256(at(q + 1), _mm512_extracti64x4_epi64::<1>(v));
+                    }
+                }
+            }
+        }
     }
 
     /// [`Kernel::pack`] with vector rounding where the operand is contiguous along x or k.
@@ -846,6 +936,15 @@ mod native {
         add: bool,
     ) {
         const V: usize = NR / 16;
+        // The dst tile is read (or written) only after the k loop, which is long enough to
+        // hide fetching its lines; in a training step dst is rarely in cache (the input
+        // gradients are 2048 rows), and without this each tile waits for it at the end.
+        for i in 0..mr {
+            let d = dst.wrapping_add(i * dst_rs);
+            for c in (0..nr).step_by(16).chain([nr - 1]) {
+                _mm_prefetch::<_MM_HINT_ET0>(d.wrapping_add(c).cast());
+            }
+        }
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         // SAFETY: pair row kp < kcp of both panels is in bounds; the 512-bit values are
         // reinterpreted as 32 bf16s (plain bits).
@@ -1202,6 +1301,144 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn view<T>(ptr: *const T, row_stride: usize, col_stride: usize) -> View<T> {
+        View {
+            ptr,
+            row_stride,
+            col_stride,
+        }
+    }
+
+    /// Raw pointers moved into the benchmark's pool.
+    struct Job<T>(T);
+    // SAFETY: the benchmark's buffers outlive `install`, which waits for the product.
+    unsafe impl<T> Send for Job<T> {}
+    impl<T> Job<T> {
+        fn get(self) -> T {
+            self.0
+        }
+    }
+
+    /// Per-shape speed of [`gemm`] on the tutorial model's products (2048 rows, 2 threads), in
+    /// the operand layouts of `forward_half` and `backward_half`. Prints the median and best of
+    /// 40 runs per shape; asserts nothing about time. `cargo test --release --lib gemm_bf16::tests::model_shape_speed --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore = "a benchmark: run on demand, in release"]
+    fn model_shape_speed() {
+        const ROWS: usize = 2048;
+        // (in, out, calls per step) of the tutorial model: q, k, v, o, gate, up, down; the head.
+        let layers = [
+            (288, 288, 16),
+            (288, 144, 16),
+            (288, 768, 16),
+            (768, 288, 8),
+            (288, 4096, 1),
+        ];
+        let threads: usize = std::env::var("GEMM_BENCH_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(2);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let half = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
+        println!("{} threads, kernel {}", threads, kernel_name());
+        // Half a second of products first, so that the first shape is not timed on threads
+        // and clocks still waking up.
+        let (a, b) = (values(ROWS * 288, 4), values(288 * 288, 5));
+        let mut c = vec![0f32; ROWS * 288];
+        let start = std::time::Instant::now();
+        while start.elapsed().as_secs_f64() < 0.5 {
+            let job = Job((c.as_mut_ptr(), a.as_ptr(), b.as_ptr()));
+            pool.install(move || {
+                let (c, a, b) = job.get();
+                let (lhs, rhs) = (Operand::F32(view(a, 288, 1)), Operand::F32(view(b, 288, 1)));
+                // SAFETY: a is ROWS×288, b 288×288, c ROWS×288, all row-major.
+                unsafe { gemm(ROWS, 288, 288, c, 288, false, lhs, rhs, true) }
+            });
+        }
+        let mut totals = [0.0f64; 3];
+        for &(ic, oc, calls) in &layers {
+            let inp = values(ROWS * ic, 1);
+            let dout = values(ROWS * oc, 2);
+            let w = half(&values(oc * ic, 3));
+            let mut out = vec![0f32; ROWS * oc];
+            let mut dinp = vec![0f32; ROWS * ic];
+            let mut dw = vec![0f32; oc * ic];
+            // (name, m, n, k, dst, dst row stride, accumulate, lhs, rhs)
+            let products = [
+                (
+                    "forward",
+                    ROWS,
+                    oc,
+                    ic,
+                    out.as_mut_ptr(),
+                    oc,
+                    false,
+                    Operand::F32(view(inp.as_ptr(), ic, 1)),
+                    Operand::Bf16(view(w.as_ptr(), 1, ic)),
+                ),
+                (
+                    "dinp",
+                    ROWS,
+                    ic,
+                    oc,
+                    dinp.as_mut_ptr(),
+                    ic,
+                    true,
+                    Operand::F32(view(dout.as_ptr(), oc, 1)),
+                    Operand::Bf16(view(w.as_ptr(), ic, 1)),
+                ),
+                (
+                    "dw",
+                    oc,
+                    ic,
+                    ROWS,
+                    dw.as_mut_ptr(),
+                    ic,
+                    true,
+                    Operand::F32(view(dout.as_ptr(), 1, oc)),
+                    Operand::F32(view(inp.as_ptr(), ic, 1)),
+                ),
+            ];
+            for (which, &(name, m, n, k, dst, dst_rs, acc, lhs, rhs)) in products.iter().enumerate()
+            {
+                let mut times: Vec<f64> = (0..43)
+                    .map(|_| {
+                        let start = std::time::Instant::now();
+                        let job = Job((dst, lhs, rhs));
+                        pool.install(move || {
+                            let (dst, lhs, rhs) = job.get();
+                            // SAFETY: the buffers above hold these shapes in these layouts.
+                            unsafe { gemm(m, n, k, dst, dst_rs, acc, lhs, rhs, true) }
+                        });
+                        start.elapsed().as_secs_f64()
+                    })
+                    .skip(3)
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                let (median, best) = (times[times.len() / 2], times[0]);
+                totals[which] += median * calls as f64;
+                let gflops = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
+                println!(
+                    "{name:>8} m={m:>5} n={n:>5} k={k:>5}: {:6.1} GFLOP/s median ({:.3} ms), \
+                     {:6.1} best",
+                    gflops(median),
+                    median * 1e3,
+                    gflops(best)
+                );
+            }
+        }
+        println!(
+            "per step (calls × median): forward {:.2} ms, dinp {:.2} ms, dw {:.2} ms",
+            totals[0] * 1e3,
+            totals[1] * 1e3,
+            totals[2] * 1e3
+        );
     }
 
     #[test]
