@@ -165,14 +165,7 @@ impl Float for f32 {
     }
     fn round_into_bf16(dst: &mut [bf16], src: &[f32]) {
         assert_eq!(dst.len(), src.len());
-        // Branch-free bit arithmetic, so that the compiler vectorises the loop: round to
-        // nearest even by adding 0x7fff plus the kept lowest bit; NaN stays a quiet NaN.
-        for (d, &s) in dst.iter_mut().zip(src) {
-            let bits = s.to_bits();
-            let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-            let nan = ((bits >> 16) as u16) | 0x0040;
-            *d = bf16::from_bits(if s.is_nan() { nan } else { rounded });
-        }
+        vmath::round_to_bf16(dst, src);
     }
     fn widen_from_bf16(dst: &mut [f32], src: &[bf16]) {
         assert_eq!(dst.len(), src.len());

@@ -5,7 +5,8 @@
 //! the CPU's place without touching them. Backward passes accumulate (`+=`) into their gradient
 //! buffers, so the caller zeroes them once per optimizer step; the exceptions, which overwrite
 //! because the model has them write their buffers first, are [`Backend::attention_backward`]
-//! and [`Backend::swiglu_backward`] (no zeroing pass before them).
+//! and [`Backend::swiglu_backward`], and the input gradient of a matmul's backward pass when
+//! asked to ([`Write::Overwrite`]): no zeroing pass before them.
 //!
 //! Under bf16 precision the activations kept for a backward pass may be bf16 ([`Saved`]): the
 //! ops that read them take an [`Input`], floats or bf16 widened as read.
@@ -166,6 +167,14 @@ impl<F, H> Clone for AttentionKept<'_, F, H> {
 }
 impl<F, H> Copy for AttentionKept<'_, F, H> {}
 
+/// Whether an op adds its result to what a buffer holds or replaces it: the first of the
+/// products summed into an input gradient replaces, so no zeroing pass comes before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Overwrite,
+    Accumulate,
+}
+
 /// Hyperparameters of one AdamW step for one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamW {
@@ -275,7 +284,8 @@ pub trait Backend: Send + Sync {
         ic: usize,
         oc: usize,
     );
-    /// `dinp += dout · w`, `dw += doutᵀ · inp`.
+    /// `dinp += dout · w` (or `dinp = dout · w` when `dinp_write` is [`Write::Overwrite`]),
+    /// `dw += doutᵀ · inp`.
     #[allow(clippy::too_many_arguments)]
     fn matmul_backward(
         &self,
@@ -286,6 +296,7 @@ pub trait Backend: Send + Sync {
         w: &Self::Buf,
         ic: usize,
         oc: usize,
+        dinp_write: Write,
     );
 
     /// `outs[j] = inp · ws[j]ᵀ` for one input row of `ic` values, `outs[j]` as long as `ws[j]`
@@ -336,6 +347,7 @@ pub trait Backend: Send + Sync {
         w: &Self::Half,
         ic: usize,
         oc: usize,
+        dinp_write: Write,
     );
 
     /// Rotates each head of `x` (rows of `heads × head_dim`, position = row mod `seq`) in place,

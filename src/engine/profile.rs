@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, InputOf, SavedOf};
+use super::{
+    AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, InputOf, SavedOf, Write,
+};
 
 /// Time and calls of one op.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -164,9 +166,10 @@ impl<B: Backend> Backend for Profiled<B> {
         w: &B::Buf,
         ic: usize,
         oc: usize,
+        dinp_write: Write,
     ) {
         self.timed("matmul_backward", |b| {
-            b.matmul_backward(dinp, dw, dout, inp, w, ic, oc)
+            b.matmul_backward(dinp, dw, dout, inp, w, ic, oc, dinp_write)
         })
     }
 
@@ -203,9 +206,10 @@ impl<B: Backend> Backend for Profiled<B> {
         w: &B::Half,
         ic: usize,
         oc: usize,
+        dinp_write: Write,
     ) {
         self.timed("matmul_backward_half", |b| {
-            b.matmul_backward_half(dinp, dw, dout, inp, w, ic, oc)
+            b.matmul_backward_half(dinp, dw, dout, inp, w, ic, oc, dinp_write)
         })
     }
 

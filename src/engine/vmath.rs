@@ -9,6 +9,8 @@
 //! Results below the normal range round through two scalings (to 0 below about −104), −∞ gives
 //! 0, +∞ and overflow give +∞, NaN stays NaN.
 
+use half::bf16;
+
 const LANES: usize = 16;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -113,6 +115,22 @@ fn swiglu_backward_kernel<const FMA: bool>(
     }
 }
 
+/// Rounds to bf16 (to nearest, ties to even) by integer arithmetic on the bits, NaN kept a quiet
+/// NaN: branch-free, so that with AVX-512 the loop becomes vector adds and a 32-to-16-bit
+/// narrowing (about 7x the scalar loop here).
+#[inline(always)]
+fn round_to_bf16_kernel<const FMA: bool>(dst: &mut [bf16], src: &[f32]) {
+    let n = dst.len().min(src.len());
+    let (dst, src) = (&mut dst[..n], &src[..n]);
+    for i in 0..n {
+        let bits = src[i].to_bits();
+        let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+        let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+        let out = if nan { (bits >> 16) | 0x40 } else { rounded };
+        dst[i] = bf16::from_bits(out as u16);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Level {
     Portable,
@@ -192,6 +210,10 @@ multiversion!(
     /// `dgate = dout · up · σ(g)(1 + g(1 − σ(g)))`, `dup = dout · silu(g)` (overwritten).
     swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) = swiglu_backward_kernel
 );
+multiversion!(
+    /// `dst[i] = src[i]` rounded to bf16 (to nearest, ties to even).
+    round_to_bf16(dst: &mut [bf16], src: &[f32]) = round_to_bf16_kernel
+);
 
 #[cfg(test)]
 mod tests {
@@ -255,6 +277,44 @@ mod tests {
             for (x, y) in xs[7..].iter().zip(&ys[7..]) {
                 let truth = (*x as f64).exp();
                 assert!(((*y as f64 - truth) / truth).abs() < 1e-6, "{level:?}: {x}");
+            }
+        }
+    }
+
+    /// Ties, carries into the exponent, the largest finite values, infinities, subnormals and
+    /// NaNs round as the `half` crate rounds them.
+    #[test]
+    fn bf16_rounding_matches_the_half_crate_at_every_level() {
+        let mut xs: Vec<f32> = [
+            0x0000_0000u32,
+            0x8000_0000,
+            0x3f80_8000,
+            0x3f81_8000,
+            0x3f80_7fff,
+            0x3fff_ffff,
+            0x7f7f_ffff,
+            0xff7f_ffff,
+            0x0000_0001,
+            0x807f_ffff,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0x7f80_0001,
+            0xffff_ffff,
+        ]
+        .map(f32::from_bits)
+        .to_vec();
+        xs.extend((0..5000).map(|i| ((i * 7919 % 20011) as f32 - 10005.0) * 3.7e-3));
+        for level in levels() {
+            let mut out = vec![bf16::ZERO; xs.len()];
+            round_to_bf16::at(level, &mut out, &xs);
+            for (x, y) in xs.iter().zip(&out) {
+                let want = bf16::from_f32(*x);
+                if x.is_nan() {
+                    assert!(y.is_nan(), "{level:?}: {x:e}");
+                } else {
+                    assert_eq!(y.to_bits(), want.to_bits(), "{level:?}: {x:e}");
+                }
             }
         }
     }

@@ -13,7 +13,7 @@ use super::shape::Shape;
 pub use crate::engine::ParamInfo;
 use crate::engine::{
     AdamWOptimizer, AttentionKept, AttentionShape, Backend, EngineError, Float, Precision, Rng,
-    Saved, clip_grad_norm, host_vec,
+    Saved, Write, clip_grad_norm, host_vec,
 };
 use crate::fsutil::human_bytes;
 
@@ -174,7 +174,7 @@ impl<B: Backend> Linear<'_, B> {
         }
     }
 
-    /// `dinp += dout · w`, `dw += doutᵀ · inp` with weight `index`.
+    /// `dinp (+)= dout · w`, `dw += doutᵀ · inp` with weight `index`.
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -185,14 +185,15 @@ impl<B: Backend> Linear<'_, B> {
         index: usize,
         ic: usize,
         oc: usize,
+        dinp_write: Write,
     ) {
+        let b = self.backend;
         match self.half(index) {
-            Some(w) => self
-                .backend
-                .matmul_backward_half(dinp, dw, dout, inp, w, ic, oc),
-            None => self
-                .backend
-                .matmul_backward(dinp, dw, dout, inp, &self.params[index], ic, oc),
+            Some(w) => b.matmul_backward_half(dinp, dw, dout, inp, w, ic, oc, dinp_write),
+            None => {
+                let w = &self.params[index];
+                b.matmul_backward(dinp, dw, dout, inp, w, ic, oc, dinp_write)
+            }
         }
     }
 }
@@ -748,7 +749,6 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         };
 
         // Head and final norm.
-        b.fill_zero(&mut acts.d_ln);
         linear.backward(
             &mut acts.d_ln,
             &mut g[output_index],
@@ -757,6 +757,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             output_index,
             c,
             v,
+            Write::Overwrite,
         );
         b.fill_zero(&mut acts.d_resid);
         b.rmsnorm_backward(
@@ -774,7 +775,6 @@ impl<S: Shape, B: Backend> Llama<S, B> {
             let i = |which| layer_index(l, which);
             // Feed-forward: next = mid + down(silu(gate(ln2)) · up(ln2)).
             b.swiglu_forward(&mut acts.act, a.gate.input(), a.up.input());
-            b.fill_zero(&mut acts.d_act);
             linear.backward(
                 &mut acts.d_act,
                 &mut g[i(W_DOWN)],
@@ -783,6 +783,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 i(W_DOWN),
                 h,
                 c,
+                Write::Overwrite,
             );
             // Overwrites d_gate, d_up (and attention_backward d_q, d_k, d_v): no zeroing.
             b.swiglu_backward(
@@ -800,7 +801,6 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 c,
                 eps,
             );
-            b.fill_zero(&mut acts.d_ln);
             linear.backward(
                 &mut acts.d_ln,
                 &mut g[i(W_GATE)],
@@ -809,6 +809,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 i(W_GATE),
                 c,
                 h,
+                Write::Overwrite,
             );
             linear.backward(
                 &mut acts.d_ln,
@@ -818,6 +819,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 i(W_UP),
                 c,
                 h,
+                Write::Accumulate,
             );
             b.rmsnorm_backward(
                 &mut acts.d_resid,
@@ -829,7 +831,6 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 c,
             );
             // Attention: mid = input + o(attention(rope(q(ln1)), rope(k(ln1)), v(ln1))).
-            b.fill_zero(&mut acts.d_attn);
             linear.backward(
                 &mut acts.d_attn,
                 &mut g[i(WO)],
@@ -838,6 +839,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 i(WO),
                 c,
                 c,
+                Write::Overwrite,
             );
             b.attention_backward(
                 &mut acts.d_q,
@@ -875,7 +877,6 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 c,
                 eps,
             );
-            b.fill_zero(&mut acts.d_ln);
             linear.backward(
                 &mut acts.d_ln,
                 &mut g[i(WQ)],
@@ -884,6 +885,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 i(WQ),
                 c,
                 c,
+                Write::Overwrite,
             );
             linear.backward(
                 &mut acts.d_ln,
@@ -893,6 +895,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 i(WK),
                 c,
                 kv,
+                Write::Accumulate,
             );
             linear.backward(
                 &mut acts.d_ln,
@@ -902,6 +905,7 @@ impl<S: Shape, B: Backend> Llama<S, B> {
                 i(WV),
                 c,
                 kv,
+                Write::Accumulate,
             );
             b.rmsnorm_backward(
                 &mut acts.d_resid,

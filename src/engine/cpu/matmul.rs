@@ -4,7 +4,7 @@ use std::any::TypeId;
 
 use super::gemm_bf16::{self as kernel, Operand};
 use super::matvec::{Weight, matvec_many};
-use crate::engine::Float;
+use crate::engine::{Float, Write};
 use gemm::{Parallelism, gemm};
 use half::bf16;
 
@@ -136,7 +136,8 @@ fn backward_rows(
     n
 }
 
-/// `dinp += dout · w` and `dw += doutᵀ · inp`.
+/// `dinp (+)= dout · w` (as `dinp_write` says) and `dw += doutᵀ · inp`.
+#[allow(clippy::too_many_arguments)]
 pub fn backward<T: Float>(
     dinp: &mut [T],
     dw: &mut [T],
@@ -145,6 +146,7 @@ pub fn backward<T: Float>(
     w: &[T],
     ic: usize,
     oc: usize,
+    dinp_write: Write,
 ) {
     let n = backward_rows(dinp.len(), dw.len(), dout.len(), inp.len(), w.len(), ic, oc);
     // SAFETY: as in `forward`, the asserts bound every index: dinp n×ic += dout n×oc · w oc×ic;
@@ -157,7 +159,7 @@ pub fn backward<T: Float>(
             dinp.as_mut_ptr(),
             1,
             ic as isize,
-            true,
+            dinp_write == Write::Accumulate,
             dout.as_ptr(),
             1,
             oc as isize,
@@ -260,7 +262,9 @@ pub fn forward_half<T: Float>(out: &mut [T], inp: &[T], w: &[bf16], ic: usize, o
     }
 }
 
-/// [`backward`] in bf16: `dinp += bf16(dout) · w`, `dw += bf16(dout)ᵀ · bf16(inp)`, summed in f32.
+/// [`backward`] in bf16: `dinp (+)= bf16(dout) · w`, `dw += bf16(dout)ᵀ · bf16(inp)`, summed in
+/// f32.
+#[allow(clippy::too_many_arguments)]
 pub fn backward_half<T: Float>(
     dinp: &mut [T],
     dw: &mut [T],
@@ -269,12 +273,22 @@ pub fn backward_half<T: Float>(
     w: &[bf16],
     ic: usize,
     oc: usize,
+    dinp_write: Write,
 ) {
     let n = backward_rows(dinp.len(), dw.len(), dout.len(), inp.len(), w.len(), ic, oc);
     let (Some(dinp32), Some(dw32), Some(dout32), Some(inp32)) =
         (as_f32_mut(dinp), as_f32_mut(dw), as_f32(dout), as_f32(inp))
     else {
-        backward(dinp, dw, &rounded(dout), &rounded(inp), &widened(w), ic, oc);
+        backward(
+            dinp,
+            dw,
+            &rounded(dout),
+            &rounded(inp),
+            &widened(w),
+            ic,
+            oc,
+            dinp_write,
+        );
         return;
     };
     // SAFETY: as in `backward`, the asserts bound every index: dinp n×ic += dout n×oc · w
@@ -286,7 +300,7 @@ pub fn backward_half<T: Float>(
             oc,
             dinp32.as_mut_ptr(),
             ic,
-            true,
+            dinp_write == Write::Accumulate,
             Operand::F32(row_major(dout32, oc)),
             Operand::Bf16(row_major(w, ic)),
             true,
@@ -355,9 +369,35 @@ mod tests {
             close(out[row * oc + o], &mut terms, "out");
         }
         let (dinp0, dw0) = (f32s(random(n * ic, 4)), f32s(random(oc * ic, 5)));
+        let mut overwritten = dinp0.clone();
+        backward_half(
+            &mut overwritten,
+            &mut dw0.clone(),
+            &dout,
+            &inp,
+            &w,
+            ic,
+            oc,
+            Write::Overwrite,
+        );
         let (mut dinp, mut dw) = (dinp0.clone(), dw0.clone());
-        backward_half(&mut dinp, &mut dw, &dout, &inp, &w, ic, oc);
+        backward_half(
+            &mut dinp,
+            &mut dw,
+            &dout,
+            &inp,
+            &w,
+            ic,
+            oc,
+            Write::Accumulate,
+        );
         for (row, i) in (0..n).flat_map(|row| (0..ic).map(move |i| (row, i))) {
+            let products = (0..oc).map(|o| r(dout[row * oc + o]) * wf(o, i));
+            close(
+                overwritten[row * ic + i],
+                &mut products.clone(),
+                "dinp overwritten",
+            );
             let before = f64::from(dinp0[row * ic + i]);
             let products = (0..oc).map(|o| r(dout[row * oc + o]) * wf(o, i));
             close(
@@ -388,9 +428,12 @@ mod tests {
             forward(&mut out, &x[0], &x[1], ic, oc);
             dot(&out, &upstream)
         };
-        let mut dinp = vec![0.0; n * ic];
-        let mut dw = vec![0.0; oc * ic];
-        backward(&mut dinp, &mut dw, &upstream, &inp, &w, ic, oc);
-        check_gradients(&[inp, w], &[dinp, dw], loss);
+        // Overwritten whatever was there, or added to zeros.
+        for (write, start) in [(Write::Overwrite, 7.0), (Write::Accumulate, 0.0)] {
+            let mut dinp = vec![start; n * ic];
+            let mut dw = vec![0.0; oc * ic];
+            backward(&mut dinp, &mut dw, &upstream, &inp, &w, ic, oc, write);
+            check_gradients(&[inp.clone(), w.clone()], &[dinp, dw], loss);
+        }
     }
 }

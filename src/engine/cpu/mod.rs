@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::{
     AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, Float, Input, InputOf,
-    MatvecWeight, Saved, SavedOf, host_copy, host_vec,
+    MatvecWeight, Saved, SavedOf, Write, host_copy, host_vec,
 };
 
 /// The device name in the CPU backend's errors.
@@ -219,8 +219,9 @@ impl<T: Float> Backend for Cpu<T> {
         w: &Vec<T>,
         ic: usize,
         oc: usize,
+        dinp_write: Write,
     ) {
-        matmul::backward(dinp, dw, dout, inp, w, ic, oc);
+        matmul::backward(dinp, dw, dout, inp, w, ic, oc, dinp_write);
     }
 
     fn matvec_many(
@@ -280,8 +281,9 @@ impl<T: Float> Backend for Cpu<T> {
         w: &Vec<bf16>,
         ic: usize,
         oc: usize,
+        dinp_write: Write,
     ) {
-        matmul::backward_half(dinp, dw, dout, inp, w, ic, oc);
+        matmul::backward_half(dinp, dw, dout, inp, w, ic, oc, dinp_write);
     }
 
     fn rope_forward(&self, x: &mut Vec<T>, seq: usize, heads: usize, head_dim: usize, theta: f64) {

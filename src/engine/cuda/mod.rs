@@ -28,7 +28,7 @@ use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 use super::{
     AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, Input, InputOf, Saved, SavedOf,
-    host_vec,
+    Write, host_vec,
 };
 
 /// The kernels' CUDA C source.
@@ -476,9 +476,10 @@ impl Backend for Cuda {
         w: &CudaSlice<f32>,
         ic: usize,
         oc: usize,
+        dinp_write: Write,
     ) {
         let n = inp.len() / ic;
-        // dinpᵀ (ic × n) += w (ic × oc, column-major) · doutᵀ (oc × n)
+        // dinpᵀ (ic × n) (+)= w (ic × oc, column-major) · doutᵀ (oc × n)
         let config = GemmConfig {
             transa: N,
             transb: N,
@@ -488,7 +489,10 @@ impl Backend for Cuda {
             alpha: 1.0,
             lda: ic as i32,
             ldb: oc as i32,
-            beta: 1.0,
+            beta: match dinp_write {
+                Write::Overwrite => 0.0,
+                Write::Accumulate => 1.0,
+            },
             ldc: ic as i32,
         };
         self.gemm(config, w, dout, dinp);
@@ -561,11 +565,12 @@ impl Backend for Cuda {
         w: &CudaSlice<u16>,
         ic: usize,
         oc: usize,
+        dinp_write: Write,
     ) {
         let dout = self.rounded_through_bf16(dout);
         let inp = self.rounded_through_bf16(inp);
         let w = self.widened(w);
-        self.matmul_backward(dinp, dw, &dout, &inp, &w, ic, oc);
+        self.matmul_backward(dinp, dw, &dout, &inp, &w, ic, oc, dinp_write);
     }
 
     fn rope_forward(

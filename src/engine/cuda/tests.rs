@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::engine::{AttentionKept, Cpu, Input, Rng, Saved};
+use crate::engine::{AttentionKept, Cpu, Input, Rng, Saved, Write};
 
 /// NVRTC is optional on a developer's machine, but `.ci/run` installs it and sets this, so CI
 /// cannot pass by skipping.
@@ -322,10 +322,26 @@ fn gpu_embedding_norm_matmul_rope_and_loss_match_the_cpu() {
         p.gpu.upload(&dinp).unwrap(),
         p.gpu.upload(&dweight).unwrap(),
     );
-    p.cpu
-        .matmul_backward(&mut dinp, &mut dweight, &dy, &x, &weight, c, oc);
-    p.gpu
-        .matmul_backward(&mut gdinp, &mut gdweight, &gdy, &gx, &gweight, c, oc);
+    p.cpu.matmul_backward(
+        &mut dinp,
+        &mut dweight,
+        &dy,
+        &x,
+        &weight,
+        c,
+        oc,
+        Write::Accumulate,
+    );
+    p.gpu.matmul_backward(
+        &mut gdinp,
+        &mut gdweight,
+        &gdy,
+        &gx,
+        &gweight,
+        c,
+        oc,
+        Write::Accumulate,
+    );
     p.same("matmul_backward dinp", &dinp, &gdinp);
     p.same("matmul_backward dw", &dweight, &gdweight);
 
@@ -514,10 +530,26 @@ fn gpu_half_matmuls_match_the_cpu() {
             p.gpu.upload(&dinp).unwrap(),
             p.gpu.upload(&dweight).unwrap(),
         );
-        p.cpu
-            .matmul_backward_half(&mut dinp, &mut dweight, &dy, &x, &w, ic, oc);
-        p.gpu
-            .matmul_backward_half(&mut gdinp, &mut gdweight, &gdy, &gx, &gw, ic, oc);
+        p.cpu.matmul_backward_half(
+            &mut dinp,
+            &mut dweight,
+            &dy,
+            &x,
+            &w,
+            ic,
+            oc,
+            Write::Overwrite,
+        );
+        p.gpu.matmul_backward_half(
+            &mut gdinp,
+            &mut gdweight,
+            &gdy,
+            &gx,
+            &gw,
+            ic,
+            oc,
+            Write::Overwrite,
+        );
         p.same("matmul_backward_half dinp", &dinp, &gdinp);
         p.same("matmul_backward_half dw", &dweight, &gdweight);
     }
