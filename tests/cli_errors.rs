@@ -256,6 +256,44 @@ fn cuda_without_a_cuda_build_or_a_gpu_is_one_line() {
         None,
     ));
     assert!(line.contains("CUDA"), "{line}");
+    let line = common::one_error_line(&common::tinyllm(
+        &[
+            "bench",
+            "matmul",
+            "--preset",
+            "stories260K",
+            "--device",
+            "cuda",
+        ],
+        None,
+    ));
+    assert!(line.contains("CUDA"), "{line}");
+}
+
+/// `bench matmul` refuses sizes it cannot hold before allocating anything, in one line that
+/// names the settings to lower.
+#[test]
+fn bench_matmul_refuses_sizes_beyond_its_bounds_in_one_line() {
+    for (batch, seq, wanted) in [
+        ("100000000", "256", "--batch × --seq"),
+        ("0", "256", "--batch × --seq"),
+        ("64", "1024", "lower --batch or --seq"),
+    ] {
+        let line = common::one_error_line(&common::tinyllm(
+            &[
+                "bench",
+                "matmul",
+                "--preset",
+                "stories110M",
+                "--batch",
+                batch,
+                "--seq",
+                seq,
+            ],
+            None,
+        ));
+        assert!(line.contains(wanted), "{batch} × {seq}: {line}");
+    }
 }
 
 #[test]

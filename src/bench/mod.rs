@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod generate;
+pub mod matmul;
 pub mod train;
 
 use std::time::Instant;

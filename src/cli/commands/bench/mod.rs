@@ -1,8 +1,9 @@
-//! `tinyllm bench data|generate|train`: figures measured on this machine, printed as text (each
+//! `tinyllm bench data|generate|matmul|train`: figures measured on this machine, printed as text (each
 //! bench module's `Display`) or JSON.
 
 mod data;
 mod generate;
+mod matmul;
 mod train;
 
 use std::fmt::Display;
@@ -17,6 +18,7 @@ use serde::Serialize;
 pub enum BenchCommand {
     Data(data::DataArgs),
     Generate(generate::GenerateArgs),
+    Matmul(matmul::MatmulArgs),
     Train(train::TrainArgs),
 }
 
@@ -24,6 +26,7 @@ pub fn exec(command: BenchCommand, out: &mut dyn Write) -> Result<()> {
     match command {
         BenchCommand::Data(args) => data::exec(args, out),
         BenchCommand::Generate(args) => generate::exec(args, out),
+        BenchCommand::Matmul(args) => matmul::exec(args, out),
         BenchCommand::Train(args) => train::exec(args, out),
     }
 }
