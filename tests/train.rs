@@ -73,7 +73,14 @@ fn checkpoint_dirs(cache: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn killed_five_times_the_run_ends_with_the_bits_of_an_uninterrupted_one() {
-    let settings = "lr = 3e-3\nmax_iters = 140\neval_interval = 30\ncheckpoint_interval = 7\nkeep_checkpoints = 2\n";
+    killed_five_times_ends_with_uninterrupted_bits(
+        "lr = 3e-3\nmax_iters = 140\neval_interval = 30\ncheckpoint_interval = 7\nkeep_checkpoints = 2\n",
+    );
+}
+
+/// Runs `settings` straight, then again killed (SIGKILL) five times at random points and
+/// resumed: the final weights must be the same bits, and every checkpoint left whole.
+fn killed_five_times_ends_with_uninterrupted_bits(settings: &str) {
     let straight = training_project(settings);
     run_to_end(&straight, &[]);
     let expected = final_weights_hash(&straight, "default");
@@ -133,6 +140,97 @@ fn killed_five_times_the_run_ends_with_the_bits_of_an_uninterrupted_one() {
     assert_eq!(steps, (1..=140).collect::<Vec<_>>());
     // The scratch checkpoints are gone once the artifact is published.
     assert!(checkpoint_dirs(&killed.cache()).is_empty());
+}
+
+/// The train records of a live `metrics.jsonl`: (step, lr, elapsed seconds).
+fn train_records(metrics: &Path) -> Vec<(u64, f64, f64)> {
+    fs::read_to_string(metrics)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["lr"].as_f64().unwrap(),
+                v["elapsed_secs"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_time_budget_killed_at_40_percent_resumes_on_the_same_schedule() {
+    // Cosine from 3e-3 to 0 over 8 seconds of training; checkpoints every 3 steps.
+    let settings = "lr = 3e-3\nmin_lr = 0.0\nmax_time = \"8s\"\nmax_iters = 1000000\neval_interval = 1000000\ncheckpoint_interval = 3\n";
+    let straight = training_project(settings);
+    run_to_end(&straight, &[]);
+    let metrics = |p: &Project| p.runs().join("test/default/metrics.jsonl");
+    let uninterrupted = train_records(&metrics(&straight));
+    let training: serde_json::Value = serde_json::from_slice(
+        &fs::read(
+            straight
+                .runs()
+                .join("test/default/artifacts/train/training.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(training["stopped_by"], "max_time");
+    assert_eq!(training["max_time_secs"], 8.0);
+    assert_eq!(
+        training["steps"].as_u64().unwrap(),
+        uninterrupted.len() as u64
+    );
+
+    let killed = training_project(settings);
+    let mut child = tinyllm(&killed, &[]).spawn().unwrap();
+    let started = Instant::now();
+    while train_records(&metrics(&killed))
+        .last()
+        .is_none_or(|r| r.2 < 0.4 * 8.0)
+    {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
+        assert!(started.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let output = run_to_end(&killed, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("resuming from step"), "{stderr}");
+    let resumed = train_records(&metrics(&killed));
+
+    for (name, records) in [("uninterrupted", &uninterrupted), ("resumed", &resumed)] {
+        let steps: Vec<u64> = records.iter().map(|r| r.0).collect();
+        assert_eq!(
+            steps,
+            (1..=records.len() as u64).collect::<Vec<_>>(),
+            "{name}"
+        );
+        let (_, last_lr, last_elapsed) = *records.last().unwrap();
+        assert!(last_elapsed >= 8.0, "{name} stopped at {last_elapsed} s");
+        assert!(last_lr < 3e-3 * 0.01, "{name} ended at lr {last_lr}");
+        // After the warmup the cosine only goes down, across the resume point too: the
+        // elapsed time came back with the checkpoint (a restarted clock would jump back up).
+        for pair in records[5..].windows(2) {
+            assert!(
+                pair[1].1 <= pair[0].1 + 1e-12,
+                "{name}: lr rose from {} at step {} to {} at step {}",
+                pair[0].1,
+                pair[0].0,
+                pair[1].1,
+                pair[1].0
+            );
+            assert!(pair[1].2 >= pair[0].2, "{name}: the clock went back");
+        }
+    }
+    // Both spend the same budget: the same steps, within this machine's noise.
+    let (a, b) = (uninterrupted.len() as f64, resumed.len() as f64);
+    assert!(
+        (a - b).abs() <= 0.3 * a,
+        "uninterrupted {a} steps, killed and resumed {b}"
+    );
 }
 
 #[test]

@@ -50,34 +50,73 @@ pub struct RunPlan {
     pub val_windows: usize,
     pub checkpoint_interval: usize,
     pub log_interval: usize,
+    /// `train.max_time` in seconds: the run ends with the first step past it.
+    pub max_time: Option<f64>,
 }
 
 impl RunPlan {
+    /// The same run, ending after `steps` steps.
+    fn ending_at(&self, steps: usize) -> RunPlan {
+        RunPlan {
+            max_iters: steps,
+            max_time: None,
+            ..self.clone()
+        }
+    }
+
+    /// The run as the trainer would take it: under a time budget, the steps until the first
+    /// one that ends past the budget (or `max_iters`), given `seconds(plan)` (the wall time a
+    /// plan's steps, validation passes and checkpoints take inside the budget).
+    pub fn within_budget(&self, seconds: impl Fn(&RunPlan) -> f64) -> RunPlan {
+        let Some(budget) = self.max_time else {
+            return self.clone();
+        };
+        if seconds(self) < budget {
+            return self.clone();
+        }
+        // The first step count whose run reaches the budget (the time grows with the steps).
+        let (mut below, mut reaches) = (0, self.max_iters);
+        while reaches - below > 1 {
+            let mid = below + (reaches - below) / 2;
+            if seconds(&self.ending_at(mid)) >= budget {
+                reaches = mid;
+            } else {
+                below = mid;
+            }
+        }
+        self.ending_at(reaches)
+    }
+
     /// Validation passes: every `eval_interval` steps and after the last.
     pub fn evaluations(&self) -> usize {
-        (1..=self.max_iters)
-            .filter(|s| s % self.eval_interval == 0 || *s == self.max_iters)
-            .count()
+        every_and_last(self.max_iters, self.eval_interval)
     }
 
     /// Checkpoints, at most: every `checkpoint_interval` steps, after the last, and after every
     /// validation pass that improves (counted as if each did).
     pub fn checkpoints(&self) -> usize {
-        (1..=self.max_iters)
-            .filter(|s| {
-                s % self.checkpoint_interval == 0
-                    || s % self.eval_interval == 0
-                    || *s == self.max_iters
-            })
-            .count()
+        let (n, c, e) = (self.max_iters, self.checkpoint_interval, self.eval_interval);
+        let both = c
+            .checked_div(gcd(c, e))
+            .and_then(|c| c.checked_mul(e))
+            .map_or(0, |lcm| n / lcm);
+        let last = usize::from(!n.is_multiple_of(c) && !n.is_multiple_of(e));
+        n / c + n / e - both + last
     }
 
     /// Lines of the metrics log (train lines; validation lines ride along with the passes).
     pub fn log_lines(&self) -> usize {
-        (1..=self.max_iters)
-            .filter(|s| s % self.log_interval == 0 || *s == self.max_iters)
-            .count()
+        every_and_last(self.max_iters, self.log_interval)
     }
+}
+
+/// Steps among `1..=steps` that are multiples of `interval`, or the last.
+fn every_and_last(steps: usize, interval: usize) -> usize {
+    steps / interval + usize::from(!steps.is_multiple_of(interval))
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The figures `bench train` prints.
@@ -194,6 +233,8 @@ impl std::fmt::Display for OpsTable {
 pub struct RunFigures {
     pub pipeline: String,
     pub steps: usize,
+    /// The run's time budget (seconds), when it has one: `steps` is what fits in it.
+    pub max_time: Option<f64>,
     pub step_secs: f64,
     pub evaluations: usize,
     pub validation_pass_secs: f64,
@@ -471,17 +512,26 @@ fn measure_run<S: Shape, B: Backend<Float = f32>>(
         checkpoints.prune(2, None)?;
         times.push(started.elapsed().as_secs_f64());
     }
-    Ok(RunFigures {
+    let checkpoint_secs = median(&mut times);
+    let figures = |plan: &RunPlan| RunFigures {
         pipeline: plan.pipeline.clone(),
         steps: plan.max_iters,
+        max_time: None,
         step_secs,
         evaluations: plan.evaluations(),
         validation_pass_secs,
         validation_windows: eval.windows(),
         checkpoints: plan.checkpoints(),
-        checkpoint_secs: median(&mut times),
+        checkpoint_secs,
         log_lines: plan.log_lines(),
         log_line_secs,
+    };
+    // The last step's validation pass and checkpoint come after the budget.
+    let within =
+        plan.within_budget(|p| figures(p).total_secs() - validation_pass_secs - checkpoint_secs);
+    Ok(RunFigures {
+        max_time: plan.max_time,
+        ..figures(&within)
     })
 }
 
@@ -543,9 +593,15 @@ impl std::fmt::Display for TrainFigures {
 impl std::fmt::Display for RunFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let total = self.total_secs();
+        let budget = self.max_time.map_or(String::new(), |secs| {
+            format!(
+                " in its {} budget",
+                crate::pipeline::runner::human_secs(secs)
+            )
+        });
         write!(
             f,
-            "a run of {} ({} steps), estimated: {}",
+            "a run of {} ({} steps{budget}), estimated: {}",
             self.pipeline,
             self.steps,
             crate::pipeline::runner::human_secs(total)
@@ -649,6 +705,7 @@ mod tests {
             val_windows: 10,
             checkpoint_interval: 100,
             log_interval: 10,
+            max_time: None,
         };
         assert_eq!(plan.evaluations(), 1);
         assert_eq!(plan.checkpoints(), 8);
@@ -660,5 +717,33 @@ mod tests {
         assert_eq!(every_50.evaluations(), 15);
         // Steps 50, 100, …, 700 (14) and 704.
         assert_eq!(every_50.checkpoints(), 15);
+    }
+
+    #[test]
+    fn a_budget_ends_the_plan_at_the_first_step_past_it() {
+        let plan = RunPlan {
+            pipeline: "p".into(),
+            max_iters: 100_000,
+            eval_interval: 100,
+            val_windows: 10,
+            checkpoint_interval: 1000,
+            log_interval: 10,
+            max_time: Some(60.0),
+        };
+        // 0.1 s a step and 2 s a validation pass: 500 steps take 50 s + 5 passes, 10 s.
+        let seconds = |p: &RunPlan| p.max_iters as f64 * 0.1 + p.evaluations() as f64 * 2.0;
+        let within = plan.within_budget(seconds);
+        assert_eq!(within.max_iters, 500);
+        assert!(seconds(&within) >= 60.0 && seconds(&within.ending_at(499)) < 60.0);
+        let short = RunPlan {
+            max_iters: 300,
+            ..plan.clone()
+        };
+        assert_eq!(short.within_budget(seconds).max_iters, 300);
+        let unbudgeted = RunPlan {
+            max_time: None,
+            ..plan
+        };
+        assert_eq!(unbudgeted.within_budget(seconds).max_iters, 100_000);
     }
 }

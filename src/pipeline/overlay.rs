@@ -479,7 +479,8 @@ fn check_key_syntax(key: &str) -> Result<(), String> {
     }
 }
 
-/// A TOML value, or a bare word as a string (`--set train_vocab.kind=char`).
+/// A TOML value, or a bare word as a string (`--set train_vocab.kind=char`), or a duration or
+/// percentage as a string (`--set train.max_time=10m`, `--set train.min_lr=10%`).
 fn parse_value(raw: &str) -> Result<toml::Value, String> {
     if raw.is_empty() {
         return Err("the value is empty; quote an empty string as \"\"".into());
@@ -492,7 +493,12 @@ fn parse_value(raw: &str) -> Result<toml::Value, String> {
                 .all(|c| c.is_alphanumeric() || "_-./:+ ".contains(c))
                 && !raw.starts_with(['+', '-', '.'])
                 && !raw.chars().next().is_some_and(|c| c.is_ascii_digit());
-            if bare_word {
+            let quantity = raw.starts_with(|c: char| c.is_ascii_digit())
+                && raw.ends_with(['s', 'm', 'h', '%'])
+                && raw
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ".smh%".contains(c));
+            if bare_word || quantity {
                 Ok(toml::Value::String(raw.to_string()))
             } else {
                 Err(format!(

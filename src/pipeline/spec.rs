@@ -380,6 +380,21 @@ impl ModelConfig {
 pub use crate::engine::Device;
 /// The precision of the matmuls (see [`crate::engine::Precision`]).
 pub use crate::engine::PrecisionSetting;
+/// The learning-rate schedule's settings (see [`crate::train::schedule`]).
+pub use crate::train::schedule::{MinLr, ScheduleKind, TimeBudget};
+
+/// `train.decay_fraction` when a spec leaves it out.
+pub const DEFAULT_DECAY_FRACTION: f64 = 0.2;
+
+/// Settings added after caches existed stay out of the key while they hold their default, so
+/// the keys of older artifacts still match.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+fn is_default_decay_fraction(value: &f64) -> bool {
+    *value == DEFAULT_DECAY_FRACTION
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -392,11 +407,27 @@ pub struct TrainConfig {
     pub grad_accum_steps: usize,
     /// Peak learning rate, reached after `warmup_iters`.
     pub lr: f64,
-    /// Learning rate at the end of the cosine decay.
-    pub min_lr: f64,
+    /// Learning rate at the end of the decay: a value (`1e-4`) or a share of `lr` (`"10%"`).
+    pub min_lr: MinLr,
+    /// Steps of linear warmup from 0 to `lr`.
     pub warmup_iters: usize,
-    /// Optimizer steps in total.
+    /// Optimizer steps in total (with `max_time`: at most).
     pub max_iters: usize,
+    /// A wall-clock budget for the training loop (`"10m"`, `"2h"`): training stops when it is
+    /// spent or at `max_iters`, whichever comes first, and the schedule follows the larger share
+    /// of the two. It counts steps, validation passes and checkpoints, not the final validation.
+    /// The cache key covers the budget, not the steps a machine reaches in it (`training.json`
+    /// records those): the same spec on a faster machine is a cache hit of the slower result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_time: Option<TimeBudget>,
+    /// The decay after the warmup: `"cosine"` (to `min_lr` over the rest of the run), `"wsd"`
+    /// (warmup-stable-decay: `lr` until the last `decay_fraction`, then linear to `min_lr`) or
+    /// `"wsd_sqrt"` (the same with a 1 − √t decay).
+    #[serde(skip_serializing_if = "is_default")]
+    pub schedule: ScheduleKind,
+    /// The share of the run the `wsd` schedules spend decaying, in (0, 1].
+    #[serde(skip_serializing_if = "is_default_decay_fraction")]
+    pub decay_fraction: f64,
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -442,9 +473,12 @@ impl Default for TrainConfig {
             seq_len: 256,
             grad_accum_steps: 4,
             lr: 5e-4,
-            min_lr: 5e-5,
+            min_lr: MinLr::default(),
             warmup_iters: 1000,
             max_iters: 100_000,
+            max_time: None,
+            schedule: ScheduleKind::Cosine,
+            decay_fraction: DEFAULT_DECAY_FRACTION,
             weight_decay: 0.1,
             beta1: 0.9,
             beta2: 0.95,

@@ -106,6 +106,8 @@ impl Stage for Train {
             "params": outcome.params,
             "precision": job.precision,
             "elapsed_secs": outcome.elapsed_secs,
+            "max_time_secs": cfg.max_time.map(|b| b.secs()),
+            "stopped_by": if outcome.stopped_by_time { "max_time" } else { "max_iters" },
             "tokens_per_sec": tokens_per_sec,
             "validation_windows": job.eval.windows(),
             "step_tokens_per_sec": outcome.time.step_tokens_per_sec(
@@ -137,8 +139,12 @@ impl Stage for Train {
             report.metrics.insert(name.to_string(), value);
         }
         report.summary = format!(
-            "{} steps in {}, {} tokens, validation {:.4} bits/byte ({:.3} nats/token); best {:.4} at step {}{}",
+            "{} steps{} in {}, {} tokens, validation {:.4} bits/byte ({:.3} nats/token); best {:.4} at step {}{}",
             outcome.steps,
+            match cfg.max_time {
+                Some(budget) if outcome.stopped_by_time => format!(" (the {budget} budget)"),
+                _ => String::new(),
+            },
             job.precision,
             outcome.tokens_seen,
             outcome.final_eval.bits_per_byte,

@@ -16,7 +16,7 @@ use super::checkpoint::{
 };
 use super::eval::{EvalResult, EvalSet};
 use super::metrics::{MetricRecord, MetricsLog, read_jsonl};
-use super::schedule::LrSchedule;
+use super::schedule::{LrSchedule, TimeBudget, progress};
 use super::step::{StepConfig, Stepper};
 use crate::data::loader::{Loader, LoaderError};
 use crate::engine::{AdamWOptimizer, Backend, DeviceInfo, Precision};
@@ -56,6 +56,8 @@ pub struct TrainOutcome {
     pub records: Vec<MetricRecord>,
     /// The step this process continued from, when it resumed a checkpoint.
     pub resumed_from: Option<u64>,
+    /// Whether `max_time` ended the run (else `max_iters` did).
+    pub stopped_by_time: bool,
     /// Where this process's time went.
     pub time: TimeSplit,
 }
@@ -216,22 +218,40 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
     let mut last_good = resumed;
 
     let schedule = LrSchedule {
+        kind: cfg.schedule,
         peak: cfg.lr,
-        min: cfg.min_lr,
+        min: cfg.min_lr.resolve(cfg.lr),
         warmup: cfg.warmup_iters,
         total: cfg.max_iters,
+        decay_fraction: cfg.decay_fraction,
     };
+    let budget = cfg.max_time;
     let tokens_per_step = run.config().tokens() as u64;
-    let bar = progress_bar(cfg.max_iters as u64, state.step, job.quiet);
+    let bar = TrainBar::new(cfg.max_iters, budget, job.quiet);
     let started = Instant::now();
     let elapsed_before = state.elapsed_secs;
+    let elapsed = || elapsed_before + started.elapsed().as_secs_f64();
+    bar.show(
+        state.step,
+        progress(state.step, cfg.max_iters, elapsed(), budget),
+    );
     let mut interval_start = (Instant::now(), state.tokens_seen);
 
     let mut time = TimeSplit::default();
     let mut step_times = Vec::new();
 
-    for step in state.step + 1..=cfg.max_iters as u64 {
-        let lr = schedule.at(step as usize - 1);
+    // A run resumed from the checkpoint of its last step (its budget spent) takes no more steps.
+    let spent = |secs: f64| budget.is_some_and(|b| secs >= b.secs());
+    let first_step = if state.step > 0 && spent(state.elapsed_secs) {
+        cfg.max_iters as u64 + 1
+    } else {
+        state.step + 1
+    };
+    for step in first_step..=cfg.max_iters as u64 {
+        let lr = schedule.at(
+            step as usize - 1,
+            progress(step - 1, cfg.max_iters, elapsed(), budget),
+        );
         let step_started = Instant::now();
         let outcome = run.step(&mut loader, lr)?;
         run.model.backend().synchronize();
@@ -241,7 +261,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
         time.steps += 1;
         let (loss, grad_norm) = (outcome.loss, outcome.grad_norm);
         if !outcome.is_finite() {
-            bar.finish_and_clear();
+            bar.bar.finish_and_clear();
             let value = if loss.is_finite() { grad_norm } else { loss };
             return Err(TrainError::Diverged {
                 step,
@@ -261,14 +281,18 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
         state.step = step;
         state.loader = loader.state();
         state.tokens_seen += tokens_per_step;
-        state.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
+        state.elapsed_secs = elapsed();
         state.loss_since_log.0 += loss;
         state.loss_since_log.1 += 1;
-        let last = step == cfg.max_iters as u64;
+        // The final validation pass and checkpoint come after the budget, not inside it.
+        let last = step == cfg.max_iters as u64 || spent(state.elapsed_secs);
         let secs = interval_start.0.elapsed().as_secs_f64();
         let tokens_per_sec = (state.tokens_seen - interval_start.1) as f64 / secs.max(1e-9);
-        bar.set_position(step);
-        bar.set_message(format!(
+        bar.show(
+            step,
+            progress(step, cfg.max_iters, state.elapsed_secs, budget),
+        );
+        bar.bar.set_message(format!(
             "loss {loss:.3}  lr {lr:.2e}  {tokens_per_sec:.0} tok/s"
         ));
         if step.is_multiple_of(cfg.log_interval as u64) || last {
@@ -308,7 +332,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
                 val_bpb: result.bits_per_byte,
             })
             .map_err(io_err(&live_path))?;
-            bar.suspend(|| {
+            bar.bar.suspend(|| {
                 eprintln!(
                     "  step {step}: validation loss {:.4} nats/token, {:.4} bits/byte{}",
                     result.loss,
@@ -328,8 +352,11 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
             time.checkpoint_secs += checkpoint_started.elapsed().as_secs_f64();
             interval_start = (Instant::now(), state.tokens_seen);
         }
+        if last {
+            break;
+        }
     }
-    bar.finish_and_clear();
+    bar.bar.finish_and_clear();
 
     let final_step = state.step;
     let final_eval = log
@@ -372,6 +399,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
         best,
         records: log.records,
         resumed_from,
+        stopped_by_time: final_step < cfg.max_iters as u64,
         time: TimeSplit {
             median_step_secs: if step_times.is_empty() {
                 0.0
@@ -383,17 +411,53 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
     })
 }
 
-fn progress_bar(total: u64, position: u64, quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("  train [{bar:25}] {pos}/{len} {msg}  eta {eta}")
-            .expect("the template is valid")
-            .progress_chars("=> "),
-    );
-    if quiet {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
+/// The progress bar of a run: steps of `max_iters`, or, under a time budget, the schedule's
+/// progress (so its ETA is the budget's).
+struct TrainBar {
+    bar: ProgressBar,
+    by_progress: bool,
+}
+
+/// Ticks of a progress-driven bar.
+const PROGRESS_TICKS: u64 = 1000;
+
+impl TrainBar {
+    fn new(max_iters: usize, budget: Option<TimeBudget>, quiet: bool) -> TrainBar {
+        let (len, template) = match budget {
+            None => (
+                max_iters as u64,
+                "  train [{bar:25}] {pos}/{len} {msg}  eta {eta}".to_string(),
+            ),
+            Some(budget) => (
+                PROGRESS_TICKS,
+                format!(
+                    "  train [{{bar:25}}] {{percent}}% of {budget} {{prefix}} {{msg}}  eta {{eta}}"
+                ),
+            ),
+        };
+        let bar = ProgressBar::new(len).with_style(
+            ProgressStyle::with_template(&template)
+                .expect("the template is valid")
+                .progress_chars("=> "),
+        );
+        if quiet {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        TrainBar {
+            bar,
+            by_progress: budget.is_some(),
+        }
     }
-    bar.set_position(position);
-    bar
+
+    fn show(&self, step: u64, progress: f64) {
+        if self.by_progress {
+            self.bar
+                .set_position((progress * PROGRESS_TICKS as f64).round() as u64);
+            self.bar.set_prefix(format!("step {step}"));
+        } else {
+            self.bar.set_position(step);
+        }
+    }
 }
 
 /// Writes the weights with Hugging Face names and their `config.json`.

@@ -54,6 +54,21 @@ fn bare_words_are_strings() {
 }
 
 #[test]
+fn durations_and_percentages_need_no_quotes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(dir.path(), "p.toml", "[pipeline]\nname = \"p\"\n");
+    let mut s = sources(spec);
+    s.sets = vec!["train.max_time=1h30m".into(), "train.min_lr=10%".into()];
+    let loaded = load(&s).unwrap();
+    let train = &loaded.variants[0].spec.train;
+    assert_eq!(train.max_time.map(|b| b.secs()), Some(5400.0));
+    assert_eq!(train.min_lr.resolve(2.0), 0.2);
+    s.sets = vec!["train.max_time=10x".into()];
+    let err = load(&s).unwrap_err().to_string();
+    assert!(err.contains("train.max_time"), "{err}");
+}
+
+#[test]
 fn unknown_key_names_file_line_and_suggestion() {
     let dir = tempfile::tempdir().unwrap();
     let spec = write(

@@ -198,10 +198,17 @@ impl PipelineSpec {
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return fail("train.lr", format!("{} must be positive", t.lr));
         }
-        if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+        let min_lr = t.min_lr.resolve(t.lr);
+        if !(min_lr >= 0.0 && min_lr <= t.lr) {
             return fail(
                 "train.min_lr",
-                format!("{} must be in [0, lr = {}]", t.min_lr, t.lr),
+                format!("{min_lr} must be in [0, lr = {}]", t.lr),
+            );
+        }
+        if !(t.decay_fraction > 0.0 && t.decay_fraction <= 1.0) {
+            return fail(
+                "train.decay_fraction",
+                format!("{} must be in (0, 1]", t.decay_fraction),
             );
         }
         if t.weight_decay.is_nan() || t.weight_decay < 0.0 {

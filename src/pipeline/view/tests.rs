@@ -44,6 +44,10 @@ fn full_spec() -> PipelineSpec {
     };
     // Not `auto`, whose meaning depends on the machine the tests run on.
     spec.sample.precision = PrecisionSetting::Bf16;
+    // Settings that stay out of the spec's JSON at their defaults.
+    spec.train.max_time = Some("10m".parse().unwrap());
+    spec.train.schedule = crate::pipeline::spec::ScheduleKind::Wsd;
+    spec.train.decay_fraction = 0.3;
     spec
 }
 
@@ -76,6 +80,8 @@ fn changed(path: &str, value: &Json) -> Json {
         ("train_vocab.kind", "char"),
         ("corpus.format", "lines"),
         ("sample.precision", "f32"),
+        ("train.max_time", "20m"),
+        ("train.schedule", "wsd_sqrt"),
     ];
     if let Some((_, other)) = other_variant.iter().find(|(p, _)| *p == path) {
         return json!(other);
@@ -377,4 +383,34 @@ fn the_sample_key_holds_the_resolved_precision_unless_f32() {
         Precision::Bf16 => PrecisionSetting::Bf16,
     };
     assert_eq!(key(PrecisionSetting::Auto), key(same));
+}
+
+#[test]
+fn a_time_budget_is_keyed_and_settings_at_their_defaults_are_not() {
+    let key = |edit: &dyn Fn(&mut PipelineSpec)| {
+        let mut spec: PipelineSpec = toml::from_str("[pipeline]\nname = \"t\"\n").unwrap();
+        spec.train.precision = PrecisionSetting::F32;
+        edit(&mut spec);
+        StageView::new(StageId::Train, &spec).unwrap().key_config()
+    };
+    let plain = key(&|_| {});
+    // Keys written before these settings existed still match.
+    for absent in ["max_time", "schedule", "decay_fraction"] {
+        assert!(
+            plain["train"].get(absent).is_none(),
+            "{absent} is in {plain}"
+        );
+    }
+    let ten = key(&|s| s.train.max_time = Some("10m".parse().unwrap()));
+    let twenty = key(&|s| s.train.max_time = Some("20m".parse().unwrap()));
+    assert_eq!(ten["train"]["max_time"], "10m");
+    assert_ne!(ten, plain);
+    assert_ne!(ten, twenty);
+    let fraction = key(&|s| {
+        s.train.min_lr = "10%"
+            .parse::<crate::train::schedule::Percent>()
+            .map(crate::pipeline::spec::MinLr::Fraction)
+            .unwrap()
+    });
+    assert_eq!(fraction["train"]["min_lr"], "10%");
 }

@@ -143,6 +143,7 @@ pub fn exec(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
             val_windows,
             checkpoint_interval: t.checkpoint_interval,
             log_interval: t.log_interval,
+            max_time: t.max_time.map(|b| b.secs()),
         });
     }
     check_fits(&bench)?;
