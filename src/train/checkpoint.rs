@@ -204,7 +204,7 @@ impl Checkpoints {
                         checkpoint.dir.display(),
                         fsutil::one_line(&reason)
                     ));
-                    fs::remove_dir_all(&checkpoint.dir).map_err(io_err(&checkpoint.dir))?;
+                    self.discard(&checkpoint)?;
                 }
             }
         }
@@ -226,13 +226,26 @@ impl Checkpoints {
     }
 
     /// Keeps the newest `keep_last` (at least one) checkpoints and the one of step `keep_also`.
+    /// A checkpoint is renamed out of sight before it is deleted, so a process killed while
+    /// deleting leaves a hidden folder that the next run sweeps away, never a partial `step-…`.
     pub fn prune(&self, keep_last: usize, keep_also: Option<u64>) -> Result<(), CheckpointError> {
         for (rank, checkpoint) in self.committed()?.into_iter().enumerate() {
             if rank >= keep_last.max(1) && Some(checkpoint.step) != keep_also {
-                fs::remove_dir_all(&checkpoint.dir).map_err(io_err(&checkpoint.dir))?;
+                self.discard(&checkpoint)?;
             }
         }
         Ok(())
+    }
+
+    /// Renames a checkpoint to a hidden staging name, then deletes it.
+    fn discard(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let hidden = self.root.join(format!(
+            ".{PREFIX}{:08}.tmp-removing-{}",
+            checkpoint.step,
+            fsutil::unique_suffix()
+        ));
+        fs::rename(&checkpoint.dir, &hidden).map_err(io_err(&checkpoint.dir))?;
+        fs::remove_dir_all(&hidden).map_err(io_err(&hidden))
     }
 }
 
@@ -390,5 +403,6 @@ mod tests {
             .map(|c| c.step)
             .collect();
         assert_eq!(left, vec![5, 4, 2]);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3, "nothing hidden left");
     }
 }
