@@ -1145,8 +1145,10 @@ fn edit_checkpoint(files: &mut [(String, Vec<u8>)], index: &mut Vec<u8>, input: 
 fn fuzz_checkpoints(cases: u32) {
     let (valid_files, valid_index) = valid_checkpoint();
     let layout = param_layout(&small_dims(), &LlamaConfig::default());
-    let moment_layout =
-        tinyllm::engine::AdamWOptimizer::<tinyllm::engine::Cpu<f32>>::state_layout(&layout);
+    let moment_layout = tinyllm::engine::Optimizer::<tinyllm::engine::Cpu<f32>>::state_layout(
+        &layout,
+        tinyllm::engine::OptimizerKind::AdamW,
+    );
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("checkpoints");
     let shard = dir.path().join("a.bin");

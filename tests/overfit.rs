@@ -2,7 +2,7 @@
 //! `Stepper::step`: forward, backward, clipping, AdamW) works end to end at full size. Slow in
 //! debug builds: `.ci/run` runs it in release with `--ignored`.
 
-use tinyllm::engine::{Cpu, Rng};
+use tinyllm::engine::{Cpu, OptimizerSettings, Rng};
 use tinyllm::model::shape::Tutorial;
 use tinyllm::model::{Llama, LlamaConfig};
 use tinyllm::train::step::{FixedBatch, StepConfig, Stepper};
@@ -19,7 +19,9 @@ fn tutorial_preset_overfits_one_batch() {
         targets: stream[1..].to_vec(),
     };
     let model = Llama::new(Cpu::<f32>::new(), Tutorial, LlamaConfig::default(), 1337).unwrap();
-    let optimizer = model.optimizer(0.9, 0.95, 0.1).unwrap();
+    let optimizer = model
+        .optimizer(OptimizerSettings::adamw(0.9, 0.95, 0.1))
+        .unwrap();
     let config = StepConfig {
         batch,
         seq,

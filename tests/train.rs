@@ -78,6 +78,14 @@ fn killed_five_times_the_run_ends_with_the_bits_of_an_uninterrupted_one() {
     );
 }
 
+/// Muon's momentum buffers are in the checkpoints, so a resumed Muon run is bit-exact too.
+#[test]
+fn muon_killed_five_times_the_run_ends_with_the_bits_of_an_uninterrupted_one() {
+    killed_five_times_ends_with_uninterrupted_bits(
+        "lr = 3e-3\nmax_iters = 140\neval_interval = 30\ncheckpoint_interval = 7\nkeep_checkpoints = 2\noptimizer = \"muon\"\nmuon_lr = 0.01\n",
+    );
+}
+
 /// Runs `settings` straight, then again killed (SIGKILL) five times at random points and
 /// resumed: the final weights must be the same bits, and every checkpoint left whole.
 fn killed_five_times_ends_with_uninterrupted_bits(settings: &str) {

@@ -11,7 +11,9 @@ use serde::Serialize;
 use super::{BenchError, matmul_peak_gflops, median, peak_rss_bytes};
 use crate::data::loader::Loader;
 use crate::engine::profile::Profiled;
-use crate::engine::{Backend, Device, DeviceInfo, Precision, Rng, matmul_kernel};
+use crate::engine::{
+    Backend, Device, DeviceInfo, OptimizerKind, OptimizerSettings, Precision, Rng, matmul_kernel,
+};
 
 use crate::fsutil;
 use crate::model::{Llama, LlamaConfig, ModelDims, ModelJob, Preset, Shape, run_model};
@@ -33,6 +35,8 @@ pub struct TrainBench {
     pub device: Device,
     /// The precision of the matmuls, resolved.
     pub precision: Precision,
+    /// The optimizer a step runs (a spec's, with `--spec`).
+    pub optimizer: OptimizerSettings,
     /// A pipeline's run, to estimate where its time goes.
     pub run: Option<RunPlan>,
     /// Time each backend op of the timed steps too.
@@ -129,6 +133,7 @@ pub struct TrainFigures {
     pub precision: Precision,
     /// The matmul kernel that precision runs on this device.
     pub matmul_kernel: String,
+    pub optimizer: OptimizerKind,
     pub params: usize,
     pub batch: usize,
     pub seq: usize,
@@ -377,7 +382,7 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
     let mut loader = Loader::open(&[shard], step.seq, 1337, 0, 1)?;
     let mut model = Llama::new(Profiled::new(backend), shape, LlamaConfig::default(), 1337)?;
     model.set_precision(bench.precision)?;
-    let optimizer = model.optimizer(0.9, 0.95, 0.1)?;
+    let optimizer = model.optimizer(bench.optimizer)?;
     // Before any batch is made: a batch too large for memory is an error, not an abort.
     model.allocate_activations(step.batch, step.seq)?;
     let mut stepper = Stepper::new(model, optimizer, step);
@@ -400,6 +405,7 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         device: device.name.clone(),
         precision: bench.precision,
         matmul_kernel: matmul_kernel(device.device, bench.precision).to_string(),
+        optimizer: bench.optimizer.kind,
         model: bench
             .preset
             .map_or_else(|| format!("{dims:?}"), |p| p.name().to_string()),
@@ -552,6 +558,9 @@ impl std::fmt::Display for TrainFigures {
             self.threads,
             self.steps
         )?;
+        if self.optimizer == OptimizerKind::Muon {
+            write!(f, ", Muon for the block matrices")?;
+        }
         write!(
             f,
             "\n  median step      {:>10.1} ms",
@@ -659,7 +668,11 @@ mod tests {
             1,
         )
         .unwrap();
-        let optimizer = model.optimizer(0.9, 0.95, 0.1).unwrap();
+        let settings = OptimizerSettings {
+            kind: OptimizerKind::Muon,
+            ..OptimizerSettings::adamw(0.9, 0.95, 0.1)
+        };
+        let optimizer = model.optimizer(settings).unwrap();
         let mut stepper = Stepper::new(model, optimizer, step);
         let tokens: Vec<u32> = (0..32).map(|i| (i * 7 % 64) as u32).collect();
         let mut data = FixedBatch {
@@ -677,6 +690,8 @@ mod tests {
         assert_eq!(row("attention_forward").unwrap().calls_per_step, 4.0);
         assert_eq!(row("attention_backward").unwrap().calls_per_step, 4.0);
         assert!(row("adamw").is_some() && row("cross_entropy").is_some());
+        // Muon steps the 7 matrices of each of the 2 layers; AdamW the rest.
+        assert_eq!(row("muon").unwrap().calls_per_step, 14.0);
         assert_eq!(table.rows.last().unwrap().op, "other");
         let in_ops: f64 = table.rows[..table.rows.len() - 1]
             .iter()

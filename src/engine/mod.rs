@@ -33,7 +33,7 @@ pub use device::{Device, DeviceError, DeviceInfo, OnDevice};
 pub use error::EngineError;
 pub(crate) use error::{host_copy, host_vec};
 pub use float::Float;
-pub use optimizer::{AdamWOptimizer, clip_grad_norm};
+pub use optimizer::{Optimizer, OptimizerKind, OptimizerSettings, clip_grad_norm};
 pub use precision::{
     NO_BF16_INSTRUCTIONS_VAR, Precision, PrecisionSetting, bf16_instructions_disabled,
     cpu_has_native_bf16, matmul_kernel,
@@ -196,6 +196,25 @@ impl AdamW {
         (1.0 - beta1.powi(step), 1.0 - beta2.powi(step))
     }
 }
+
+/// Hyperparameters of one Muon step for one matrix (Keller Jordan's Muon, as the modded-nanogpt
+/// speedruns use it): momentum, then the update orthogonalised by a quintic Newton–Schulz
+/// iteration, scaled so tall matrices take steps of the same RMS as square ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Muon {
+    pub lr: f64,
+    pub momentum: f64,
+    /// Step along `grad + momentum · buffer` (Nesterov) rather than along the buffer.
+    pub nesterov: bool,
+    /// Newton–Schulz iterations (5 in the published recipe).
+    pub ns_steps: usize,
+    /// Decoupled: the weights shrink by `lr · weight_decay` before the step.
+    pub weight_decay: f64,
+}
+
+/// The quintic Newton–Schulz coefficients of Muon: chosen by its authors to push every singular
+/// value into roughly [0.7, 1.2] in five iterations, not to converge to exactly 1.
+pub const NEWTON_SCHULZ: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
 /// Device memory and the ops of the model, forward and backward.
 ///
@@ -488,5 +507,27 @@ pub trait Backend: Send + Sync {
         m: &mut Self::Buf,
         v: &mut Self::Buf,
         hp: AdamW,
+    );
+
+    /// The floats of working space [`Backend::muon`] needs for a `rows × cols` matrix: two
+    /// copies of the matrix (the iterate and the next one) and two square Gram-sized products.
+    fn muon_scratch_len(&self, rows: usize, cols: usize) -> usize {
+        optimizer::muon_scratch_floats(rows, cols)
+    }
+    /// One Muon step of a `rows × cols` weight matrix: `momentum = μ·momentum + grad`, the
+    /// update (`grad + μ·momentum` with Nesterov) normalised and orthogonalised by
+    /// `hp.ns_steps` quintic Newton–Schulz iterations on its smaller Gram matrix, then
+    /// `param = param·(1 − lr·wd) − lr·√max(1, rows/cols)·update`. `scratch` holds at least
+    /// [`Backend::muon_scratch_len`] floats.
+    #[allow(clippy::too_many_arguments)]
+    fn muon(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        momentum: &mut Self::Buf,
+        scratch: &mut Self::Buf,
+        rows: usize,
+        cols: usize,
+        hp: Muon,
     );
 }

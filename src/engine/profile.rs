@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
-    AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, InputOf, SavedOf, Write,
+    AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, InputOf, Muon, SavedOf, Write,
 };
 
 /// Time and calls of one op.
@@ -351,6 +351,23 @@ impl<B: Backend> Backend for Profiled<B> {
     }
     fn adamw(&self, param: &mut B::Buf, grad: &B::Buf, m: &mut B::Buf, v: &mut B::Buf, hp: AdamW) {
         self.timed("adamw", |b| b.adamw(param, grad, m, v, hp))
+    }
+    fn muon_scratch_len(&self, rows: usize, cols: usize) -> usize {
+        self.inner.muon_scratch_len(rows, cols)
+    }
+    fn muon(
+        &self,
+        param: &mut B::Buf,
+        grad: &B::Buf,
+        momentum: &mut B::Buf,
+        scratch: &mut B::Buf,
+        rows: usize,
+        cols: usize,
+        hp: Muon,
+    ) {
+        self.timed("muon", |b| {
+            b.muon(param, grad, momentum, scratch, rows, cols, hp)
+        })
     }
 }
 

@@ -12,8 +12,8 @@ use super::memory::{ActivationSizes, Activations, Allocation, Footprint, TooLarg
 use super::shape::Shape;
 pub use crate::engine::ParamInfo;
 use crate::engine::{
-    AdamWOptimizer, AttentionKept, AttentionShape, Backend, EngineError, Float, Precision, Rng,
-    Saved, Write, clip_grad_norm, host_vec,
+    AttentionKept, AttentionShape, Backend, EngineError, Float, Optimizer, OptimizerSettings,
+    Precision, Rng, Saved, Write, clip_grad_norm, host_vec, optimizer,
 };
 use crate::fsutil::human_bytes;
 
@@ -461,24 +461,13 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         Ok(())
     }
 
-    /// A fresh AdamW for this model's parameters (zeroed moments).
-    pub fn optimizer(
-        &self,
-        beta1: f64,
-        beta2: f64,
-        weight_decay: f64,
-    ) -> Result<AdamWOptimizer<B>, ModelError> {
+    /// A fresh optimizer for this model's parameters (zeroed state).
+    pub fn optimizer(&self, settings: OptimizerSettings) -> Result<Optimizer<B>, ModelError> {
         let params = self.num_params();
-        AdamWOptimizer::new(
-            &self.backend,
-            &self.params.tensors,
-            beta1,
-            beta2,
-            weight_decay,
-        )
-        .map_err(ModelError::allocating(
+        let floats = optimizer::state_floats(&self.layout, settings.kind);
+        Optimizer::new(&self.backend, &self.layout, settings).map_err(ModelError::allocating(
             Allocation::OptimizerMoments { params },
-            float_bytes::<B::Float>(params, 2),
+            float_bytes::<B::Float>(floats, 1),
         ))
     }
 
@@ -488,14 +477,13 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         clip_grad_norm(&self.backend, &mut self.grads.tensors, max_norm)
     }
 
-    /// One AdamW step of the parameters along the gradients, at learning rate `lr`, with weight
-    /// decay on the 2-D weights.
-    pub fn optimizer_step(&mut self, optimizer: &mut AdamWOptimizer<B>, lr: f64) {
+    /// One optimizer step of the parameters along the gradients, at the schedule's learning
+    /// rate `lr`; the weights' bf16 copies are remade from the stepped f32 weights.
+    pub fn optimizer_step(&mut self, optimizer: &mut Optimizer<B>, lr: f64) {
         optimizer.step(
             &self.backend,
             &mut self.params.tensors,
             &self.grads.tensors,
-            &self.decay,
             lr,
         );
         self.refresh_half();

@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use super::ModelDims;
-use crate::engine::{AttentionShape, Backend, EngineError, Precision, Saved, SavedOf};
+use crate::engine::{
+    AttentionShape, Backend, EngineError, OptimizerKind, Precision, Saved, SavedOf,
+};
 use crate::fsutil::human_bytes;
 
 /// What a model allocates, so that an out-of-memory message says what did not fit and which
@@ -16,7 +18,8 @@ pub enum Allocation {
     Parameters { params: usize },
     /// A copy of the weights in host memory (initialising, saving).
     HostWeights { params: usize },
-    /// AdamW's two moments per weight.
+    /// The optimizer's state: AdamW's two moments per weight, or one momentum per weight of the
+    /// matrices Muon steps (and its working space).
     OptimizerMoments { params: usize },
     /// The buffers of one forward and backward pass.
     Activations { batch: usize, seq: usize },
@@ -74,7 +77,7 @@ impl std::fmt::Display for Allocation {
             ),
             Allocation::OptimizerMoments { params } => write!(
                 f,
-                "the AdamW moments of a {}-parameter model",
+                "the optimizer state of a {}-parameter model",
                 count(params)
             ),
             Allocation::Activations { batch, seq } => {
@@ -213,10 +216,18 @@ pub struct Footprint {
 }
 
 impl Footprint {
-    /// Training on the CPU: the weights and gradients, AdamW's moments, the activations of one
-    /// micro-batch, and a host copy of the weights (made when a checkpoint is written).
-    pub fn training(dims: &ModelDims, tie_embeddings: bool, batch: usize, seq: usize) -> Self {
+    /// Training on the CPU: the weights and gradients, the optimizer's state, the activations of
+    /// one micro-batch, and a host copy of the weights (made when a checkpoint is written).
+    pub fn training(
+        dims: &ModelDims,
+        tie_embeddings: bool,
+        batch: usize,
+        seq: usize,
+        optimizer: OptimizerKind,
+    ) -> Self {
         let params = clamp(dims.num_params(tie_embeddings));
+        let optimizer_bytes =
+            float_bytes::<f32>(clamp(optimizer_floats(dims, tie_embeddings, optimizer)), 1);
         let activations = ActivationSizes::new(dims, batch, seq).bytes::<f32>(dims.n_layers);
         Footprint {
             parts: vec![
@@ -224,10 +235,7 @@ impl Footprint {
                     Allocation::Parameters { params },
                     float_bytes::<f32>(params, 2),
                 ),
-                (
-                    Allocation::OptimizerMoments { params },
-                    float_bytes::<f32>(params, 2),
-                ),
+                (Allocation::OptimizerMoments { params }, optimizer_bytes),
                 (Allocation::Activations { batch, seq }, activations),
                 (
                     Allocation::HostWeights { params },
@@ -288,6 +296,34 @@ impl Footprint {
 }
 
 /// A parameter count as a `usize` (counts are bounded by [`super::MAX_PARAMS`]).
+/// The floats of an optimizer's state for a model of these dimensions, in `u128` like
+/// [`ModelDims::num_params`]: two moments per weight under AdamW; under Muon one momentum per
+/// weight of the block matrices, plus the working space of the largest of them.
+fn optimizer_floats(dims: &ModelDims, tie_embeddings: bool, kind: OptimizerKind) -> u128 {
+    let params = dims.num_params(tie_embeddings);
+    if kind == OptimizerKind::AdamW {
+        return 2 * params;
+    }
+    let [c, kv, h] = [
+        dims.dim,
+        dims.n_kv_heads.saturating_mul(dims.head_dim()),
+        dims.hidden_dim(),
+    ];
+    let shapes = [(c, c), (kv, c), (h, c), (c, h)];
+    let numel = |(rows, cols): (usize, usize)| rows as u128 * cols as u128;
+    let block_matrices =
+        dims.n_layers as u128 * (2 * numel((c, c)) + 2 * numel((kv, c)) + 3 * numel((h, c)));
+    let scratch = shapes
+        .iter()
+        .map(|&(rows, cols)| {
+            let side = rows.min(cols) as u128;
+            2 * numel((rows, cols)) + 2 * side * side
+        })
+        .max()
+        .unwrap_or(0);
+    2 * (params - block_matrices) + block_matrices + scratch
+}
+
 fn clamp(params: u128) -> usize {
     usize::try_from(params).unwrap_or(usize::MAX)
 }
@@ -661,9 +697,9 @@ mod tests {
     #[test]
     fn a_footprint_sums_its_parts_and_names_the_largest() {
         let dims = Preset::Tutorial.dims();
-        let small = Footprint::training(&dims, true, 8, 256);
+        let small = Footprint::training(&dims, true, 8, 256, OptimizerKind::AdamW);
         assert!(small.total() < 1 << 32, "{}", small.total());
-        let wide = Footprint::training(&dims, true, 1 << 20, 256);
+        let wide = Footprint::training(&dims, true, 1 << 20, 256, OptimizerKind::AdamW);
         assert_eq!(
             wide.largest(),
             Allocation::Activations {
@@ -693,5 +729,29 @@ mod tests {
                 params: dims.num_params(true) as usize
             }
         );
+    }
+
+    /// The footprint counts the floats the optimizers allocate, for both kinds.
+    #[test]
+    fn optimizer_state_is_counted_as_the_optimizer_allocates_it() {
+        for tie in [true, false] {
+            let dims = Preset::Tutorial.dims();
+            let config = crate::model::LlamaConfig {
+                tie_embeddings: tie,
+                ..Default::default()
+            };
+            let layout = crate::model::param_layout(&dims, &config);
+            for kind in [OptimizerKind::AdamW, OptimizerKind::Muon] {
+                assert_eq!(
+                    optimizer_floats(&dims, tie, kind),
+                    crate::engine::optimizer::state_floats(&layout, kind) as u128,
+                    "{kind:?}, tied {tie}"
+                );
+            }
+            assert!(
+                optimizer_floats(&dims, tie, OptimizerKind::Muon)
+                    < optimizer_floats(&dims, tie, OptimizerKind::AdamW)
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::engine::cpu::gradcheck::check_gradients;
-use crate::engine::{Cpu, Precision};
+use crate::engine::{Cpu, OptimizerSettings, Precision};
 
 fn tiny_dims() -> ModelDims {
     ModelDims {
@@ -462,7 +462,9 @@ fn bf16_logits_and_gradients_are_the_f32_ones_within_bf16_rounding() {
 fn bf16_copies_follow_every_change_of_the_weights() {
     let (mut model, inputs, targets) = tiny_f32_model(21);
     model.set_precision(Precision::Bf16).unwrap();
-    let mut optimizer = model.optimizer(0.9, 0.95, 0.1).unwrap();
+    let mut optimizer = model
+        .optimizer(OptimizerSettings::adamw(0.9, 0.95, 0.1))
+        .unwrap();
     pass(&mut model, &inputs, &targets);
     model.optimizer_step(&mut optimizer, 1e-2);
     // A model made from the stepped weights computes what the stepped model computes: its

@@ -378,6 +378,9 @@ impl ModelConfig {
 
 /// Where the model trains or generates (see [`crate::engine::Device`]).
 pub use crate::engine::Device;
+/// Which optimizer trains the block matrices (see [`crate::engine::OptimizerKind`]).
+pub use crate::engine::OptimizerKind;
+use crate::engine::OptimizerSettings;
 /// The precision of the matmuls (see [`crate::engine::Precision`]).
 pub use crate::engine::PrecisionSetting;
 /// The learning-rate schedule's settings (see [`crate::train::schedule`]).
@@ -394,6 +397,17 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 
 fn is_default_decay_fraction(value: &f64) -> bool {
     *value == DEFAULT_DECAY_FRACTION
+}
+
+/// `train.muon_lr` when a spec leaves it out: the modded-nanogpt speedruns' Muon learning rate.
+pub const DEFAULT_MUON_LR: f64 = 0.02;
+
+fn is_default_muon_lr(value: &f64) -> bool {
+    *value == DEFAULT_MUON_LR
+}
+
+fn is_default_muon_momentum(value: &f64) -> bool {
+    *value == OptimizerSettings::MUON_MOMENTUM
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -431,6 +445,20 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
+    /// `"adamw"`, or `"muon"`: Muon (momentum, then Newton–Schulz orthogonalisation) for the
+    /// 2-D weights of the blocks, AdamW (`lr`, `beta1`, `beta2`, `weight_decay`) for the
+    /// embeddings, the head and the norms.
+    #[serde(skip_serializing_if = "is_default")]
+    pub optimizer: OptimizerKind,
+    /// Muon's learning rate at the schedule's peak; warmup and decay scale it as they scale `lr`.
+    #[serde(skip_serializing_if = "is_default_muon_lr")]
+    pub muon_lr: f64,
+    /// Muon's (Nesterov) momentum, in [0, 1).
+    #[serde(skip_serializing_if = "is_default_muon_momentum")]
+    pub muon_momentum: f64,
+    /// Muon's decoupled weight decay.
+    #[serde(skip_serializing_if = "is_default")]
+    pub muon_weight_decay: f64,
     /// Global gradient-norm clip (0 disables it).
     pub grad_clip: f64,
     /// Steps between validation passes (and one after the last step).
@@ -482,6 +510,10 @@ impl Default for TrainConfig {
             weight_decay: 0.1,
             beta1: 0.9,
             beta2: 0.95,
+            optimizer: OptimizerKind::AdamW,
+            muon_lr: DEFAULT_MUON_LR,
+            muon_momentum: OptimizerSettings::MUON_MOMENTUM,
+            muon_weight_decay: 0.0,
             grad_clip: 1.0,
             eval_interval: 2000,
             eval_windows: 512,
@@ -491,6 +523,20 @@ impl Default for TrainConfig {
             seed: 1337,
             device: Device::Cpu,
             precision: PrecisionSetting::Auto,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The optimizer these settings ask for; Muon's learning rate as a multiple of `lr`, so the
+    /// schedule carries both.
+    pub fn optimizer_settings(&self) -> OptimizerSettings {
+        OptimizerSettings {
+            kind: self.optimizer,
+            muon_lr_scale: self.muon_lr / self.lr,
+            muon_momentum: self.muon_momentum,
+            muon_weight_decay: self.muon_weight_decay,
+            ..OptimizerSettings::adamw(self.beta1, self.beta2, self.weight_decay)
         }
     }
 }

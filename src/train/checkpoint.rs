@@ -1,9 +1,9 @@
 //! Training checkpoints: everything an interrupted run needs to continue with the same bits.
 //!
 //! A checkpoint is a folder `step-00000400/` (after 400 optimizer steps) holding the weights
-//! (`model.safetensors`, Hugging Face names, with `config.json`), the AdamW moments
-//! (`optimizer.safetensors`), the [`TrainingState`] (`state.json`: step, loader position,
-//! counters) and the metrics so far (`metrics.jsonl`). It is written into a hidden temporary
+//! (`model.safetensors`, Hugging Face names, with `config.json`), the optimizer's state (AdamW
+//! moments, Muon momentum: `optimizer.safetensors`), the [`TrainingState`] (`state.json`: step,
+//! loader position, counters) and the metrics so far (`metrics.jsonl`). It is written into a hidden temporary
 //! folder and renamed into place once complete, and its `checkpoint.json` lists every file's size
 //! and blake3 hash, so a folder damaged later (a truncated file, a disk error) is recognised on
 //! resume instead of being loaded as garbage.
@@ -403,6 +403,10 @@ mod tests {
             .map(|c| c.step)
             .collect();
         assert_eq!(left, vec![5, 4, 2]);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3, "nothing hidden left");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "nothing hidden left"
+        );
     }
 }

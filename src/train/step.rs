@@ -1,10 +1,10 @@
 //! One optimizer step, the way training takes it: `grad_accum_steps` micro-batches of forward
 //! and backward from the data source with their gradients summed, the global gradient norm
-//! clipped, one AdamW step. The train stage and `tinyllm bench train` both run [`Stepper::step`],
+//! clipped, one optimizer step (AdamW, or Muon for the block matrices). The train stage and `tinyllm bench train` both run [`Stepper::step`],
 //! so the benchmark times the code users run.
 
 use crate::data::loader::Loader;
-use crate::engine::{AdamWOptimizer, Backend};
+use crate::engine::{Backend, Optimizer};
 use crate::model::{Llama, ModelError, Shape};
 use crate::pipeline::spec::TrainConfig;
 
@@ -81,14 +81,14 @@ impl StepOutcome {
 /// A model, its optimizer and the token buffers of its steps: what a run trains.
 pub struct Stepper<S: Shape, B: Backend> {
     pub model: Llama<S, B>,
-    pub optimizer: AdamWOptimizer<B>,
+    pub optimizer: Optimizer<B>,
     config: StepConfig,
     inputs: Vec<u32>,
     targets: Vec<u32>,
 }
 
 impl<S: Shape, B: Backend> Stepper<S, B> {
-    pub fn new(model: Llama<S, B>, optimizer: AdamWOptimizer<B>, config: StepConfig) -> Self {
+    pub fn new(model: Llama<S, B>, optimizer: Optimizer<B>, config: StepConfig) -> Self {
         Stepper {
             model,
             optimizer,
@@ -141,10 +141,17 @@ impl<S: Shape, B: Backend> Stepper<S, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Cpu, Rng};
+    use crate::engine::{Cpu, OptimizerKind, OptimizerSettings, Precision, Rng};
     use crate::model::{LlamaConfig, ModelDims, RuntimeShape};
 
     fn tiny() -> (Stepper<RuntimeShape, Cpu<f32>>, FixedBatch) {
+        tiny_with(OptimizerSettings::adamw(0.9, 0.95, 0.1), Precision::F32)
+    }
+
+    fn tiny_with(
+        settings: OptimizerSettings,
+        precision: Precision,
+    ) -> (Stepper<RuntimeShape, Cpu<f32>>, FixedBatch) {
         let dims = ModelDims {
             dim: 16,
             n_layers: 2,
@@ -155,8 +162,9 @@ mod tests {
             max_seq_len: 8,
         };
         let shape = RuntimeShape::new(dims).unwrap();
-        let model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 7).unwrap();
-        let optimizer = model.optimizer(0.9, 0.95, 0.1).unwrap();
+        let mut model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 7).unwrap();
+        model.set_precision(precision).unwrap();
+        let optimizer = model.optimizer(settings).unwrap();
         let config = StepConfig {
             batch: 2,
             seq: 8,
@@ -217,5 +225,28 @@ mod tests {
         let diverged = stepper.step(&mut data, 1e-3).unwrap();
         assert!(!diverged.is_finite(), "{diverged:?}");
         assert_eq!(bits(&stepper), ruined, "a diverged step is not applied");
+    }
+
+    /// Muon for the block matrices (AdamW for the rest) fits a fixed batch, in f32 and in
+    /// bf16 (whose matmuls read copies remade from the f32 weights after each step).
+    #[test]
+    fn a_tiny_run_with_muon_reduces_the_loss() {
+        let muon = OptimizerSettings {
+            kind: OptimizerKind::Muon,
+            muon_lr_scale: 2.0,
+            ..OptimizerSettings::adamw(0.9, 0.95, 0.1)
+        };
+        for precision in [Precision::F32, Precision::Bf16] {
+            let (mut stepper, mut data) = tiny_with(muon, precision);
+            let before = stepper.model.params().tensors()[2].clone();
+            let losses: Vec<f64> = (0..40)
+                .map(|_| stepper.step(&mut data, 1e-2).unwrap().loss)
+                .collect();
+            let (first, last) = (losses[0], losses[39]);
+            assert!(last < 0.5 * first, "{precision}: {first} -> {last}");
+            // Tensor 2 is layer 0's q_proj, which Muon steps.
+            assert_ne!(stepper.model.params().tensors()[2], before);
+            assert_eq!(stepper.optimizer.settings().kind, OptimizerKind::Muon);
+        }
     }
 }

@@ -19,7 +19,7 @@ use super::metrics::{MetricRecord, MetricsLog, read_jsonl};
 use super::schedule::{LrSchedule, TimeBudget, progress};
 use super::step::{StepConfig, Stepper};
 use crate::data::loader::{Loader, LoaderError};
-use crate::engine::{AdamWOptimizer, Backend, DeviceInfo, Precision};
+use crate::engine::{Backend, DeviceInfo, Optimizer, Precision};
 use crate::fsutil;
 use crate::model::hf_config::{HfConfig, HfConfigError};
 use crate::model::safetensors::{self, SafetensorsError};
@@ -203,7 +203,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
     let cfg = &job.config;
     let mut model = Llama::new(backend, shape, job.llama, cfg.seed)?;
     model.set_precision(job.precision)?;
-    let optimizer = model.optimizer(cfg.beta1, cfg.beta2, cfg.weight_decay)?;
+    let optimizer = model.optimizer(cfg.optimizer_settings())?;
     // Before any batch is read: a batch too large for memory is an error now, not an abort.
     model.allocate_activations(cfg.batch_size, cfg.seq_len)?;
     let mut run = Stepper::new(model, optimizer, StepConfig::of(cfg));
@@ -486,7 +486,7 @@ pub(crate) fn save_checkpoint<S: Shape, B: Backend<Float = f32>>(
         .map_err(ModelError::from)?;
     safetensors::save(
         &staging.dir.join(OPTIMIZER_FILE),
-        &AdamWOptimizer::<B>::state_layout(run.model.layout()),
+        &Optimizer::<B>::state_layout(run.model.layout(), run.optimizer.settings().kind),
         &moments,
         &BTreeMap::new(),
     )?;
@@ -505,7 +505,8 @@ fn restore<S: Shape, B: Backend<Float = f32>>(
 ) -> Result<(TrainingState, Vec<MetricRecord>), TrainError> {
     let dir = &checkpoint.dir;
     let params = safetensors::load(&dir.join(MODEL_FILE), run.model.layout())?;
-    let moment_layout = AdamWOptimizer::<B>::state_layout(run.model.layout());
+    let moment_layout =
+        Optimizer::<B>::state_layout(run.model.layout(), run.optimizer.settings().kind);
     let moments = safetensors::load(&dir.join(OPTIMIZER_FILE), &moment_layout)?;
     run.model.load_params(&params)?;
     let state = checkpoint::read_state(checkpoint)?;

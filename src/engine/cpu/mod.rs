@@ -10,6 +10,7 @@ pub(crate) mod gradcheck;
 mod loss;
 mod matmul;
 pub(crate) mod matvec;
+mod muon;
 mod norm;
 mod optim;
 mod rope;
@@ -22,7 +23,7 @@ use rayon::prelude::*;
 
 use super::{
     AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, Float, Input, InputOf,
-    MatvecWeight, Saved, SavedOf, Write, host_copy, host_vec,
+    MatvecWeight, Muon, Saved, SavedOf, Write, host_copy, host_vec,
 };
 
 /// The device name in the CPU backend's errors.
@@ -432,6 +433,18 @@ impl<T: Float> Backend for Cpu<T> {
     }
     fn adamw(&self, param: &mut Vec<T>, grad: &Vec<T>, m: &mut Vec<T>, v: &mut Vec<T>, hp: AdamW) {
         optim::adamw(param, grad, m, v, hp);
+    }
+    fn muon(
+        &self,
+        param: &mut Vec<T>,
+        grad: &Vec<T>,
+        momentum: &mut Vec<T>,
+        scratch: &mut Vec<T>,
+        rows: usize,
+        cols: usize,
+        hp: Muon,
+    ) {
+        muon::muon(param, grad, momentum, scratch, rows, cols, hp);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The rules of a spec that its types cannot express, checked once when the spec is loaded so
 //! that a mistake is reported before any stage runs.
 
-use super::{Device, PipelineSpec, TextFormat};
+use super::{Device, OptimizerKind, PipelineSpec, TextFormat};
 use crate::model::{Allocation, Footprint, ModelDims};
 use crate::tokenizer::{MAX_VOCAB_SIZE, MIN_VOCAB};
 
@@ -193,7 +193,13 @@ impl PipelineSpec {
             );
         }
         if t.device == Device::Cpu {
-            training_fits(&dims, m.tie_embeddings, t.batch_size, t.seq_len)?;
+            training_fits(
+                &dims,
+                m.tie_embeddings,
+                t.batch_size,
+                t.seq_len,
+                t.optimizer,
+            )?;
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return fail("train.lr", format!("{} must be positive", t.lr));
@@ -215,6 +221,21 @@ impl PipelineSpec {
             return fail(
                 "train.weight_decay",
                 format!("{} must not be negative", t.weight_decay),
+            );
+        }
+        if !(t.muon_lr > 0.0 && t.muon_lr.is_finite()) {
+            return fail("train.muon_lr", format!("{} must be positive", t.muon_lr));
+        }
+        if !(0.0..1.0).contains(&t.muon_momentum) {
+            return fail(
+                "train.muon_momentum",
+                format!("{} must be in [0, 1)", t.muon_momentum),
+            );
+        }
+        if !(t.muon_weight_decay >= 0.0 && t.muon_weight_decay.is_finite()) {
+            return fail(
+                "train.muon_weight_decay",
+                format!("{} must not be negative", t.muon_weight_decay),
             );
         }
         for (key, beta) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
@@ -288,14 +309,13 @@ fn training_fits(
     tie_embeddings: bool,
     batch: usize,
     seq: usize,
+    optimizer: OptimizerKind,
 ) -> Result<(), Violation> {
-    let Err(too_large) = Footprint::training(dims, tie_embeddings, batch, seq).check("training")
-    else {
+    let footprint = |batch| Footprint::training(dims, tie_embeddings, batch, seq, optimizer);
+    let Err(too_large) = footprint(batch).check("training") else {
         return Ok(());
     };
-    let (key, what) = if batch > 1
-        && Footprint::training(dims, tie_embeddings, 1, seq).total() <= too_large.limit.bytes
-    {
+    let (key, what) = if batch > 1 && footprint(1).total() <= too_large.limit.bytes {
         ("train.batch_size", Allocation::Activations { batch, seq })
     } else {
         let one_layer = ModelDims {
@@ -363,6 +383,33 @@ mod tests {
             .unwrap_err();
         assert_eq!(violation.key, "model.vocab_size");
         assert!(spec("").validate().is_ok());
+    }
+
+    #[test]
+    fn muon_settings_out_of_range_name_their_key() {
+        for (toml, key) in [
+            ("muon_lr = 0.0", "train.muon_lr"),
+            ("muon_lr = inf", "train.muon_lr"),
+            ("muon_momentum = 1.0", "train.muon_momentum"),
+            ("muon_momentum = -0.1", "train.muon_momentum"),
+            ("muon_weight_decay = -1.0", "train.muon_weight_decay"),
+            ("muon_weight_decay = nan", "train.muon_weight_decay"),
+        ] {
+            let violation = spec(&format!("[train]\noptimizer = \"muon\"\n{toml}\n"))
+                .validate()
+                .unwrap_err();
+            assert_eq!(violation.key, key, "{toml}");
+        }
+        assert!(spec("[train]\noptimizer = \"muon\"\n").validate().is_ok());
+        let unknown = toml::from_str::<PipelineSpec>(
+            "[pipeline]\nname = \"t\"\n[train]\noptimizer = \"sgd\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            unknown.contains("optimizer") && unknown.contains("sgd"),
+            "{unknown}"
+        );
     }
 
     #[test]

@@ -48,6 +48,10 @@ fn full_spec() -> PipelineSpec {
     spec.train.max_time = Some("10m".parse().unwrap());
     spec.train.schedule = crate::pipeline::spec::ScheduleKind::Wsd;
     spec.train.decay_fraction = 0.3;
+    spec.train.optimizer = crate::pipeline::spec::OptimizerKind::Muon;
+    spec.train.muon_lr = 0.03;
+    spec.train.muon_momentum = 0.9;
+    spec.train.muon_weight_decay = 0.01;
     spec
 }
 
@@ -82,6 +86,7 @@ fn changed(path: &str, value: &Json) -> Json {
         ("sample.precision", "f32"),
         ("train.max_time", "20m"),
         ("train.schedule", "wsd_sqrt"),
+        ("train.optimizer", "adamw"),
     ];
     if let Some((_, other)) = other_variant.iter().find(|(p, _)| *p == path) {
         return json!(other);
@@ -395,7 +400,15 @@ fn a_time_budget_is_keyed_and_settings_at_their_defaults_are_not() {
     };
     let plain = key(&|_| {});
     // Keys written before these settings existed still match.
-    for absent in ["max_time", "schedule", "decay_fraction"] {
+    for absent in [
+        "max_time",
+        "schedule",
+        "decay_fraction",
+        "optimizer",
+        "muon_lr",
+        "muon_momentum",
+        "muon_weight_decay",
+    ] {
         assert!(
             plain["train"].get(absent).is_none(),
             "{absent} is in {plain}"
@@ -413,4 +426,7 @@ fn a_time_budget_is_keyed_and_settings_at_their_defaults_are_not() {
             .unwrap()
     });
     assert_eq!(fraction["train"]["min_lr"], "10%");
+    let muon = key(&|s| s.train.optimizer = crate::pipeline::spec::OptimizerKind::Muon);
+    assert_eq!(muon["train"]["optimizer"], "muon");
+    assert_ne!(muon, plain);
 }

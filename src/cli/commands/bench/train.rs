@@ -9,8 +9,9 @@ use clap::Args;
 use super::print_figures;
 use crate::bench::train::{RunPlan, TrainBench, run};
 use crate::cli::args::{BenchRun, parse_preset, set_threads};
-use crate::engine::{Device, PrecisionSetting};
+use crate::engine::{Device, OptimizerKind, PrecisionSetting};
 use crate::model::{Footprint, ModelDims, Preset, ShapeError};
+use crate::pipeline::spec::TrainConfig;
 use crate::pipeline::{self, SpecSources};
 use crate::train::step::StepConfig;
 
@@ -20,9 +21,11 @@ use crate::train::step::StepConfig;
 #[command(after_help = "Examples:\n  \
     tinyllm bench train --preset tutorial --batch 8 --seq 256\n  \
     tinyllm bench train --preset tutorial --precision f32\n  \
+    tinyllm bench train --preset tutorial --optimizer muon\n  \
     tinyllm bench train --preset stories110M --device cuda\n  \
     tinyllm bench train --dim 128 --n-layers 4 --n-heads 4 --n-kv-heads 2 --vocab-size 512 --threads 1 --json\n  \
-    tinyllm bench train --spec pipelines/tinystories-10min.toml --val-windows 1488\n\n\
+    tinyllm bench train --spec pipelines/tinystories-10min.toml --val-windows 1488\n  \
+    tinyllm bench train --spec pipelines/tinystories-10min.toml --set train.optimizer=muon\n\n\
     With --spec, the model, batch, sequence, accumulation and clipping are the pipeline's, and\n\
     the figures end with an estimate of a whole run of it: its steps, validation passes,\n\
     checkpoints and metrics log, each timed the way the trainer runs them.")]
@@ -31,8 +34,15 @@ pub struct TrainArgs {
     #[arg(long, value_name = "PRESET", value_parser = parse_preset, conflicts_with = "dim")]
     preset: Option<Preset>,
     /// A pipeline spec whose model and train settings to measure, with a whole run's time.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["preset", "dim", "batch", "seq", "grad_accum"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["preset", "dim", "batch", "seq", "grad_accum", "optimizer"])]
     spec: Option<PathBuf>,
+    /// Overrides a key of the spec, as `tinyllm run --set` does (`train.optimizer=muon`).
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "spec")]
+    sets: Vec<String>,
+    /// The optimizer a step runs: adamw, or muon (Muon for the block matrices, at the spec
+    /// defaults). Default: the spec's train.optimizer with --spec, else adamw.
+    #[arg(long, value_name = "OPTIMIZER", value_parser = parse_optimizer)]
+    optimizer: Option<OptimizerKind>,
     /// Windows in one validation pass (default: the spec's train.eval_windows; needed when
     /// that is 0, "every window of the split").
     #[arg(long, value_name = "N", requires = "spec")]
@@ -109,12 +119,18 @@ pub fn exec(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         steps: args.steps,
         device: args.run.device,
         precision: args.precision.unwrap_or_default().resolve(args.run.device),
+        optimizer: TrainConfig {
+            optimizer: args.optimizer.unwrap_or_default(),
+            ..TrainConfig::default()
+        }
+        .optimizer_settings(),
         run: None,
         ops: args.ops,
     };
     if let Some(path) = args.spec {
         let loaded = pipeline::load(&SpecSources {
             spec: path,
+            sets: args.sets,
             ..SpecSources::default()
         })?;
         let spec = &loaded.variants[0].spec;
@@ -132,6 +148,7 @@ pub fn exec(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
             .map_err(|v| anyhow::anyhow!("{}: {}", v.key, v.message))?;
         bench.preset = spec.model.preset;
         bench.step = StepConfig::of(t);
+        bench.optimizer = t.optimizer_settings();
         bench.precision = args
             .precision
             .unwrap_or(t.precision)
@@ -166,7 +183,8 @@ fn check_fits(bench: &TrainBench) -> Result<()> {
         );
     }
     if bench.device == Device::Cpu {
-        let footprint = |batch| Footprint::training(dims, true, batch, bench.step.seq);
+        let footprint =
+            |batch| Footprint::training(dims, true, batch, bench.step.seq, bench.optimizer.kind);
         if let Err(too_large) = footprint(bench.step.batch).check("this benchmark") {
             // The batch is the knob when a batch of one fits.
             let knob = if footprint(1).total() <= too_large.limit.bytes {
@@ -178,4 +196,12 @@ fn check_fits(bench: &TrainBench) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_optimizer(name: &str) -> Result<OptimizerKind, String> {
+    match name {
+        "adamw" => Ok(OptimizerKind::AdamW),
+        "muon" => Ok(OptimizerKind::Muon),
+        _ => Err(format!("{name:?} is not an optimizer: use adamw or muon")),
+    }
 }
