@@ -97,6 +97,31 @@ extern "C" __global__ void adamw(float* param, const float* grad, float* m, floa
     }
 }
 
+// Muon's momentum: buf = momentum * buf + g; the update is g + momentum * buf (Nesterov) or buf.
+extern "C" __global__ void muon_momentum(float* buf, const float* grad, float* update,
+                                         float momentum, int nesterov, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float g = grad[i];
+        float b = momentum * buf[i] + g;
+        buf[i] = b;
+        update[i] = nesterov ? g + momentum * b : b;
+    }
+}
+
+// x /= (sqrt(sum_squares[0]) + 1e-7), the norm computed on the device (no round trip).
+extern "C" __global__ void muon_normalize(float* x, const double* sum_squares, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= (float)(1.0 / (sqrt(sum_squares[0]) + 1e-7));
+}
+
+// param = param * decay - step * update (decoupled weight decay, then Muon's step).
+extern "C" __global__ void muon_apply(float* param, const float* update, float decay, float step,
+                                      long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) param[i] = param[i] * decay - step * update[i];
+}
+
 // Σ x (squares = 0) or Σ x² (squares = 1) in f64, by one block of BLOCK threads in a fixed order.
 extern "C" __global__ void sum_f64(double* out, const float* x, long long n, int squares) {
     __shared__ double shared[BLOCK];

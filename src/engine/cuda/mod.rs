@@ -22,20 +22,21 @@ use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 use super::{
-    AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, Input, InputOf, Saved, SavedOf,
-    Write, host_vec,
+    AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, Input, InputOf, Muon,
+    NEWTON_SCHULZ, Saved, SavedOf, Write, host_vec,
 };
 
 /// The kernels' CUDA C source.
 pub const KERNELS_CU: &str = include_str!("kernels.cu");
 
 /// Every kernel of [`KERNELS_CU`], loaded when a [`Cuda`] is made.
-pub const KERNEL_NAMES: [&str; 23] = [
+pub const KERNEL_NAMES: [&str; 26] = [
     "add",
     "add_assign",
     "scale",
@@ -45,6 +46,9 @@ pub const KERNEL_NAMES: [&str; 23] = [
     "swiglu_forward",
     "swiglu_backward",
     "adamw",
+    "muon_momentum",
+    "muon_normalize",
+    "muon_apply",
     "sum_f64",
     "embedding_forward",
     "embedding_backward",
@@ -245,9 +249,9 @@ impl Cuda {
     fn gemm(
         &self,
         config: GemmConfig<f32>,
-        a: &CudaSlice<f32>,
-        b: &CudaSlice<f32>,
-        c: &mut CudaSlice<f32>,
+        a: &impl DevicePtr<f32>,
+        b: &impl DevicePtr<f32>,
+        c: &mut impl DevicePtrMut<f32>,
     ) {
         // SAFETY: the callers derive m, n, k and the leading dimensions from the buffers' shapes
         // (the Backend contract), so cuBLAS stays inside them.
@@ -798,6 +802,140 @@ impl Backend for Cuda {
             &decay,
             &correction1,
             &correction2,
+            &n
+        );
+    }
+
+    // Row-major matrices are column-major transposes: the rows × cols update `x` is stored as
+    // S = xᵀ (cols × rows, leading dimension cols). Each Newton–Schulz iteration takes the
+    // smaller Gram matrix G (x·xᵀ = SᵀS when wide, xᵀ·x = S·Sᵀ when tall), P = b·G + c·G², and
+    // next = a·x + P·x (wide: a·S + S·P) or a·x + x·P (tall: a·S + P·S); G and P are
+    // symmetric, so no transpose is ever copied.
+    fn muon(
+        &self,
+        param: &mut CudaSlice<f32>,
+        grad: &CudaSlice<f32>,
+        momentum: &mut CudaSlice<f32>,
+        scratch: &mut CudaSlice<f32>,
+        rows: usize,
+        cols: usize,
+        hp: Muon,
+    ) {
+        let len = rows * cols;
+        let side = rows.min(cols);
+        assert_eq!(param.len(), len);
+        assert_eq!(grad.len(), len);
+        assert_eq!(momentum.len(), len);
+        assert!(scratch.len() >= self.muon_scratch_len(rows, cols));
+        let (mut update, mut rest) = scratch.split_at_mut(len);
+        let (mut next, mut rest) = rest.split_at_mut(len);
+        let (mut gram, mut rest) = rest.split_at_mut(side * side);
+        let mut poly = rest.slice_mut(..side * side);
+
+        let n = len as i64;
+        let (mu, nesterov) = (hp.momentum as f32, i32::from(hp.nesterov));
+        launch!(
+            self,
+            "muon_momentum",
+            elementwise(len),
+            &mut *momentum,
+            grad,
+            &mut update,
+            &mu,
+            &nesterov,
+            &n
+        );
+        let mut sum_squares = self
+            .stream
+            .alloc_zeros::<f64>(1)
+            .expect("CUDA allocation failed");
+        let squares = 1i32;
+        launch!(
+            self,
+            "sum_f64",
+            blocks(1, BLOCK),
+            &mut sum_squares,
+            &mut update,
+            &n,
+            &squares
+        );
+        launch!(
+            self,
+            "muon_normalize",
+            elementwise(len),
+            &mut update,
+            &sum_squares,
+            &n
+        );
+
+        let (a, b, c) = NEWTON_SCHULZ;
+        let (a, b, c) = (a as f32, b as f32, c as f32);
+        let wide = rows <= cols;
+        let [r, cl, s] = [rows, cols, side].map(|d| d as i32);
+        let mut current = update;
+        for _ in 0..hp.ns_steps {
+            let gram_config = GemmConfig {
+                transa: if wide { T } else { N },
+                transb: if wide { N } else { T },
+                m: s,
+                n: s,
+                k: if wide { cl } else { r },
+                alpha: 1.0,
+                lda: cl,
+                ldb: cl,
+                beta: 0.0,
+                ldc: s,
+            };
+            self.gemm(gram_config, &current, &current, &mut gram);
+            self.stream
+                .memcpy_dtod(&gram, &mut poly)
+                .expect("CUDA copy failed");
+            let square = GemmConfig {
+                transa: N,
+                transb: N,
+                m: s,
+                n: s,
+                k: s,
+                alpha: c,
+                lda: s,
+                ldb: s,
+                beta: b,
+                ldc: s,
+            };
+            self.gemm(square, &gram, &gram, &mut poly);
+            self.stream
+                .memcpy_dtod(&current, &mut next)
+                .expect("CUDA copy failed");
+            let apply = GemmConfig {
+                transa: N,
+                transb: N,
+                m: cl,
+                n: r,
+                k: s,
+                alpha: 1.0,
+                lda: if wide { cl } else { s },
+                ldb: if wide { s } else { cl },
+                beta: a,
+                ldc: cl,
+            };
+            if wide {
+                self.gemm(apply, &current, &poly, &mut next);
+            } else {
+                self.gemm(apply, &poly, &current, &mut next);
+            }
+            std::mem::swap(&mut current, &mut next);
+        }
+
+        let decay = (1.0 - hp.lr * hp.weight_decay) as f32;
+        let step = (hp.lr * (rows as f64 / cols as f64).max(1.0).sqrt()) as f32;
+        launch!(
+            self,
+            "muon_apply",
+            elementwise(len),
+            &mut *param,
+            &mut current,
+            &decay,
+            &step,
             &n
         );
     }

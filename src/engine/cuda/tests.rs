@@ -197,6 +197,55 @@ impl Pair {
     }
 }
 
+/// Muon on wide, tall and square matrices, two steps (so the momentum carries over), with and
+/// without Nesterov: the same weights and momentum as the CPU's.
+#[test]
+#[ignore = "needs an NVIDIA GPU (scripts/gpu-check.sh)"]
+fn gpu_muon_matches_the_cpu() {
+    let mut p = Pair::new();
+    for (rows, cols, nesterov) in [(96, 288, true), (768, 288, true), (64, 64, false)] {
+        let hp = crate::engine::Muon {
+            lr: 0.02,
+            momentum: 0.95,
+            nesterov,
+            ns_steps: 5,
+            weight_decay: 0.1,
+        };
+        let len = rows * cols;
+        let (mut param, mut gparam) = p.both(len);
+        let (mut momentum, mut gmomentum) = (vec![0.0; len], p.gpu.zeros(len).unwrap());
+        let mut scratch = vec![0.0; p.cpu.muon_scratch_len(rows, cols)];
+        let mut gscratch = p.gpu.zeros(p.gpu.muon_scratch_len(rows, cols)).unwrap();
+        for _ in 0..2 {
+            let (grad, ggrad) = p.both(len);
+            p.cpu.muon(
+                &mut param,
+                &grad,
+                &mut momentum,
+                &mut scratch,
+                rows,
+                cols,
+                hp,
+            );
+            p.gpu.muon(
+                &mut gparam,
+                &ggrad,
+                &mut gmomentum,
+                &mut gscratch,
+                rows,
+                cols,
+                hp,
+            );
+        }
+        p.same(&format!("muon param {rows}x{cols}"), &param, &gparam);
+        p.same(
+            &format!("muon momentum {rows}x{cols}"),
+            &momentum,
+            &gmomentum,
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU (scripts/gpu-check.sh)"]
 fn gpu_elementwise_ops_and_reductions_match_the_cpu() {
