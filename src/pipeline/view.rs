@@ -91,6 +91,8 @@ pub struct SampleView {
 }
 
 /// One stage's view of a spec.
+// A few are made per run, so the train view's size (its settings) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StageView {
     Download(DownloadView),
