@@ -466,7 +466,10 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         let params = self.num_params();
         let floats = optimizer::state_floats(&self.layout, settings.kind);
         Optimizer::new(&self.backend, &self.layout, settings).map_err(ModelError::allocating(
-            Allocation::OptimizerMoments { params },
+            Allocation::OptimizerMoments {
+                params,
+                optimizer: settings.kind,
+            },
             float_bytes::<B::Float>(floats, 1),
         ))
     }

@@ -20,7 +20,10 @@ pub enum Allocation {
     HostWeights { params: usize },
     /// The optimizer's state: AdamW's two moments per weight, or one momentum per weight of the
     /// matrices Muon steps (and its working space).
-    OptimizerMoments { params: usize },
+    OptimizerMoments {
+        params: usize,
+        optimizer: OptimizerKind,
+    },
     /// The buffers of one forward and backward pass.
     Activations { batch: usize, seq: usize },
     /// The decoder's KV cache and working buffers.
@@ -75,9 +78,13 @@ impl std::fmt::Display for Allocation {
                 "a host copy of the weights of a {}-parameter model",
                 count(params)
             ),
-            Allocation::OptimizerMoments { params } => write!(
+            Allocation::OptimizerMoments { params, optimizer } => write!(
                 f,
-                "the optimizer state of a {}-parameter model",
+                "{} of a {}-parameter model",
+                match optimizer {
+                    OptimizerKind::AdamW => "the AdamW moments",
+                    OptimizerKind::Muon => "the AdamW moments and Muon momentum",
+                },
                 count(params)
             ),
             Allocation::Activations { batch, seq } => {
@@ -235,7 +242,10 @@ impl Footprint {
                     Allocation::Parameters { params },
                     float_bytes::<f32>(params, 2),
                 ),
-                (Allocation::OptimizerMoments { params }, optimizer_bytes),
+                (
+                    Allocation::OptimizerMoments { params, optimizer },
+                    optimizer_bytes,
+                ),
                 (Allocation::Activations { batch, seq }, activations),
                 (
                     Allocation::HostWeights { params },
