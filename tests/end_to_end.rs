@@ -96,7 +96,7 @@ fn shipped_pipeline_downloads_caches_verifies_and_cleans() {
 
 #[test]
 #[ignore = "end-to-end: run by .ci/run in release mode"]
-fn the_ten_minute_pipeline_trains_the_tutorial_model_and_a_rerun_is_cached() {
+fn the_ten_minute_pipeline_trains_and_a_rerun_is_cached() {
     if shared_tinystories().is_none() {
         return;
     }
