@@ -497,6 +497,11 @@ pub trait Backend: Send + Sync {
     fn sum(&self, buf: &Self::Buf) -> f64;
     /// Sum of squares of a buffer, accumulated in f64 in a fixed order.
     fn sum_squares(&self, buf: &Self::Buf) -> f64;
+    /// Σ over `bufs` of their sums of squares, in a fixed order: the squared global gradient
+    /// norm. One call, so a GPU reads one number back per step rather than one per tensor.
+    fn sum_squares_all(&self, bufs: &[Self::Buf]) -> f64 {
+        bufs.iter().map(|buf| self.sum_squares(buf)).sum()
+    }
     /// `buf *= factor`.
     fn scale(&self, buf: &mut Self::Buf, factor: f64);
     /// One AdamW step of a tensor (decoupled weight decay).

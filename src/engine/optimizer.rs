@@ -317,11 +317,7 @@ impl<B: Backend> Optimizer<B> {
 /// The global L2 norm of all gradients; when it exceeds `max_norm` (> 0), scales them down to it.
 /// Returns the norm before clipping.
 pub fn clip_grad_norm<B: Backend>(backend: &B, grads: &mut [B::Buf], max_norm: f64) -> f64 {
-    let norm = grads
-        .iter()
-        .map(|g| backend.sum_squares(g))
-        .sum::<f64>()
-        .sqrt();
+    let norm = backend.sum_squares_all(grads).sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let factor = max_norm / (norm + 1e-6);
         for grad in grads.iter_mut() {

@@ -346,6 +346,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn sum_squares(&self, buf: &B::Buf) -> f64 {
         self.timed("sum_squares", |b| b.sum_squares(buf))
     }
+    fn sum_squares_all(&self, bufs: &[B::Buf]) -> f64 {
+        self.timed("sum_squares", |b| b.sum_squares_all(bufs))
+    }
     fn scale(&self, buf: &mut B::Buf, factor: f64) {
         self.timed("scale", |b| b.scale(buf, factor))
     }

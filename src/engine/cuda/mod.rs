@@ -12,13 +12,13 @@
 //! and every launch sits here beside the others so that `tests.rs` can check each one against the
 //! signature of the kernel it calls (it parses this file's `launch!` calls).
 
+mod gemm;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
@@ -257,6 +257,47 @@ impl Cuda {
         // (the Backend contract), so cuBLAS stays inside them.
         unsafe { self.blas.gemm(config, a, b, c) }.expect("cuBLAS sgemm failed");
     }
+
+    /// `gemm` on bf16 operands (their bits) into an f32 `c`, on the tensor cores: cuBLAS GemmEx
+    /// with f32 compute, so products are exact and sums are f32, as on the CPU.
+    fn gemm_bf16(
+        &self,
+        config: GemmConfig<f32>,
+        a: &CudaSlice<u16>,
+        b: &CudaSlice<u16>,
+        c: &mut CudaSlice<f32>,
+    ) {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+        let (a, _a_in_use) = a.device_ptr(&self.stream);
+        let (b, _b_in_use) = b.device_ptr(&self.stream);
+        let (c, _c_in_use) = c.device_ptr_mut(&self.stream);
+        // SAFETY: as for `gemm`: the shapes come from the buffers'; the pointers stay valid while
+        // their guards live, to the end of this call, and the stream orders every use of them.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                config.transa,
+                config.transb,
+                config.m,
+                config.n,
+                config.k,
+                (&config.alpha) as *const f32 as *const _,
+                a as *const _,
+                cudaDataType::CUDA_R_16BF,
+                config.lda,
+                b as *const _,
+                cudaDataType::CUDA_R_16BF,
+                config.ldb,
+                (&config.beta) as *const f32 as *const _,
+                c as *mut _,
+                cudaDataType::CUDA_R_32F,
+                config.ldc,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .expect("cuBLAS bf16 GemmEx failed");
+    }
 }
 
 /// Launches kernel `$name` with `$config` and the arguments in order (buffers as `&`/`&mut`,
@@ -292,9 +333,6 @@ fn blocks(count: usize, threads: u32) -> LaunchConfig {
 fn columns(c: usize) -> LaunchConfig {
     blocks(c.div_ceil(BLOCK as usize), BLOCK)
 }
-
-const N: cublasOperation_t = cublasOperation_t::CUBLAS_OP_N;
-const T: cublasOperation_t = cublasOperation_t::CUBLAS_OP_T;
 
 impl Backend for Cuda {
     type Float = f32;
@@ -446,8 +484,7 @@ impl Backend for Cuda {
         );
     }
 
-    // Row-major buffers are column-major transposes: out[n, oc] = inp[n, ic] · w[oc, ic]ᵀ is,
-    // column-major, outᵀ (oc × n) = op(w) (oc × ic) · inpᵀ (ic × n), with op = transpose.
+    // The cuBLAS calls and their operands' order: `gemm.rs`.
     fn matmul_forward(
         &self,
         out: &mut CudaSlice<f32>,
@@ -457,19 +494,7 @@ impl Backend for Cuda {
         oc: usize,
     ) {
         let n = inp.len() / ic;
-        let config = GemmConfig {
-            transa: T,
-            transb: N,
-            m: oc as i32,
-            n: n as i32,
-            k: ic as i32,
-            alpha: 1.0,
-            lda: ic as i32,
-            ldb: ic as i32,
-            beta: 0.0,
-            ldc: oc as i32,
-        };
-        self.gemm(config, w, inp, out);
+        self.gemm(gemm::matmul_forward(ic, oc, n), w, inp, out);
     }
     fn matmul_backward(
         &self,
@@ -483,37 +508,10 @@ impl Backend for Cuda {
         dinp_write: Write,
     ) {
         let n = inp.len() / ic;
-        // dinpᵀ (ic × n) (+)= w (ic × oc, column-major) · doutᵀ (oc × n)
-        let config = GemmConfig {
-            transa: N,
-            transb: N,
-            m: ic as i32,
-            n: n as i32,
-            k: oc as i32,
-            alpha: 1.0,
-            lda: ic as i32,
-            ldb: oc as i32,
-            beta: match dinp_write {
-                Write::Overwrite => 0.0,
-                Write::Accumulate => 1.0,
-            },
-            ldc: ic as i32,
-        };
+        let accumulate = dinp_write == Write::Accumulate;
+        let config = gemm::matmul_backward_input(ic, oc, n, accumulate);
         self.gemm(config, w, dout, dinp);
-        // dwᵀ (ic × oc) += inpᵀ (ic × n) · dout (n × oc)
-        let config = GemmConfig {
-            transa: N,
-            transb: T,
-            m: ic as i32,
-            n: oc as i32,
-            k: n as i32,
-            alpha: 1.0,
-            lda: ic as i32,
-            ldb: oc as i32,
-            beta: 1.0,
-            ldc: ic as i32,
-        };
-        self.gemm(config, inp, dout, dw);
+        self.gemm(gemm::matmul_backward_weight(ic, oc, n), inp, dout, dw);
     }
 
     fn half_zeros(&self, len: usize) -> Result<CudaSlice<u16>, EngineError> {
@@ -545,9 +543,10 @@ impl Backend for Cuda {
         }
         Ok(host)
     }
-    // The f32 sgemms on operands rounded through bf16: a product of two bf16 values is exact in
-    // f32, so this is the bf16 product summed in f32 that the CPU computes. Simple, not fast:
-    // sgemm instead of tensor cores, and f32 scratch copies allocated per call.
+    // bf16 operands on the tensor cores (cuBLAS GemmEx, f32 accumulation and output): the
+    // weight is the bf16 copy the optimizer refreshes, the activation operand is rounded to bf16
+    // here, as the CPU rounds it while packing. A product of two bf16 values is exact in f32, so
+    // this is the CPU's bf16 product summed in f32, in another order.
     fn matmul_forward_half(
         &self,
         out: &mut CudaSlice<f32>,
@@ -556,9 +555,9 @@ impl Backend for Cuda {
         ic: usize,
         oc: usize,
     ) {
-        let inp = self.rounded_through_bf16(inp);
-        let w = self.widened(w);
-        self.matmul_forward(out, &inp, &w, ic, oc);
+        let n = inp.len() / ic;
+        let inp = self.rounded_to_bf16(inp);
+        self.gemm_bf16(gemm::matmul_forward(ic, oc, n), w, &inp, out);
     }
     fn matmul_backward_half(
         &self,
@@ -571,10 +570,13 @@ impl Backend for Cuda {
         oc: usize,
         dinp_write: Write,
     ) {
-        let dout = self.rounded_through_bf16(dout);
-        let inp = self.rounded_through_bf16(inp);
-        let w = self.widened(w);
-        self.matmul_backward(dinp, dw, &dout, &inp, &w, ic, oc, dinp_write);
+        let n = inp.len() / ic;
+        let dout = self.rounded_to_bf16(dout);
+        let inp = self.rounded_to_bf16(inp);
+        let accumulate = dinp_write == Write::Accumulate;
+        let config = gemm::matmul_backward_input(ic, oc, n, accumulate);
+        self.gemm_bf16(config, w, &dout, dinp);
+        self.gemm_bf16(gemm::matmul_backward_weight(ic, oc, n), &inp, &dout, dw);
     }
 
     fn rope_forward(
@@ -806,11 +808,8 @@ impl Backend for Cuda {
         );
     }
 
-    // Row-major matrices are column-major transposes: the rows × cols update `x` is stored as
-    // S = xᵀ (cols × rows, leading dimension cols). Each Newton–Schulz iteration takes the
-    // smaller Gram matrix G (x·xᵀ = SᵀS when wide, xᵀ·x = S·Sᵀ when tall), P = b·G + c·G², and
-    // next = a·x + P·x (wide: a·S + S·P) or a·x + x·P (tall: a·S + P·S); G and P are
-    // symmetric, so no transpose is ever copied.
+    // Newton–Schulz over the smaller Gram matrix, three cuBLAS products per iteration: see
+    // `gemm::newton_schulz`.
     fn muon(
         &self,
         param: &mut CudaSlice<f32>,
@@ -869,59 +868,21 @@ impl Backend for Cuda {
         );
 
         let (a, b, c) = NEWTON_SCHULZ;
-        let (a, b, c) = (a as f32, b as f32, c as f32);
-        let wide = rows <= cols;
-        let [r, cl, s] = [rows, cols, side].map(|d| d as i32);
+        let ns = gemm::newton_schulz(rows, cols, (a as f32, b as f32, c as f32));
         let mut current = update;
         for _ in 0..hp.ns_steps {
-            let gram_config = GemmConfig {
-                transa: if wide { T } else { N },
-                transb: if wide { N } else { T },
-                m: s,
-                n: s,
-                k: if wide { cl } else { r },
-                alpha: 1.0,
-                lda: cl,
-                ldb: cl,
-                beta: 0.0,
-                ldc: s,
-            };
-            self.gemm(gram_config, &current, &current, &mut gram);
+            self.gemm(ns.gram, &current, &current, &mut gram);
             self.stream
                 .memcpy_dtod(&gram, &mut poly)
                 .expect("CUDA copy failed");
-            let square = GemmConfig {
-                transa: N,
-                transb: N,
-                m: s,
-                n: s,
-                k: s,
-                alpha: c,
-                lda: s,
-                ldb: s,
-                beta: b,
-                ldc: s,
-            };
-            self.gemm(square, &gram, &gram, &mut poly);
+            self.gemm(ns.poly, &gram, &gram, &mut poly);
             self.stream
                 .memcpy_dtod(&current, &mut next)
                 .expect("CUDA copy failed");
-            let apply = GemmConfig {
-                transa: N,
-                transb: N,
-                m: cl,
-                n: r,
-                k: s,
-                alpha: 1.0,
-                lda: if wide { cl } else { s },
-                ldb: if wide { s } else { cl },
-                beta: a,
-                ldc: cl,
-            };
-            if wide {
-                self.gemm(apply, &current, &poly, &mut next);
+            if ns.poly_first {
+                self.gemm(ns.apply, &poly, &current, &mut next);
             } else {
-                self.gemm(apply, &poly, &current, &mut next);
+                self.gemm(ns.apply, &current, &poly, &mut next);
             }
             std::mem::swap(&mut current, &mut next);
         }
@@ -1108,18 +1069,12 @@ impl Cuda {
             .unwrap_or_else(|e| panic!("the bf16 matmul's working copy: {e}"))
     }
 
-    /// `src` rounded to bf16 and widened back, in a new buffer.
-    fn rounded_through_bf16(&self, src: &CudaSlice<f32>) -> CudaSlice<f32> {
-        let mut dst = self.matmul_scratch(src.len());
-        let n = src.len() as i64;
-        launch!(
-            self,
-            "round_through_bf16",
-            elementwise(src.len()),
-            &mut dst,
-            src,
-            &n
-        );
+    /// `src` rounded to bf16 (its bits), in a new buffer: a matmul's activation operand.
+    fn rounded_to_bf16(&self, src: &CudaSlice<f32>) -> CudaSlice<u16> {
+        let mut dst = self
+            .alloc_zeros::<u16>(src.len())
+            .unwrap_or_else(|e| panic!("the bf16 matmul's working copy: {e}"));
+        self.round_to_half(&mut dst, src);
         dst
     }
 
