@@ -139,6 +139,8 @@ section_ops() {
     jrec ops gpu_tests_listed "$listed"
     grep -q 'gpu_attention_and_layer_ops_match_the_cpu_at_seq_1024: test' "$WORK/ops-list.txt" ||
       { say "  the seq-1024 test is missing from the test binary"; return 1; }
+    # With NVRTC 13 found, the kernels must compile here too (the test may not skip).
+    [[ -n $NVRTC13 ]] && export TINYLLM_REQUIRE_NVRTC=1
     "$TESTS" engine::cuda --test-threads 1 2>&1 | tee "$WORK/ops.txt"
   else
     # TINYLLM_REQUIRE_NVRTC: the kernel compile test may not skip for want of NVRTC.
@@ -700,18 +702,20 @@ for root in roots:
   mkdir -p "$shim"
   [[ -n $cublas13 ]] && ln -sf "$cublas13" "$shim/libcublas.so"
   [[ -n $nvrtc13 ]] && ln -sf "$nvrtc13" "$shim/libnvrtc.so"
-  export LD_LIBRARY_PATH="$shim${path:+:$path}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export LD_LIBRARY_PATH="$shim${path:+:$path}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" NVRTC13=$nvrtc13
   say "  libcublas: ${cublas13:-no libcublas.so.13}${cublas12:+ (CUDA 12: $cublas12)}"
   say "  libnvrtc:  ${nvrtc13:-no libnvrtc.so.13}${nvrtc12:+ (CUDA 12: $nvrtc12)}"
   say "  LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   jrec env libcublas "$(jstr "${cublas13:-${cublas12:-none}}")"
   jrec env libnvrtc "$(jstr "${nvrtc13:-${nvrtc12:-none}}")"
   if [[ -z $cublas13 || -z $nvrtc13 ]]; then
+    local missing=""
+    [[ -z $cublas13 ]] && missing+=" libcublas.so.13"
+    [[ -z $nvrtc13 ]] && missing+=" libnvrtc.so.13"
+    say "  WARNING: not found:$missing, which the binaries load (cudarc's cuda-13000 build)"
     if [[ -n $cublas12 || -n $nvrtc12 ]]; then
-      say "  WARNING: only CUDA 12 libraries here, but the binaries are built for CUDA 13 (cudarc's"
-      say "  cuda-13000): failures below may come from that alone (pip install nvidia-cublas nvidia-cuda-nvrtc for CUDA 13)"
-    else
-      say "  WARNING: no CUDA 13 cuBLAS/NVRTC found: the GPU sections will fail to load them"
+      say "  WARNING: only CUDA 12 versions are here: the failures below may come from that alone"
+      say "  (a CUDA 13 toolkit, or pip install nvidia-cublas nvidia-cuda-nvrtc for CUDA 13, fixes it)"
     fi
     jrec env cuda13_libraries false
   else
@@ -735,9 +739,15 @@ setup() {
     local smi
     smi=$(timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)
     say "  GPU: $smi"
-    say "  driver's CUDA: $(timeout 30 nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*')"
+    local driver_cuda
+    driver_cuda=$(timeout 30 nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*' | cut -d' ' -f3)
+    say "  the driver's CUDA: ${driver_cuda:-unknown}"
+    # NVRTC 13 makes PTX that only a CUDA 13 driver (580 or later) loads.
+    if [[ -n $driver_cuda ]] && ((${driver_cuda%%.*} < 13)); then
+      say "  WARNING: this driver supports CUDA $driver_cuda only: the kernels NVRTC 13 compiles will not load"
+    fi
     jrec env gpu "$(jstr "$(head -n 1 <<<"$smi")")"
-    jrec env nvidia_smi_cuda "$(jstr "$(timeout 30 nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*')")"
+    jrec env driver_cuda "$(jstr "${driver_cuda:-unknown}")"
   fi
   find_cuda_libs
   if ! "$BIN" --version >"$WORK/version.txt" 2>&1; then
@@ -932,7 +942,7 @@ else
   CPU_THREADS=$((cores > 8 ? cores - 4 : (cores > 1 ? cores - 1 : 1))) RUN_THREADS=4
 fi
 export DRY DEV BIN TESTS BUNDLE CORPUS PY OUT WORK RESULTS PARITY_STEPS CHECKPOINT KILL_AFTER \
-  ACCUM_STEPS TORCH_STEPS GENERATE_TOKENS BENCH_CONFIGS CPU_THREADS RUN_THREADS SANITIZER=""
+  ACCUM_STEPS TORCH_STEPS GENERATE_TOKENS BENCH_CONFIGS CPU_THREADS RUN_THREADS SANITIZER="" NVRTC13=""
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 main 2>&1 | tee "$OUT/gpu-check.log"
