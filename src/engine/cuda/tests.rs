@@ -603,3 +603,223 @@ fn gpu_half_matmuls_match_the_cpu() {
         p.same("matmul_backward_half dw", &dweight, &gdweight);
     }
 }
+
+/// Causal attention, forward and backward, and decoding over a cache nearly as long, GPU
+/// against CPU at `shape`.
+fn attention_against_the_cpu(p: &mut Pair, shape: AttentionShape) {
+    let what = format!(
+        "seq {} heads {} kv_heads {} head_dim {}",
+        shape.seq, shape.heads, shape.kv_heads, shape.head_dim
+    );
+    let q_len = shape.batch * shape.seq * shape.heads * shape.head_dim;
+    let kv_len = shape.batch * shape.seq * shape.kv_heads * shape.head_dim;
+    let p_len = shape.batch * shape.heads * shape.seq * shape.seq;
+    let (q, gq) = p.both(q_len);
+    let (k, gk) = p.both(kv_len);
+    let (v, gv) = p.both(kv_len);
+    let (mut out, mut gout) = (vec![0.0; q_len], p.gpu.zeros(q_len).unwrap());
+    let mut probs = Saved::Full(vec![0.0; p_len]);
+    let mut gprobs = Saved::Full(p.gpu.zeros(p_len).unwrap());
+    p.cpu
+        .attention_forward(&mut out, &mut probs, &q, &k, &v, shape);
+    p.gpu
+        .attention_forward(&mut gout, &mut gprobs, &gq, &gk, &gv, shape);
+    let (Saved::Full(probs_f), Saved::Full(gprobs_f)) = (&probs, &gprobs) else {
+        unreachable!("made as floats above")
+    };
+    p.same(
+        &format!("attention_forward probs, {what}"),
+        probs_f,
+        gprobs_f,
+    );
+    p.same(&format!("attention_forward out, {what}"), &out, &gout);
+
+    let (dout, gdout) = p.both(q_len);
+    // Random contents: the backward pass must overwrite them.
+    let (mut dq, mut dk, mut dv) = (p.random(q_len), p.random(kv_len), p.random(kv_len));
+    let (mut gdq, mut gdk, mut gdv) = (
+        p.gpu.upload(&dq).unwrap(),
+        p.gpu.upload(&dk).unwrap(),
+        p.gpu.upload(&dv).unwrap(),
+    );
+    let mut scratch = vec![0.0; p.cpu.attention_scratch_len(shape)];
+    let mut gscratch = p.gpu.zeros(p.gpu.attention_scratch_len(shape)).unwrap();
+    p.cpu.attention_backward(
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &dout,
+        AttentionKept {
+            probs: probs.input(),
+            q: Input::Full(&q),
+            k: Input::Full(&k),
+            v: Input::Full(&v),
+        },
+        &mut scratch,
+        shape,
+    );
+    p.gpu.attention_backward(
+        &mut gdq,
+        &mut gdk,
+        &mut gdv,
+        &gdout,
+        AttentionKept {
+            probs: gprobs.input(),
+            q: Input::Full(&gq),
+            k: Input::Full(&gk),
+            v: Input::Full(&gv),
+        },
+        &mut gscratch,
+        shape,
+    );
+    p.same(&format!("attention_backward dq, {what}"), &dq, &gdq);
+    p.same(&format!("attention_backward dk, {what}"), &dk, &gdk);
+    p.same(&format!("attention_backward dv, {what}"), &dv, &gdv);
+
+    // Decoding the last positions of a cache of `seq` (its shared memory holds `len` scores).
+    let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
+    let cache_len = shape.seq * kvh * hd;
+    let (k_cache, gk_cache) = p.both(cache_len);
+    let (v_cache, gv_cache) = p.both(cache_len);
+    let (one, gone) = p.both(h * hd);
+    for len in [shape.seq - 1, shape.seq] {
+        let (mut o, mut go) = (vec![0.0; h * hd], p.gpu.zeros(h * hd).unwrap());
+        p.cpu
+            .attention_decode(&mut o, &one, &k_cache, &v_cache, len, h, kvh, hd);
+        p.gpu
+            .attention_decode(&mut go, &gone, &gk_cache, &gv_cache, len, h, kvh, hd);
+        p.same(&format!("attention_decode len {len}, {what}"), &o, &go);
+    }
+}
+
+/// The shapes the small tests above do not reach, at training sizes: attention at seq 1024
+/// (four times the tutorial's, stories110M's context), head_dim 64, heads == kv_heads
+/// (stories110M) and grouped (4 query heads per kv head), two sequences; then the rest of a
+/// layer's ops over those 2048 rows: RoPE at positions up to 1023, RMSNorm, the matmuls of a
+/// 256-wide layer, SwiGLU, and the loss over a 32000-token vocabulary.
+#[test]
+#[ignore = "needs an NVIDIA GPU (scripts/gpu-check.sh)"]
+fn gpu_attention_and_layer_ops_match_the_cpu_at_seq_1024() {
+    let mut p = Pair::new();
+    for (heads, kv_heads) in [(4, 4), (8, 2)] {
+        let shape = AttentionShape {
+            batch: 2,
+            seq: 1024,
+            heads,
+            kv_heads,
+            head_dim: 64,
+        };
+        attention_against_the_cpu(&mut p, shape);
+    }
+
+    let (seq, heads, head_dim) = (1024, 4, 64);
+    let c = heads * head_dim;
+    let rows = 2 * seq;
+    let (x, gx) = p.both(rows * c);
+    let (mut r, mut gr) = (x.clone(), gx.clone());
+    p.cpu.rope_forward(&mut r, seq, heads, head_dim, 10_000.0);
+    p.gpu.rope_forward(&mut gr, seq, heads, head_dim, 10_000.0);
+    p.same("rope_forward, seq 1024", &r, &gr);
+    p.cpu.rope_backward(&mut r, seq, heads, head_dim, 10_000.0);
+    p.gpu.rope_backward(&mut gr, seq, heads, head_dim, 10_000.0);
+    p.same("rope_backward, seq 1024", &r, &gr);
+    let (mut one, mut gone) = (x[..c].to_vec(), p.gpu.upload(&x[..c]).unwrap());
+    p.cpu
+        .rope_forward_at(&mut one, seq - 1, heads, head_dim, 10_000.0);
+    p.gpu
+        .rope_forward_at(&mut gone, seq - 1, heads, head_dim, 10_000.0);
+    p.same("rope_forward_at 1023", &one, &gone);
+
+    let (w, gw) = p.both(c);
+    let (mut normed, mut gnormed) = (vec![0.0; rows * c], p.gpu.zeros(rows * c).unwrap());
+    let (mut rstd, mut grstd) = (vec![0.0; rows], p.gpu.zeros(rows).unwrap());
+    p.cpu
+        .rmsnorm_forward(&mut normed, &mut rstd, &x, &w, c, 1e-5);
+    p.gpu
+        .rmsnorm_forward(&mut gnormed, &mut grstd, &gx, &gw, c, 1e-5);
+    p.same("rmsnorm_forward, 2048 rows", &normed, &gnormed);
+    p.same("rmsnorm_forward rstd, 2048 rows", &rstd, &grstd);
+    let (dnormed, gdnormed) = p.both(rows * c);
+    let (mut dx, mut dw) = (p.random(rows * c), p.random(c));
+    let (mut gdx, mut gdw) = (p.gpu.upload(&dx).unwrap(), p.gpu.upload(&dw).unwrap());
+    p.cpu
+        .rmsnorm_backward(&mut dx, &mut dw, &dnormed, &x, &w, &rstd, c);
+    p.gpu
+        .rmsnorm_backward(&mut gdx, &mut gdw, &gdnormed, &gx, &gw, &grstd, c);
+    p.same("rmsnorm_backward dx, 2048 rows", &dx, &gdx);
+    p.same("rmsnorm_backward dw, 2048 rows", &dw, &gdw);
+
+    // The SwiGLU projection of a 256-wide layer (hidden 688), forward and backward.
+    let hidden = 688;
+    let (weight, gweight) = p.both(hidden * c);
+    let (mut y, mut gy) = (
+        vec![0.0; rows * hidden],
+        p.gpu.zeros(rows * hidden).unwrap(),
+    );
+    p.cpu.matmul_forward(&mut y, &normed, &weight, c, hidden);
+    p.gpu.matmul_forward(&mut gy, &gnormed, &gweight, c, hidden);
+    p.same("matmul_forward 256 -> 688, 2048 rows", &y, &gy);
+    let (dy, gdy) = p.both(rows * hidden);
+    let (mut dinp, mut dweight) = (p.random(rows * c), p.random(hidden * c));
+    let (mut gdinp, mut gdweight) = (
+        p.gpu.upload(&dinp).unwrap(),
+        p.gpu.upload(&dweight).unwrap(),
+    );
+    p.cpu.matmul_backward(
+        &mut dinp,
+        &mut dweight,
+        &dy,
+        &normed,
+        &weight,
+        c,
+        hidden,
+        Write::Overwrite,
+    );
+    p.gpu.matmul_backward(
+        &mut gdinp,
+        &mut gdweight,
+        &gdy,
+        &gnormed,
+        &gweight,
+        c,
+        hidden,
+        Write::Overwrite,
+    );
+    p.same("matmul_backward dinp 256 -> 688", &dinp, &gdinp);
+    p.same("matmul_backward dw 256 -> 688", &dweight, &gdweight);
+
+    let n = rows * hidden;
+    let (up, gup) = p.both(n);
+    let (mut act, mut gact) = (vec![0.0; n], p.gpu.zeros(n).unwrap());
+    p.cpu
+        .swiglu_forward(&mut act, Input::Full(&y), Input::Full(&up));
+    p.gpu
+        .swiglu_forward(&mut gact, Input::Full(&gy), Input::Full(&gup));
+    p.same("swiglu_forward, 2048 rows", &act, &gact);
+    let (mut dgate, mut dup) = (p.random(n), p.random(n));
+    let (mut gdgate, mut gdup) = (p.gpu.upload(&dgate).unwrap(), p.gpu.upload(&dup).unwrap());
+    p.cpu
+        .swiglu_backward(&mut dgate, &mut dup, &dy, Input::Full(&y), Input::Full(&up));
+    p.gpu.swiglu_backward(
+        &mut gdgate,
+        &mut gdup,
+        &gdy,
+        Input::Full(&gy),
+        Input::Full(&gup),
+    );
+    p.same("swiglu_backward dgate, 2048 rows", &dgate, &gdgate);
+    p.same("swiglu_backward dup, 2048 rows", &dup, &gdup);
+
+    // The loss over stories110M's vocabulary, a row longer than any block.
+    let (loss_rows, vocab) = (64, 32_000);
+    let (mut logits, mut glogits) = p.both(loss_rows * vocab);
+    let (targets, gtargets) = p.tokens(loss_rows, vocab as u64);
+    let (mut losses, mut glosses) = (vec![0.0; loss_rows], p.gpu.zeros(loss_rows).unwrap());
+    let scale = 1.0 / loss_rows as f64;
+    p.cpu
+        .cross_entropy_fused(&mut losses, &mut logits, &targets, vocab, scale);
+    p.gpu
+        .cross_entropy_fused(&mut glosses, &mut glogits, &gtargets, vocab, scale);
+    p.same("cross_entropy losses, vocab 32000", &losses, &glosses);
+    p.same("cross_entropy gradient, vocab 32000", &logits, &glogits);
+}
