@@ -4,11 +4,20 @@
 // into the gradients, as the Backend trait asks.
 //
 // Row kernels run one block of BLOCK threads per row and reduce through shared memory, so their
-// sums are in a fixed order (the same bits on every run).
+// sums are in a fixed order (the same bits on every run). Every kernel declares the block size
+// of its launch (src/engine/cuda/launch.rs) as __launch_bounds__, so that the compiler keeps to
+// the registers that size allows; tests.rs checks both against the compiled cubin.
 
 #define BLOCK 256
-// NVRTC has no <math.h>: negative infinity from its bits.
+// Kernels that loop over a head's dimensions.
+#define HEAD_BLOCK 128
+// One thread per element.
+#define ELEMENTWISE 256
+// 32 columns by TILE_BLOCK / 32 row lanes: column reductions over many rows.
+#define TILE_BLOCK 1024
+// NVRTC has no <math.h>: negative infinity and a quiet NaN from their bits.
 #define NEG_INF __int_as_float(0xff800000)
+#define QUIET_NAN __int_as_float(0x7fc00000)
 
 // Sum of `value` over the block; every thread gets the result. `shared` holds BLOCK floats.
 __device__ float block_sum(float value, float* shared) {
@@ -42,24 +51,27 @@ __device__ float block_max(float value, float* shared) {
 // ---------------------------------------------------------------------------------------------
 // Elementwise
 
-extern "C" __global__ void add(float* out, const float* a, const float* b, long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+add(float* out, const float* a, const float* b, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = a[i] + b[i];
 }
 
-extern "C" __global__ void add_assign(float* acc, const float* x, long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+add_assign(float* acc, const float* x, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) acc[i] += x[i];
 }
 
-extern "C" __global__ void scale(float* buf, float factor, long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+scale(float* buf, float factor, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) buf[i] *= factor;
 }
 
 // out = silu(gate) * up
-extern "C" __global__ void swiglu_forward(float* out, const float* gate, const float* up,
-                                          long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+swiglu_forward(float* out, const float* gate, const float* up, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float g = gate[i];
@@ -68,8 +80,9 @@ extern "C" __global__ void swiglu_forward(float* out, const float* gate, const f
     }
 }
 
-extern "C" __global__ void swiglu_backward(float* dgate, float* dup, const float* dout,
-                                           const float* gate, const float* up, long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float g = gate[i];
@@ -81,9 +94,9 @@ extern "C" __global__ void swiglu_backward(float* dgate, float* dup, const float
 }
 
 // One AdamW step (decoupled weight decay); corrections are 1 - beta^step.
-extern "C" __global__ void adamw(float* param, const float* grad, float* m, float* v, float lr,
-                                 float beta1, float beta2, float eps, float decay,
-                                 float correction1, float correction2, long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+adamw(float* param, const float* grad, float* m, float* v, float lr, float beta1, float beta2,
+      float eps, float decay, float correction1, float correction2, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float g = grad[i];
@@ -98,8 +111,9 @@ extern "C" __global__ void adamw(float* param, const float* grad, float* m, floa
 }
 
 // Muon's momentum: buf = momentum * buf + g; the update is g + momentum * buf (Nesterov) or buf.
-extern "C" __global__ void muon_momentum(float* buf, const float* grad, float* update,
-                                         float momentum, int nesterov, long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+muon_momentum(float* buf, const float* grad, float* update, float momentum, int nesterov,
+              long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float g = grad[i];
@@ -110,33 +124,57 @@ extern "C" __global__ void muon_momentum(float* buf, const float* grad, float* u
 }
 
 // x /= (sqrt(sum_squares[0]) + 1e-7), the norm computed on the device (no round trip).
-extern "C" __global__ void muon_normalize(float* x, const double* sum_squares, long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+muon_normalize(float* x, const double* sum_squares, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] *= (float)(1.0 / (sqrt(sum_squares[0]) + 1e-7));
 }
 
 // param = param * decay - step * update (decoupled weight decay, then Muon's step).
-extern "C" __global__ void muon_apply(float* param, const float* update, float decay, float step,
-                                      long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+muon_apply(float* param, const float* update, float decay, float step, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) param[i] = param[i] * decay - step * update[i];
 }
 
-// Σ x (squares = 0) or Σ x² (squares = 1) in f64, by one block of BLOCK threads in a fixed order.
-extern "C" __global__ void sum_f64(double* out, const float* x, long long n, int squares) {
-    __shared__ double shared[BLOCK];
-    double acc = 0.0;
-    for (long long i = threadIdx.x; i < n; i += BLOCK) {
-        double value = (double)x[i];
-        acc += squares ? value * value : value;
-    }
-    shared[threadIdx.x] = acc;
+// Sums in f64 by many blocks, in a fixed order: `sum_partials` leaves one partial sum per block,
+// over a grid-strided slice of x whose shape depends only on n and the grid (the host fixes the
+// grid from n), and `sum_doubles` adds the partials of one or many buffers in one block. The same
+// bits on every run, without atomics, and without serialising a large buffer on one block.
+
+// Block sum of f64 values; thread 0 gets it. `shared` holds BLOCK doubles.
+__device__ double block_sum_f64(double value, double* shared) {
+    shared[threadIdx.x] = value;
     __syncthreads();
     for (int stride = BLOCK / 2; stride > 0; stride >>= 1) {
         if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[0] = shared[0];
+    return shared[0];
+}
+
+// partials[block] = Σ x (squares = 0) or Σ x² (squares = 1) over the block's grid-strided slice.
+extern "C" __global__ void __launch_bounds__(BLOCK)
+sum_partials(double* partials, const float* x, long long n, int squares) {
+    __shared__ double shared[BLOCK];
+    double acc = 0.0;
+    for (long long i = (long long)blockIdx.x * BLOCK + threadIdx.x; i < n;
+         i += (long long)gridDim.x * BLOCK) {
+        double value = (double)x[i];
+        acc += squares ? value * value : value;
+    }
+    double total = block_sum_f64(acc, shared);
+    if (threadIdx.x == 0) partials[blockIdx.x] = total;
+}
+
+// out[0] = Σ partials[0..n], by one block.
+extern "C" __global__ void __launch_bounds__(BLOCK)
+sum_doubles(double* out, const double* partials, int n) {
+    __shared__ double shared[BLOCK];
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < n; i += BLOCK) acc += partials[i];
+    double total = block_sum_f64(acc, shared);
+    if (threadIdx.x == 0) out[0] = total;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -153,20 +191,16 @@ __device__ unsigned short bf16_bits(float x) {
 
 __device__ float bf16_widen(unsigned short h) { return __uint_as_float((unsigned int)h << 16); }
 
-extern "C" __global__ void round_to_bf16(unsigned short* dst, const float* src, long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+round_to_bf16(unsigned short* dst, const float* src, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dst[i] = bf16_bits(src[i]);
 }
 
-extern "C" __global__ void widen_bf16(float* dst, const unsigned short* src, long long n) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+widen_bf16(float* dst, const unsigned short* src, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dst[i] = bf16_widen(src[i]);
-}
-
-// dst = src rounded to bf16 and widened back: an activation operand of a bf16 matmul, for sgemm.
-extern "C" __global__ void round_through_bf16(float* dst, const float* src, long long n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) dst[i] = bf16_widen(bf16_bits(src[i]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,8 +208,8 @@ extern "C" __global__ void round_through_bf16(float* dst, const float* src, long
 
 // out[r] = table[tokens[r]]; one block per row. A token outside the table (which the CPU
 // backend refuses with a panic) leaves its row untouched rather than reading out of bounds.
-extern "C" __global__ void embedding_forward(float* out, const unsigned int* tokens,
-                                             const float* table, int c, int vocab) {
+extern "C" __global__ void __launch_bounds__(BLOCK)
+embedding_forward(float* out, const unsigned int* tokens, const float* table, int c, int vocab) {
     long long r = blockIdx.x;
     unsigned int token = tokens[r];
     if (token >= (unsigned int)vocab) return;
@@ -183,25 +217,42 @@ extern "C" __global__ void embedding_forward(float* out, const unsigned int* tok
     for (int j = threadIdx.x; j < c; j += blockDim.x) out[r * c + j] = row[j];
 }
 
-// dtable[tokens[r]] += dout[r]. One thread per column walks every row in order, so rows with the
-// same token add up in a fixed order.
-extern "C" __global__ void embedding_backward(float* dtable, const unsigned int* tokens,
-                                              const float* dout, int rows, int c, int vocab) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= c) return;
-    for (int r = 0; r < rows; r++) {
-        unsigned int token = tokens[r];
-        if (token < (unsigned int)vocab) {
-            dtable[(long long)token * c + j] += dout[(long long)r * c + j];
+// dtable[tokens[r]] += dout[r], deterministically and without atomics: each (token, column) has
+// one owner thread, which walks the rows in order, so rows with the same token add up in a fixed
+// order. Warp w of a block owns the tokens of one of EMBED_PARTS residues (token % EMBED_PARTS)
+// and lane l the column 32·tile + l; block b is column tile b / (EMBED_PARTS / 8) and residues
+// 8·(b % (EMBED_PARTS / 8)) onwards. The block stages BLOCK tokens at a time in shared memory;
+// a warp's branch on a token is uniform, so nothing diverges.
+#define EMBED_PARTS 64
+extern "C" __global__ void __launch_bounds__(BLOCK)
+embedding_backward(float* dtable, const unsigned int* tokens, const float* dout, int rows, int c,
+                   int vocab) {
+    __shared__ unsigned int staged[BLOCK];
+    const int warps = BLOCK / 32;
+    const int groups = EMBED_PARTS / warps;
+    int tile = blockIdx.x / groups;
+    unsigned int part = (blockIdx.x % groups) * warps + threadIdx.x / 32;
+    int j = tile * 32 + threadIdx.x % 32;
+    for (int start = 0; start < rows; start += BLOCK) {
+        int r = start + threadIdx.x;
+        staged[threadIdx.x] = r < rows ? tokens[r] : 0xffffffffu;
+        __syncthreads();
+        int count = min(BLOCK, rows - start);
+        for (int i = 0; i < count; i++) {
+            unsigned int token = staged[i];
+            if (token < (unsigned int)vocab && token % EMBED_PARTS == part && j < c) {
+                dtable[(long long)token * c + j] += dout[(long long)(start + i) * c + j];
+            }
         }
+        __syncthreads();
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 
-extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w,
-                                           int c, float eps) {
+extern "C" __global__ void __launch_bounds__(BLOCK)
+rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int c, float eps) {
     __shared__ float shared[BLOCK];
     long long r = blockIdx.x;
     const float* xr = x + r * c;
@@ -214,8 +265,9 @@ extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float*
 }
 
 // dx += r·g − r³/c · x · Σ(g·x) with g = dout·w; one block per row.
-extern "C" __global__ void rmsnorm_backward_dx(float* dx, const float* dout, const float* x,
-                                               const float* w, const float* rstd, int c) {
+extern "C" __global__ void __launch_bounds__(BLOCK)
+rmsnorm_backward_dx(float* dx, const float* dout, const float* x, const float* w, const float* rstd,
+                    int c) {
     __shared__ float shared[BLOCK];
     long long r = blockIdx.x;
     const float* xr = x + r * c;
@@ -228,17 +280,31 @@ extern "C" __global__ void rmsnorm_backward_dx(float* dx, const float* dout, con
     for (int j = threadIdx.x; j < c; j += BLOCK) dx[r * c + j] += inv * dr[j] * w[j] - k * xr[j];
 }
 
-// dw += Σ_rows dout·x·r; one thread per column, rows in order.
-extern "C" __global__ void rmsnorm_backward_dw(float* dw, const float* dout, const float* x,
-                                               const float* rstd, int rows, int c) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= c) return;
+// dw += Σ_rows dout·x·r. A block of TILE_BLOCK threads owns 32 columns: lane l is column
+// 32·blockIdx + l (coalesced rows), and its TILE_BLOCK / 32 row lanes each sum every
+// (TILE_BLOCK / 32)-th row before one thread per column adds the lanes in order.
+extern "C" __global__ void __launch_bounds__(TILE_BLOCK)
+rmsnorm_backward_dw(float* dw, const float* dout, const float* x, const float* rstd, int rows,
+                    int c) {
+    const int lanes = TILE_BLOCK / 32;
+    __shared__ float partial[TILE_BLOCK / 32][33];
+    int column = threadIdx.x % 32;
+    int lane = threadIdx.x / 32;
+    int j = blockIdx.x * 32 + column;
     float acc = 0.0f;
-    for (int r = 0; r < rows; r++) {
-        long long at = (long long)r * c + j;
-        acc += dout[at] * x[at] * rstd[r];
+    if (j < c) {
+        for (int r = lane; r < rows; r += lanes) {
+            long long at = (long long)r * c + j;
+            acc += dout[at] * x[at] * rstd[r];
+        }
     }
-    dw[j] += acc;
+    partial[lane][column] = acc;
+    __syncthreads();
+    if (lane == 0 && j < c) {
+        float total = 0.0f;
+        for (int k = 0; k < lanes; k++) total += partial[k][column];
+        dw[j] += total;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,8 +312,9 @@ extern "C" __global__ void rmsnorm_backward_dw(float* dw, const float* dout, con
 // rotated by position · theta^(-2d/head_dim). Row r is at position start + r mod seq; sign -1
 // rotates back (the backward pass). One thread per (row, head, pair).
 
-extern "C" __global__ void rope(float* x, long long rows, int seq, int start, int heads,
-                                int head_dim, double theta, float sign) {
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+rope(float* x, long long rows, int seq, int start, int heads, int head_dim, double theta,
+     float sign) {
     int half = head_dim / 2;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long total = rows * heads * half;
@@ -272,8 +339,9 @@ extern "C" __global__ void rope(float* x, long long rows, int seq, int start, in
 // kv_heads, head_dim]; probs: [batch, heads, seq, seq] with zeros above the diagonal.
 
 // Scores and softmax of one query row: one block per (batch, head, t).
-extern "C" __global__ void attention_probs(float* probs, const float* q, const float* k, int seq,
-                                           int heads, int kv_heads, int head_dim, float scale) {
+extern "C" __global__ void __launch_bounds__(BLOCK)
+attention_probs(float* probs, const float* q, const float* k, int seq, int heads, int kv_heads,
+                int head_dim, float scale) {
     __shared__ float shared[BLOCK];
     int t = blockIdx.x % seq;
     int h = (blockIdx.x / seq) % heads;
@@ -304,8 +372,9 @@ extern "C" __global__ void attention_probs(float* probs, const float* q, const f
 }
 
 // out[b, t, h, :] = Σ_t2 probs[b, h, t, t2] · v[b, t2, g, :]; one block per (batch, t, head).
-extern "C" __global__ void attention_values(float* out, const float* probs, const float* v,
-                                            int seq, int heads, int kv_heads, int head_dim) {
+extern "C" __global__ void __launch_bounds__(HEAD_BLOCK)
+attention_values(float* out, const float* probs, const float* v, int seq, int heads, int kv_heads,
+                 int head_dim) {
     int h = blockIdx.x % heads;
     int t = (blockIdx.x / heads) % seq;
     int b = blockIdx.x / (heads * seq);
@@ -323,9 +392,9 @@ extern "C" __global__ void attention_values(float* out, const float* probs, cons
 
 // Backward, step 1: the gradient of the scores of one query row into `dscores` (the size of
 // probs): dP = dout·vᵀ, then dS = P ⊙ (dP − Σ P ⊙ dP). One block per (batch, head, t).
-extern "C" __global__ void attention_dscores(float* dscores, const float* dout,
-                                             const float* probs, const float* v, int seq,
-                                             int heads, int kv_heads, int head_dim) {
+extern "C" __global__ void __launch_bounds__(BLOCK)
+attention_dscores(float* dscores, const float* dout, const float* probs, const float* v, int seq,
+                  int heads, int kv_heads, int head_dim) {
     __shared__ float shared[BLOCK];
     int t = blockIdx.x % seq;
     int h = (blockIdx.x / seq) % heads;
@@ -351,8 +420,9 @@ extern "C" __global__ void attention_dscores(float* dscores, const float* dout,
 
 // Backward, step 2: dq[b, t, h, :] = scale · Σ_t2 dS[b, h, t, t2] · k[b, t2, g, :]; one block per
 // (batch, t, head).
-extern "C" __global__ void attention_dq(float* dq, const float* dscores, const float* k, int seq,
-                                        int heads, int kv_heads, int head_dim, float scale) {
+extern "C" __global__ void __launch_bounds__(HEAD_BLOCK)
+attention_dq(float* dq, const float* dscores, const float* k, int seq, int heads, int kv_heads,
+             int head_dim, float scale) {
     int h = blockIdx.x % heads;
     int t = (blockIdx.x / heads) % seq;
     int b = blockIdx.x / (heads * seq);
@@ -370,10 +440,9 @@ extern "C" __global__ void attention_dq(float* dq, const float* dscores, const f
 
 // Backward, step 3: for kv head g at position t2, summed over its query heads and the positions
 // t ≥ t2 that see it: dk = scale · Σ dS · q, dv = Σ P · dout (overwritten). One block per (batch, t2, g).
-extern "C" __global__ void attention_dkv(float* dk, float* dv, const float* dscores,
-                                         const float* probs, const float* q, const float* dout,
-                                         int seq, int heads, int kv_heads, int head_dim,
-                                         float scale) {
+extern "C" __global__ void __launch_bounds__(HEAD_BLOCK)
+attention_dkv(float* dk, float* dv, const float* dscores, const float* probs, const float* q,
+              const float* dout, int seq, int heads, int kv_heads, int head_dim, float scale) {
     int g = blockIdx.x % kv_heads;
     int t2 = (blockIdx.x / kv_heads) % seq;
     int b = blockIdx.x / (kv_heads * seq);
@@ -396,53 +465,67 @@ extern "C" __global__ void attention_dkv(float* dk, float* dv, const float* dsco
 }
 
 // One token's query heads over the first `len` positions of a [positions, kv_heads, head_dim]
-// cache (decoding). One block per head; `len` floats of dynamic shared memory.
-extern "C" __global__ void attention_decode(float* out, const float* q, const float* k_cache,
-                                            const float* v_cache, int len, int heads,
-                                            int kv_heads, int head_dim, float scale) {
-    extern __shared__ float scores[];
+// cache (decoding). One block per head. The positions go by in tiles of BLOCK, with a running
+// max and sum (online softmax): shared memory holds one tile's weights, not `len` scores, so a
+// context of any length fits the 48 KiB a block gets without opting in. The running weighted
+// sum of values lives in the head's row of `out`, each thread owning its dimensions.
+extern "C" __global__ void __launch_bounds__(BLOCK)
+attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache, int len,
+                 int heads, int kv_heads, int head_dim, float scale) {
+    __shared__ float weights[BLOCK];
     __shared__ float shared[BLOCK];
     int h = blockIdx.x;
     int g = h / (heads / kv_heads);
     const float* qh = q + (long long)h * head_dim;
-    float local_max = NEG_INF;
-    for (int t = threadIdx.x; t < len; t += BLOCK) {
-        const float* kr = k_cache + ((long long)t * kv_heads + g) * head_dim;
-        float dot = 0.0f;
-        for (int d = 0; d < head_dim; d++) dot += qh[d] * kr[d];
-        dot *= scale;
-        scores[t] = dot;
-        local_max = fmaxf(local_max, dot);
-    }
-    float max = block_max(local_max, shared);
-    float local_sum = 0.0f;
-    for (int t = threadIdx.x; t < len; t += BLOCK) {
-        float e = expf(scores[t] - max);
-        scores[t] = e;
-        local_sum += e;
-    }
-    float inv = 1.0f / block_sum(local_sum, shared);
-    for (int d = threadIdx.x; d < head_dim; d += BLOCK) {
-        float acc = 0.0f;
-        for (int t = 0; t < len; t++) {
-            acc += scores[t] * v_cache[((long long)t * kv_heads + g) * head_dim + d];
+    float* oh = out + (long long)h * head_dim;
+    float max = NEG_INF;
+    float sum = 0.0f;
+    for (int tile = 0; tile < len; tile += BLOCK) {
+        int t = tile + threadIdx.x;
+        float dot = NEG_INF;
+        if (t < len) {
+            const float* kr = k_cache + ((long long)t * kv_heads + g) * head_dim;
+            dot = 0.0f;
+            for (int d = 0; d < head_dim; d++) dot += qh[d] * kr[d];
+            dot *= scale;
         }
-        out[(long long)h * head_dim + d] = acc * inv;
+        float new_max = fmaxf(max, block_max(dot, shared));
+        float e = t < len ? expf(dot - new_max) : 0.0f;
+        weights[threadIdx.x] = e;
+        // block_sum's barriers also make every weight of the tile visible.
+        float tile_sum = block_sum(e, shared);
+        float rescale = expf(max - new_max);
+        int count = min(BLOCK, len - tile);
+        for (int d = threadIdx.x; d < head_dim; d += BLOCK) {
+            float acc = 0.0f;
+            for (int i = 0; i < count; i++) {
+                acc += weights[i] * v_cache[((long long)(tile + i) * kv_heads + g) * head_dim + d];
+            }
+            // On the first tile the row holds whatever was there: overwrite, don't rescale.
+            oh[d] = tile == 0 ? acc : oh[d] * rescale + acc;
+        }
+        sum = sum * rescale + tile_sum;
+        max = new_max;
+        __syncthreads();
     }
+    float inv = 1.0f / sum;
+    for (int d = threadIdx.x; d < head_dim; d += BLOCK) oh[d] *= inv;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Cross-entropy fused with softmax: losses[r] = logsumexp(row) − row[target]; the row becomes
-// (softmax − onehot(target)) · grad_scale. One block per row.
+// (softmax − onehot(target)) · grad_scale. One block per row. A target outside the vocabulary
+// (which the CPU backend refuses with a panic) is not read: its row's loss is NaN, so that it
+// shows in the mean, and its gradient is the softmax alone.
 
-extern "C" __global__ void cross_entropy_fused(float* losses, float* logits,
-                                               const unsigned int* targets, int vocab,
-                                               float grad_scale) {
+extern "C" __global__ void __launch_bounds__(BLOCK)
+cross_entropy_fused(float* losses, float* logits, const unsigned int* targets, int vocab,
+                    float grad_scale) {
     __shared__ float shared[BLOCK];
     long long r = blockIdx.x;
     float* row = logits + r * vocab;
     unsigned int target = targets[r];
-    float target_logit = row[target];
+    float target_logit = target < (unsigned int)vocab ? row[target] : QUIET_NAN;
     float local_max = NEG_INF;
     for (int j = threadIdx.x; j < vocab; j += BLOCK) local_max = fmaxf(local_max, row[j]);
     float max = block_max(local_max, shared);
@@ -457,6 +540,6 @@ extern "C" __global__ void cross_entropy_fused(float* losses, float* logits,
     float inv = grad_scale / sum;
     for (int j = threadIdx.x; j < vocab; j += BLOCK) {
         float g = row[j] * inv;
-        row[j] = j == (int)target ? g - grad_scale : g;
+        row[j] = (unsigned int)j == target ? g - grad_scale : g;
     }
 }

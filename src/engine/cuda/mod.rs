@@ -1,6 +1,6 @@
 //! The CUDA backend (cargo feature `cuda`): the same [`Backend`] ops as the CPU's, on an NVIDIA
 //! GPU through `cudarc`. Matmuls go to cuBLAS; every other op is a kernel of `kernels.cu`, which
-//! is embedded in the binary and compiled by NVRTC once per process.
+//! is embedded in the binary and compiled by NVRTC once per process and GPU architecture.
 //!
 //! The CUDA libraries are loaded when a [`Cuda`] is made, not linked: a binary built with the
 //! feature still runs its CPU path on a machine without a driver, and asking it for CUDA there is
@@ -8,24 +8,32 @@
 //! `tests.rs` checks each op against it. bf16 buffers ([`Backend::Half`]) are `u16`s holding
 //! the bits, rounded by a kernel exactly as the CPU's `half` crate rounds.
 //!
-//! Longer than most files on purpose: it is one `impl Backend`, each op a short kernel launch,
-//! and every launch sits here beside the others so that `tests.rs` can check each one against the
-//! signature of the kernel it calls (it parses this file's `launch!` calls).
+//! Longer than most files on purpose: it is one `impl Backend`, each op a short kernel launch
+//! through the typed methods of `launch.rs`, whose table `tests.rs` checks against the kernels.
+//! The kernels are compiled to a cubin for the device's own architecture, so the driver loads
+//! them without a PTX JIT.
 
+#[cfg(test)]
+mod cubin;
 mod gemm;
+mod launch;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::sys::CUresult;
+use cudarc::driver::sys::{CUdevice_attribute_enum, CUresult};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DriverError,
 };
+use cudarc::nvrtc::result::NvrtcError;
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+
+pub use launch::KERNEL_NAMES;
+use launch::{Kernels, column_tiles, elementwise, embedding_backward_blocks, partial_blocks};
 
 use super::{
     AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, Input, InputOf, Muon,
@@ -34,41 +42,6 @@ use super::{
 
 /// The kernels' CUDA C source.
 pub const KERNELS_CU: &str = include_str!("kernels.cu");
-
-/// Every kernel of [`KERNELS_CU`], loaded when a [`Cuda`] is made.
-pub const KERNEL_NAMES: [&str; 26] = [
-    "add",
-    "add_assign",
-    "scale",
-    "round_to_bf16",
-    "widen_bf16",
-    "round_through_bf16",
-    "swiglu_forward",
-    "swiglu_backward",
-    "adamw",
-    "muon_momentum",
-    "muon_normalize",
-    "muon_apply",
-    "sum_f64",
-    "embedding_forward",
-    "embedding_backward",
-    "rmsnorm_forward",
-    "rmsnorm_backward_dx",
-    "rmsnorm_backward_dw",
-    "rope",
-    "attention_probs",
-    "attention_values",
-    "attention_dscores",
-    "attention_dq",
-    "attention_dkv",
-    "attention_decode",
-    "cross_entropy_fused",
-];
-
-/// Threads per block of the row kernels (`BLOCK` in `kernels.cu`).
-const BLOCK: u32 = 256;
-/// Threads per block of the kernels that loop over a head's dimensions.
-const HEAD_BLOCK: u32 = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -90,6 +63,24 @@ pub enum CudaError {
     Blas(#[from] cudarc::cublas::result::CublasError),
     #[error("NVRTC could not compile the kernels:\n{0}")]
     Compile(String),
+    #[error("NVRTC: {0}")]
+    Nvrtc(#[from] NvrtcError),
+    #[error(
+        "NVRTC {nvrtc} cannot compile for this GPU's architecture, sm_{arch}; it compiles for {supported}"
+    )]
+    UnsupportedArch {
+        arch: i32,
+        nvrtc: String,
+        supported: String,
+    },
+    #[error(
+        "the CUDA driver (for CUDA {driver}) could not load the kernels NVRTC {nvrtc} compiled ({error:?}): they need a driver supporting CUDA 13, R580 or newer"
+    )]
+    DriverTooOld {
+        nvrtc: String,
+        driver: String,
+        error: CUresult,
+    },
 }
 
 /// Compiles CUDA C `source` with NVRTC into PTX; a failure carries NVRTC's log.
@@ -110,21 +101,130 @@ pub fn compile(source: &str) -> Result<Ptx, CudaError> {
     })
 }
 
-/// The PTX of [`KERNELS_CU`], compiled by the first [`Cuda`] of the process.
-fn kernels_ptx() -> Result<String, CudaError> {
-    static PTX: OnceLock<String> = OnceLock::new();
-    if let Some(ptx) = PTX.get() {
-        return Ok(ptx.clone());
+/// NVRTC's version, as `major.minor`.
+fn nvrtc_version() -> Result<String, CudaError> {
+    // SAFETY: only probes for the shared library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::NoNvrtc);
     }
-    let ptx = compile(KERNELS_CU)?.to_src();
-    Ok(PTX.get_or_init(|| ptx).clone())
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: writes the two ints.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }.result()?;
+    Ok(format!("{major}.{minor}"))
+}
+
+/// The architectures NVRTC compiles for, as compute capabilities like 90.
+fn nvrtc_archs() -> Result<Vec<i32>, CudaError> {
+    let mut count = 0;
+    // SAFETY: writes one int, then `count` ints into a buffer of that many.
+    unsafe { cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut count) }.result()?;
+    let mut archs = vec![0; usize::try_from(count).unwrap_or(0)];
+    unsafe { cudarc::nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }.result()?;
+    Ok(archs)
+}
+
+/// Compiles CUDA C `source` with NVRTC into a cubin for architecture `sm_{arch}` (90 for a
+/// Hopper), which a driver loads without a PTX JIT; a failure carries NVRTC's log.
+pub fn compile_cubin(source: &str, arch: i32) -> Result<Vec<u8>, CudaError> {
+    use cudarc::nvrtc::{result, sys};
+    // SAFETY: only probes for the shared library; nothing from it is called.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(CudaError::NoNvrtc);
+    }
+    let archs = nvrtc_archs()?;
+    if !archs.contains(&arch) {
+        let supported: Vec<String> = archs.iter().map(|a| format!("sm_{a}")).collect();
+        return Err(CudaError::UnsupportedArch {
+            arch,
+            nvrtc: nvrtc_version()?,
+            supported: supported.join(", "),
+        });
+    }
+    let source = CString::new(source)
+        .map_err(|_| CudaError::Compile("the source holds a NUL byte".into()))?;
+    let program = result::create_program(&source, Some(c"kernels.cu"))?;
+    let options = [format!("--gpu-architecture=sm_{arch}")];
+    // SAFETY: `program` was created above and is destroyed only at the end.
+    let cubin = match unsafe { result::compile_program(program, &options) } {
+        Ok(()) => unsafe { cubin_of(program) },
+        Err(_) => match unsafe { result::get_program_log(program) } {
+            Ok(log) => {
+                let log: Vec<u8> = log.iter().map(|&c| c as u8).collect();
+                let log = String::from_utf8_lossy(&log);
+                let log = log.trim_end_matches('\0').trim_end();
+                Err(CudaError::Compile(log.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        },
+    };
+    // SAFETY: as above; nothing uses `program` after this.
+    unsafe { result::destroy_program(program) }?;
+    cubin
+}
+
+/// The cubin of a compiled NVRTC program.
+///
+/// # Safety
+/// `program` must be a live, successfully compiled NVRTC program.
+unsafe fn cubin_of(program: cudarc::nvrtc::sys::nvrtcProgram) -> Result<Vec<u8>, CudaError> {
+    use cudarc::nvrtc::sys;
+    let mut size = 0;
+    unsafe { sys::nvrtcGetCUBINSize(program, &mut size) }.result()?;
+    let mut cubin = vec![0u8; size];
+    unsafe { sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr().cast()) }.result()?;
+    Ok(cubin)
+}
+
+/// The cubin of [`KERNELS_CU`] for `sm_{arch}`, compiled once per architecture per process.
+fn kernels_cubin(arch: i32) -> Result<Arc<[u8]>, CudaError> {
+    static CUBINS: Mutex<BTreeMap<i32, Arc<[u8]>>> = Mutex::new(BTreeMap::new());
+    // Held while compiling, so that two devices of one architecture compile once.
+    let mut cubins = CUBINS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(cubin) = cubins.get(&arch) {
+        return Ok(cubin.clone());
+    }
+    let cubin: Arc<[u8]> = compile_cubin(KERNELS_CU, arch)?.into();
+    cubins.insert(arch, cubin.clone());
+    Ok(cubin)
+}
+
+/// A failure to load the kernels' cubin: a driver too old for the NVRTC that compiled it says
+/// so by one of these errors, which deserve a message saying what to install.
+fn load_error(error: DriverError) -> CudaError {
+    use CUresult::{
+        CUDA_ERROR_INVALID_IMAGE, CUDA_ERROR_NO_BINARY_FOR_GPU, CUDA_ERROR_UNSUPPORTED_PTX_VERSION,
+    };
+    if !matches!(
+        error.0,
+        CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+            | CUDA_ERROR_INVALID_IMAGE
+            | CUDA_ERROR_NO_BINARY_FOR_GPU
+    ) {
+        return CudaError::Driver(error);
+    }
+    let mut version = 0;
+    // SAFETY: probes for the library, then writes one int.
+    let driver = if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        "unknown: no driver".to_string()
+    } else {
+        match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }.result() {
+            Ok(()) => format!("{}.{}", version / 1000, version % 1000 / 10),
+            Err(e) => format!("unknown: {e}"),
+        }
+    };
+    let nvrtc = nvrtc_version().unwrap_or_else(|e| format!("unknown: {e}"));
+    CudaError::DriverTooOld {
+        nvrtc,
+        driver,
+        error: error.0,
+    }
 }
 
 /// An NVIDIA GPU as a [`Backend`].
 pub struct Cuda {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
-    functions: HashMap<&'static str, CudaFunction>,
+    kernels: Kernels,
     name: String,
     /// `cuda:N (name)`, as errors name the device.
     label: String,
@@ -137,7 +237,8 @@ impl std::fmt::Debug for Cuda {
 }
 
 impl Cuda {
-    /// Opens device `ordinal`, compiles (once per process) and loads the kernels.
+    /// Opens device `ordinal`, compiles the kernels for its architecture (once per process) and
+    /// loads them.
     pub fn new(ordinal: usize) -> Result<Cuda, CudaError> {
         // SAFETY: these only probe for the shared libraries.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -151,18 +252,28 @@ impl Cuda {
             return Err(CudaError::NoDevice { ordinal, count });
         }
         let context = CudaContext::new(ordinal)?;
-        let stream = context.default_stream();
-        let module = context.load_module(Ptx::from_src(kernels_ptx()?))?;
-        let mut functions = HashMap::new();
-        for name in KERNEL_NAMES {
-            functions.insert(name, module.load_function(name)?);
-        }
+        // A stream of our own: the legacy default stream synchronises with every other stream
+        // of the process and cannot be captured into a CUDA graph.
+        let stream = context.new_stream()?;
+        // SAFETY: every buffer of this backend is allocated, used and freed on this one stream
+        // (cuBLAS included), so the stream's order is all the synchronisation they need;
+        // cudarc's cross-stream events would only add a record per argument of every launch.
+        unsafe { context.disable_event_tracking() };
+        let major = context
+            .attribute(CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = context
+            .attribute(CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        let cubin = kernels_cubin(major * 10 + minor)?;
+        let module = context
+            .load_module(Ptx::from_binary(cubin.to_vec()))
+            .map_err(load_error)?;
+        let kernels = Kernels::load(&module, stream.clone())?;
         let blas = CudaBlas::new(stream.clone())?;
         let name = context.name()?;
         Ok(Cuda {
             stream,
             blas,
-            functions,
+            kernels,
             label: format!("cuda:{ordinal} ({name})"),
             name,
         })
@@ -242,10 +353,6 @@ impl Cuda {
             .map_err(|e| self.engine_error(e, EngineError::bytes_of::<V>(data.len()).0))
     }
 
-    fn function(&self, name: &str) -> &CudaFunction {
-        &self.functions[name]
-    }
-
     fn gemm(
         &self,
         config: GemmConfig<f32>,
@@ -298,40 +405,6 @@ impl Cuda {
         }
         .expect("cuBLAS bf16 GemmEx failed");
     }
-}
-
-/// Launches kernel `$name` with `$config` and the arguments in order (buffers as `&`/`&mut`,
-/// scalars as references to locals).
-macro_rules! launch {
-    ($self:expr, $name:literal, $config:expr, $($arg:expr),+ $(,)?) => {{
-        let config: LaunchConfig = $config;
-        // An empty grid is a launch error in CUDA; with nothing to do, do nothing.
-        if config.grid_dim.0 > 0 {
-            let mut builder = $self.stream.launch_builder($self.function($name));
-            $( builder.arg($arg); )+
-            // SAFETY: the arguments match the kernel's signature in kernels.cu in type and
-            // order, and the grid only reaches indices inside the buffers, whose lengths the
-            // Backend contract fixes from the same shapes.
-            unsafe { builder.launch(config) }
-                .unwrap_or_else(|e| panic!("CUDA kernel {} failed: {e}", $name));
-        }
-    }};
-}
-
-fn elementwise(n: usize) -> LaunchConfig {
-    LaunchConfig::for_num_elems(n as u32)
-}
-
-fn blocks(count: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (count as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn columns(c: usize) -> LaunchConfig {
-    blocks(c.div_ceil(BLOCK as usize), BLOCK)
 }
 
 impl Backend for Cuda {
@@ -392,16 +465,8 @@ impl Backend for Cuda {
     ) {
         let rows = tokens.len().min(out.len() / c);
         let (vocab, c) = ((table.len() / c) as i32, c as i32);
-        launch!(
-            self,
-            "embedding_forward",
-            blocks(rows, BLOCK),
-            out,
-            tokens,
-            table,
-            &c,
-            &vocab
-        );
+        self.kernels
+            .embedding_forward(rows, out, tokens, table, c, vocab);
     }
     fn embedding_backward(
         &self,
@@ -412,16 +477,14 @@ impl Backend for Cuda {
     ) {
         let rows = tokens.len().min(dout.len() / c) as i32;
         let (vocab, width) = ((dtable.len() / c) as i32, c as i32);
-        launch!(
-            self,
-            "embedding_backward",
-            columns(c),
+        self.kernels.embedding_backward(
+            embedding_backward_blocks(c),
             dtable,
             tokens,
             dout,
-            &rows,
-            &width,
-            &vocab
+            rows,
+            width,
+            vocab,
         );
     }
 
@@ -436,17 +499,7 @@ impl Backend for Cuda {
     ) {
         let rows = x.len() / c;
         let (c, eps) = (c as i32, eps as f32);
-        launch!(
-            self,
-            "rmsnorm_forward",
-            blocks(rows, BLOCK),
-            out,
-            rstd,
-            x,
-            w,
-            &c,
-            &eps
-        );
+        self.kernels.rmsnorm_forward(rows, out, rstd, x, w, c, eps);
     }
     fn rmsnorm_backward(
         &self,
@@ -460,28 +513,10 @@ impl Backend for Cuda {
     ) {
         let rows = x.len() / c;
         let (rows_i, width) = (rows as i32, c as i32);
-        launch!(
-            self,
-            "rmsnorm_backward_dx",
-            blocks(rows, BLOCK),
-            dx,
-            dout,
-            x,
-            w,
-            rstd,
-            &width
-        );
-        launch!(
-            self,
-            "rmsnorm_backward_dw",
-            columns(c),
-            dw,
-            dout,
-            x,
-            rstd,
-            &rows_i,
-            &width
-        );
+        self.kernels
+            .rmsnorm_backward_dx(rows, dx, dout, x, w, rstd, width);
+        self.kernels
+            .rmsnorm_backward_dw(column_tiles(c), dw, dout, x, rstd, rows_i, width);
     }
 
     // The cuBLAS calls and their operands' order: `gemm.rs`.
@@ -523,14 +558,8 @@ impl Backend for Cuda {
     fn round_to_half(&self, dst: &mut CudaSlice<u16>, src: &CudaSlice<f32>) {
         assert_eq!(dst.len(), src.len());
         let n = src.len() as i64;
-        launch!(
-            self,
-            "round_to_bf16",
-            elementwise(src.len()),
-            &mut *dst,
-            src,
-            &n
-        );
+        self.kernels
+            .round_to_bf16(elementwise(src.len()), &mut *dst, src, n);
     }
     fn download_half(&self, buf: &CudaSlice<u16>) -> Result<Vec<f32>, EngineError> {
         let mut bits = host_vec(buf.len(), 0u16, "cpu")?;
@@ -622,25 +651,11 @@ impl Backend for Cuda {
         head_dim: usize,
     ) {
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let config = LaunchConfig {
-            shared_mem_bytes: (len * std::mem::size_of::<f32>()) as u32,
-            ..blocks(heads, BLOCK)
-        };
+        let blocks = heads;
         let (len, heads, kv_heads, head_dim) =
             (len as i32, heads as i32, kv_heads as i32, head_dim as i32);
-        launch!(
-            self,
-            "attention_decode",
-            config,
-            out,
-            q,
-            k_cache,
-            v_cache,
-            &len,
-            &heads,
-            &kv_heads,
-            &head_dim,
-            &scale
+        self.kernels.attention_decode(
+            blocks, out, q, k_cache, v_cache, len, heads, kv_heads, head_dim, scale,
         );
     }
 
@@ -694,15 +709,8 @@ impl Backend for Cuda {
         let mut widened = [None, None];
         let [gate, up] = self.floats_of([gate, up], &mut widened);
         let n = out.len() as i64;
-        launch!(
-            self,
-            "swiglu_forward",
-            elementwise(out.len()),
-            &mut *out,
-            gate,
-            up,
-            &n
-        );
+        self.kernels
+            .swiglu_forward(elementwise(out.len()), &mut *out, gate, up, n);
     }
     fn swiglu_backward(
         &self,
@@ -715,26 +723,18 @@ impl Backend for Cuda {
         let mut widened = [None, None];
         let [gate, up] = self.floats_of([gate, up], &mut widened);
         let n = dout.len() as i64;
-        launch!(
-            self,
-            "swiglu_backward",
-            elementwise(dout.len()),
-            dgate,
-            dup,
-            dout,
-            gate,
-            up,
-            &n
-        );
+        self.kernels
+            .swiglu_backward(elementwise(dout.len()), dgate, dup, dout, gate, up, n);
     }
 
     fn add(&self, out: &mut CudaSlice<f32>, a: &CudaSlice<f32>, b: &CudaSlice<f32>) {
         let n = out.len() as i64;
-        launch!(self, "add", elementwise(out.len()), &mut *out, a, b, &n);
+        self.kernels.add(elementwise(out.len()), &mut *out, a, b, n);
     }
     fn add_assign(&self, acc: &mut CudaSlice<f32>, x: &CudaSlice<f32>) {
         let n = acc.len() as i64;
-        launch!(self, "add_assign", elementwise(acc.len()), &mut *acc, x, &n);
+        self.kernels
+            .add_assign(elementwise(acc.len()), &mut *acc, x, n);
     }
 
     fn cross_entropy_fused(
@@ -747,34 +747,24 @@ impl Backend for Cuda {
     ) {
         let rows = targets.len().min(losses.len());
         let (vocab, grad_scale) = (vocab as i32, grad_scale as f32);
-        launch!(
-            self,
-            "cross_entropy_fused",
-            blocks(rows, BLOCK),
-            losses,
-            logits,
-            targets,
-            &vocab,
-            &grad_scale
-        );
+        self.kernels
+            .cross_entropy_fused(rows, losses, logits, targets, vocab, grad_scale);
     }
 
     fn sum(&self, buf: &CudaSlice<f32>) -> f64 {
-        self.reduce(buf, false)
+        self.reduce(&[buf.as_view()], false)
     }
     fn sum_squares(&self, buf: &CudaSlice<f32>) -> f64 {
-        self.reduce(buf, true)
+        self.reduce(&[buf.as_view()], true)
+    }
+    fn sum_squares_all(&self, bufs: &[CudaSlice<f32>]) -> f64 {
+        let views: Vec<CudaView<'_, f32>> = bufs.iter().map(|b| b.as_view()).collect();
+        self.reduce(&views, true)
     }
     fn scale(&self, buf: &mut CudaSlice<f32>, factor: f64) {
         let (factor, n) = (factor as f32, buf.len() as i64);
-        launch!(
-            self,
-            "scale",
-            elementwise(buf.len()),
-            &mut *buf,
-            &factor,
-            &n
-        );
+        self.kernels
+            .scale(elementwise(buf.len()), &mut *buf, factor, n);
     }
     fn adamw(
         &self,
@@ -789,22 +779,20 @@ impl Backend for Cuda {
         let (beta1, beta2, eps) = (hp.beta1 as f32, hp.beta2 as f32, hp.eps as f32);
         let decay = (1.0 - hp.lr * hp.weight_decay) as f32;
         let (correction1, correction2) = (hp.correction1 as f32, hp.correction2 as f32);
-        launch!(
-            self,
-            "adamw",
+        self.kernels.adamw(
             elementwise(param.len()),
             &mut *param,
             grad,
             m,
             v,
-            &lr,
-            &beta1,
-            &beta2,
-            &eps,
-            &decay,
-            &correction1,
-            &correction2,
-            &n
+            lr,
+            beta1,
+            beta2,
+            eps,
+            decay,
+            correction1,
+            correction2,
+            n,
         );
     }
 
@@ -833,39 +821,22 @@ impl Backend for Cuda {
 
         let n = len as i64;
         let (mu, nesterov) = (hp.momentum as f32, i32::from(hp.nesterov));
-        launch!(
-            self,
-            "muon_momentum",
+        self.kernels.muon_momentum(
             elementwise(len),
             &mut *momentum,
             grad,
             &mut update,
-            &mu,
-            &nesterov,
-            &n
+            mu,
+            nesterov,
+            n,
         );
         let mut sum_squares = self
             .stream
             .alloc_zeros::<f64>(1)
             .expect("CUDA allocation failed");
-        let squares = 1i32;
-        launch!(
-            self,
-            "sum_f64",
-            blocks(1, BLOCK),
-            &mut sum_squares,
-            &mut update,
-            &n,
-            &squares
-        );
-        launch!(
-            self,
-            "muon_normalize",
-            elementwise(len),
-            &mut update,
-            &sum_squares,
-            &n
-        );
+        self.sum_on_device(&mut sum_squares, &[update.as_view()], true);
+        self.kernels
+            .muon_normalize(elementwise(len), &mut update, &sum_squares, n);
 
         let (a, b, c) = NEWTON_SCHULZ;
         let ns = gemm::newton_schulz(rows, cols, (a as f32, b as f32, c as f32));
@@ -889,15 +860,13 @@ impl Backend for Cuda {
 
         let decay = (1.0 - hp.lr * hp.weight_decay) as f32;
         let step = (hp.lr * (rows as f64 / cols as f64).max(1.0).sqrt()) as f32;
-        launch!(
-            self,
-            "muon_apply",
+        self.kernels.muon_apply(
             elementwise(len),
             &mut *param,
-            &mut current,
-            &decay,
-            &step,
-            &n
+            &current.as_view(),
+            decay,
+            step,
+            n,
         );
     }
 }
@@ -922,18 +891,16 @@ impl Cuda {
         let pairs = rows * heads * head_dim / 2;
         let (rows, seq, start) = (rows as i64, seq as i32, start as i32);
         let (heads, head_dim) = (heads as i32, head_dim as i32);
-        launch!(
-            self,
-            "rope",
+        self.kernels.rope(
             elementwise(pairs),
             x,
-            &rows,
-            &seq,
-            &start,
-            &heads,
-            &head_dim,
-            &theta,
-            &sign
+            rows,
+            seq,
+            start,
+            heads,
+            head_dim,
+            theta,
+            sign,
         );
     }
 
@@ -952,31 +919,19 @@ impl Cuda {
         let rows = shape.batch * shape.heads * shape.seq;
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let [seq, heads, kv_heads, head_dim] = attention_dims(shape);
-        launch!(
-            self,
-            "attention_probs",
-            blocks(rows, BLOCK),
+        self.kernels.attention_probs(
+            rows,
             &mut *probs,
             q,
             k,
-            &seq,
-            &heads,
-            &kv_heads,
-            &head_dim,
-            &scale
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
+            scale,
         );
-        launch!(
-            self,
-            "attention_values",
-            blocks(rows, HEAD_BLOCK),
-            out,
-            &*probs,
-            v,
-            &seq,
-            &heads,
-            &kv_heads,
-            &head_dim
-        );
+        self.kernels
+            .attention_values(rows, out, &*probs, v, seq, heads, kv_heads, head_dim);
     }
 
     /// [`Backend::attention_backward`] on floats.
@@ -998,47 +953,22 @@ impl Cuda {
         let kv_rows = shape.batch * shape.kv_heads * shape.seq;
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let [seq, heads, kv_heads, head_dim] = attention_dims(shape);
-        launch!(
-            self,
-            "attention_dscores",
-            blocks(rows, BLOCK),
+        self.kernels.attention_dscores(
+            rows,
             &mut *scratch,
             dout,
             probs,
             v,
-            &seq,
-            &heads,
-            &kv_heads,
-            &head_dim
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
         );
-        launch!(
-            self,
-            "attention_dq",
-            blocks(rows, HEAD_BLOCK),
-            dq,
-            &*scratch,
-            k,
-            &seq,
-            &heads,
-            &kv_heads,
-            &head_dim,
-            &scale
+        self.kernels.attention_dq(
+            rows, dq, &*scratch, k, seq, heads, kv_heads, head_dim, scale,
         );
-        launch!(
-            self,
-            "attention_dkv",
-            blocks(kv_rows, HEAD_BLOCK),
-            dk,
-            dv,
-            &*scratch,
-            probs,
-            q,
-            dout,
-            &seq,
-            &heads,
-            &kv_heads,
-            &head_dim,
-            &scale
+        self.kernels.attention_dkv(
+            kv_rows, dk, dv, &*scratch, probs, q, dout, seq, heads, kv_heads, head_dim, scale,
         );
     }
 
@@ -1082,33 +1012,43 @@ impl Cuda {
     fn widened(&self, src: &CudaSlice<u16>) -> CudaSlice<f32> {
         let mut dst = self.matmul_scratch(src.len());
         let n = src.len() as i64;
-        launch!(
-            self,
-            "widen_bf16",
-            elementwise(src.len()),
-            &mut dst,
-            src,
-            &n
-        );
+        self.kernels
+            .widen_bf16(elementwise(src.len()), &mut dst, src, n);
         dst
     }
 
-    fn reduce(&self, buf: &CudaSlice<f32>, squares: bool) -> f64 {
+    /// Σ x (or Σ x²) over every buffer of `views`, read back: one synchronisation however many
+    /// buffers there are.
+    fn reduce(&self, views: &[CudaView<'_, f32>], squares: bool) -> f64 {
         let mut out = self
-            .stream
             .alloc_zeros::<f64>(1)
-            .expect("CUDA allocation failed");
-        let (n, squares) = (buf.len() as i64, i32::from(squares));
-        launch!(
-            self,
-            "sum_f64",
-            blocks(1, BLOCK),
-            &mut out,
-            buf,
-            &n,
-            &squares
-        );
+            .unwrap_or_else(|e| panic!("a reduction's result: {e}"));
+        self.sum_on_device(&mut out, views, squares);
         self.stream.clone_dtoh(&out).expect("CUDA download failed")[0]
+    }
+
+    /// Σ x (or Σ x²) over every buffer of `views` into `out[0]`, on the device, in an order fixed
+    /// by the buffers' lengths: each leaves its `sum_partials` (as many as `partial_blocks` says)
+    /// in one array, which `sum_doubles` adds up.
+    fn sum_on_device(&self, out: &mut CudaSlice<f64>, views: &[CudaView<'_, f32>], squares: bool) {
+        let counts: Vec<usize> = views.iter().map(|v| partial_blocks(v.len())).collect();
+        let total: usize = counts.iter().sum();
+        if total == 0 {
+            self.stream.memset_zeros(out).expect("CUDA memset failed");
+            return;
+        }
+        let mut partials = self
+            .alloc_zeros::<f64>(total)
+            .unwrap_or_else(|e| panic!("a reduction's partial sums: {e}"));
+        let mut at = 0;
+        for (view, &count) in views.iter().zip(&counts) {
+            let mut slot = partials.slice_mut(at..at + count);
+            let n = view.len() as i64;
+            self.kernels
+                .sum_partials(count, &mut slot, view, n, i32::from(squares));
+            at += count;
+        }
+        self.kernels.sum_doubles(1, out, &partials, total as i32);
     }
 }
 

@@ -2,8 +2,6 @@
 //! log. With one (`scripts/gpu-check.sh` runs the ignored tests): every op, forward and backward,
 //! equals the CPU backend's within 1e-4 on random inputs.
 
-use std::collections::HashMap;
-
 use super::*;
 use crate::engine::{AttentionKept, Cpu, Input, Rng, Saved, Write};
 
@@ -67,35 +65,251 @@ fn top_level_items(text: &str, open: usize) -> (Vec<String>, usize) {
     panic!("unbalanced list at {open}");
 }
 
-#[test]
-fn every_launch_passes_as_many_arguments_as_its_kernel_takes() {
-    let mut params = HashMap::new();
+/// Every `extern "C" __global__` kernel of `source`: its name and its parameters' (name, C type)
+/// in order, the type's words and `*` as written, single-spaced.
+fn kernel_signatures(source: &str) -> Vec<(String, Vec<(String, String)>)> {
     let marker = "extern \"C\" __global__ void ";
-    for (at, _) in KERNELS_CU.match_indices(marker) {
-        let rest = &KERNELS_CU[at + marker.len()..];
-        let name = &rest[..rest.find('(').unwrap()];
-        let open = at + marker.len() + name.len();
-        params.insert(name.to_string(), top_level_items(KERNELS_CU, open).0.len());
-    }
-    let source = include_str!("mod.rs");
-    let mut launched = 0;
-    for (at, _) in source.match_indices("launch!(") {
-        let (items, _) = top_level_items(source, at + "launch!".len());
-        if items.len() < 3 || !items[1].starts_with('"') {
-            continue; // the macro's own definition
+    let mut kernels = Vec::new();
+    for (at, _) in source.match_indices(marker) {
+        let mut from = at + marker.len();
+        if source[from..].starts_with("__launch_bounds__") {
+            from = top_level_items(source, from + "__launch_bounds__".len()).1 + 1;
         }
-        let name = items[1].trim_matches('"');
-        let expected = params
-            .get(name)
-            .unwrap_or_else(|| panic!("launch of {name}, which kernels.cu does not define"));
-        assert_eq!(
-            items.len() - 3,
-            *expected,
-            "arguments of the launch of {name}"
-        );
-        launched += 1;
+        let open = from + source[from..].find('(').unwrap();
+        let name = source[from..open].trim().to_string();
+        let (items, _) = top_level_items(source, open);
+        let params = items.iter().map(|param| {
+            let split = param.rfind(|c: char| !(c.is_alphanumeric() || c == '_'));
+            let split = split.map_or(0, |at| at + 1);
+            let c_type = param[..split]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            (param[split..].to_string(), c_type.replace(" *", "*"))
+        });
+        kernels.push((name, params.collect()));
     }
-    assert!(launched >= KERNEL_NAMES.len(), "{launched} launches found");
+    kernels
+}
+
+/// The launch table declares every kernel of kernels.cu once, in the source's order, with the
+/// same parameter names and C types (const included) in the same order; KERNEL_NAMES is the table's.
+#[test]
+fn the_launch_table_matches_the_kernel_signatures_in_kernels_cu() {
+    let declared = kernel_signatures(KERNELS_CU);
+    assert_eq!(
+        declared.len(),
+        KERNELS_CU.matches("__global__").count(),
+        "a kernel of kernels.cu is not declared extern \"C\" __global__ void"
+    );
+    let table: Vec<(String, Vec<(String, String)>)> = launch::KERNELS
+        .iter()
+        .map(|k| {
+            let params = k
+                .params
+                .iter()
+                .map(|&(n, t)| (n.to_string(), t.to_string()));
+            (k.name.to_string(), params.collect())
+        })
+        .collect();
+    for (source, launch) in declared.iter().zip(&table) {
+        assert_eq!(source, launch, "kernels.cu against the launch table");
+    }
+    assert_eq!(
+        declared.len(),
+        table.len(),
+        "kernels in kernels.cu and in the table"
+    );
+    let names: Vec<&str> = launch::KERNELS.iter().map(|k| k.name).collect();
+    assert_eq!(KERNEL_NAMES, names.as_slice());
+}
+
+/// The cubin of `source` for `sm_{arch}`, or None where NVRTC is missing and not required.
+fn cubin_or_skip(source: &str, arch: i32) -> Option<Vec<u8>> {
+    match compile_cubin(source, arch) {
+        Err(CudaError::NoNvrtc) if !nvrtc_required() => {
+            eprintln!("skipped: libnvrtc not found (.ci/run installs it)");
+            None
+        }
+        result => Some(result.unwrap_or_else(|e| panic!("{e}"))),
+    }
+}
+
+/// Test kernels whose layouts are known, read back from the cubin: the facts `cubin.rs` relies
+/// on, checked on every NVRTC that CI gets.
+#[test]
+fn the_cubin_parser_reads_known_kernels_correctly() {
+    let source = r#"
+extern "C" __global__ void __launch_bounds__(256) params(float* p, int i, long long l, double d) {
+    p[threadIdx.x] = i + l + d;
+}
+extern "C" __global__ void __launch_bounds__(128) small(const unsigned short* h, char c, float f) {
+}
+extern "C" __global__ void shared300(float* p) {
+    __shared__ float s[300];
+    s[threadIdx.x] = p[threadIdx.x];
+    __syncthreads();
+    p[threadIdx.x] = s[299 - threadIdx.x % 300];
+}
+extern "C" __global__ void dynamic(float* p) {
+    extern __shared__ float s[];
+    s[threadIdx.x] = p[threadIdx.x];
+    __syncthreads();
+    p[threadIdx.x] = s[999 - threadIdx.x % 1000];
+}
+"#;
+    let param = |ordinal, offset, size| cubin::Param {
+        ordinal,
+        offset,
+        size,
+    };
+    for arch in [90, 80] {
+        let Some(elf) = cubin_or_skip(source, arch) else {
+            return;
+        };
+        let kernels = cubin::kernels(&elf).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(kernels.len(), 4, "sm_{arch}: {kernels:?}");
+        let params = &kernels["params"];
+        let expected = [
+            param(0, 0, 8),
+            param(1, 8, 4),
+            param(2, 16, 8),
+            param(3, 24, 8),
+        ];
+        assert_eq!(params.params, expected, "sm_{arch}");
+        assert_eq!(params.max_threads, Some([256, 1, 1]), "sm_{arch}");
+        assert_eq!(params.static_shared, 0, "sm_{arch}");
+        let small = &kernels["small"];
+        assert_eq!(
+            small.params,
+            [param(0, 0, 8), param(1, 8, 1), param(2, 12, 4)]
+        );
+        assert_eq!(small.max_threads, Some([128, 1, 1]), "sm_{arch}");
+        assert_eq!(kernels["shared300"].static_shared, 1200, "sm_{arch}");
+        assert_eq!(kernels["shared300"].max_threads, None, "sm_{arch}");
+        assert_eq!(kernels["dynamic"].static_shared, 0, "sm_{arch}");
+        for (name, kernel) in &kernels {
+            assert!(
+                (1..=255).contains(&kernel.registers),
+                "sm_{arch} {name}: {kernel:?}"
+            );
+            // Where the code section also holds the count (before sm_90), the two agree.
+            let text = kernel.text_registers;
+            let expected = if arch < 90 { kernel.registers } else { 0 };
+            assert_eq!(text, expected, "sm_{arch} {name}: registers in sh_info");
+        }
+    }
+}
+
+/// Registers a block of `threads` takes on sm_90: per warp, rounded up to the allocation unit
+/// of 256.
+fn block_registers(registers: u32, threads: u32) -> u32 {
+    (registers * 32).div_ceil(256) * 256 * threads.div_ceil(32)
+}
+
+#[test]
+fn block_registers_round_up_per_warp() {
+    assert_eq!(block_registers(64, 1024), 65_536);
+    // 65 registers are 72 per thread once rounded, too many for 1024 threads.
+    assert_eq!(block_registers(65, 1024), 73_728);
+    assert_eq!(block_registers(10, 33), 2 * 512);
+}
+
+/// Every kernel of kernels.cu, compiled to an sm_90 cubin as a Hopper would get it: its launch
+/// bounds are its table's block size, a block of that size fits the SM's 64K registers, its
+/// static shared memory fits the 48 KiB a block gets without opting in (no launch asks for
+/// dynamic shared memory, nor opts in), and its parameters have the sizes and offsets of the
+/// table's types, so a Rust i32 passed for a long long cannot slip through.
+#[test]
+fn every_kernel_compiles_to_an_sm_90_cubin_that_fits_its_launch() {
+    let Some(elf) = cubin_or_skip(KERNELS_CU, 90) else {
+        return;
+    };
+    let kernels = cubin::kernels(&elf).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(kernels.len(), launch::KERNELS.len(), "kernels in the cubin");
+    for spec in launch::KERNELS {
+        let name = spec.name;
+        let kernel = kernels
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in the cubin"));
+        assert_eq!(
+            kernel.max_threads,
+            Some([spec.block, 1, 1]),
+            "{name}: launch bounds"
+        );
+        assert!(
+            kernel.registers <= 255,
+            "{name}: {} registers",
+            kernel.registers
+        );
+        let registers = block_registers(kernel.registers, spec.block);
+        assert!(
+            registers <= 65_536,
+            "{name}: a block takes {registers} registers"
+        );
+        assert!(kernel.static_shared <= 48 * 1024, "{name}: {kernel:?}");
+        let mut offset = 0u16;
+        let expected: Vec<cubin::Param> = (0..)
+            .zip(spec.params)
+            .map(|(ordinal, &(param, c_type))| {
+                let size = match c_type {
+                    "int" | "float" => 4,
+                    "long long" | "double" => 8,
+                    pointer if pointer.ends_with('*') => 8,
+                    other => panic!("{name}: {param} of type {other}"),
+                };
+                offset = offset.next_multiple_of(size);
+                let at = offset;
+                offset += size;
+                cubin::Param {
+                    ordinal,
+                    offset: at,
+                    size: size.into(),
+                }
+            })
+            .collect();
+        assert_eq!(kernel.params, expected, "{name}: parameter layout");
+    }
+}
+
+/// An architecture NVRTC cannot compile for is a one-line error naming it and NVRTC's version.
+#[test]
+fn a_gpu_nvrtc_cannot_compile_for_is_a_clear_error() {
+    match compile_cubin(KERNELS_CU, 35) {
+        Err(CudaError::NoNvrtc) if !nvrtc_required() => {}
+        Err(e @ CudaError::UnsupportedArch { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("sm_35"), "{message}");
+            assert!(message.contains("NVRTC 13."), "{message}");
+            assert!(message.contains("sm_90"), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        other => panic!("expected UnsupportedArch, got {:?}", other.map(|c| c.len())),
+    }
+}
+
+/// A cubin the driver cannot load for lack of support is a one-line error saying what driver
+/// it needs; other load errors stay driver errors.
+#[test]
+fn a_driver_too_old_for_the_cubin_is_a_clear_error() {
+    for code in [
+        CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION,
+        CUresult::CUDA_ERROR_INVALID_IMAGE,
+        CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU,
+    ] {
+        let error = load_error(DriverError(code));
+        assert!(matches!(error, CudaError::DriverTooOld { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("R580"), "{message}");
+        assert!(message.contains("NVRTC "), "{message}");
+        assert!(message.contains(&format!("{code:?}")), "{message}");
+        if nvrtc_required() {
+            assert!(message.contains("NVRTC 13."), "{message}");
+        }
+        assert!(!message.contains('\n'), "{message}");
+    }
+    let other = load_error(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY));
+    assert!(matches!(other, CudaError::Driver(_)), "{other}");
 }
 
 #[test]
@@ -111,6 +325,14 @@ fn a_broken_kernel_is_reported_with_nvrtcs_log() {
             "expected a compile error, got {:?}",
             other.map(|p| p.to_src())
         ),
+    }
+    match compile_cubin(source, 90) {
+        Err(CudaError::NoNvrtc) if !nvrtc_required() => {}
+        Err(CudaError::Compile(log)) => {
+            assert!(log.contains("undefined_name"), "{log}");
+            assert!(log.contains("error"), "{log}");
+        }
+        other => panic!("expected a compile error, got {:?}", other.map(|c| c.len())),
     }
 }
 
@@ -491,20 +713,56 @@ fn gpu_attention_matches_the_cpu() {
     p.same("attention_backward dk", &dk, &gdk);
     p.same("attention_backward dv", &dv, &gdv);
 
-    // Decoding: one query over the first 20 positions of a cache.
-    let (len, positions) = (20, 32);
+    // Decoding: one query over the first `len` positions of a cache, within one tile of
+    // positions and over several (the last one partial), into an output that held garbage.
+    let positions = 1024;
     let cache_len = positions * shape.kv_heads * shape.head_dim;
     let (k_cache, gk_cache) = p.both(cache_len);
     let (v_cache, gv_cache) = p.both(cache_len);
     let width = shape.heads * shape.head_dim;
-    let (one, gone) = p.both(width);
-    let (mut o, mut go) = (vec![0.0; width], p.gpu.zeros(width).unwrap());
     let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
-    p.cpu
-        .attention_decode(&mut o, &one, &k_cache, &v_cache, len, h, kvh, hd);
+    for len in [20, 700] {
+        let (one, gone) = p.both(width);
+        let (mut o, mut go) = p.both(width);
+        p.cpu
+            .attention_decode(&mut o, &one, &k_cache, &v_cache, len, h, kvh, hd);
+        p.gpu
+            .attention_decode(&mut go, &gone, &gk_cache, &gv_cache, len, h, kvh, hd);
+        p.same(&format!("attention_decode over {len}"), &o, &go);
+    }
+}
+
+/// A target outside the vocabulary (the CPU panics) reads nothing out of bounds: its row's loss
+/// is NaN and its gradient the scaled softmax; the other rows are as usual.
+#[test]
+#[ignore = "needs an NVIDIA GPU (scripts/gpu-check.sh)"]
+fn gpu_cross_entropy_of_a_target_outside_the_vocabulary_is_nan() {
+    let mut p = Pair::new();
+    let (rows, vocab) = (3, 40);
+    let (mut logits, mut glogits) = p.both(rows * vocab);
+    let targets = [5u32, vocab as u32, u32::MAX];
+    let mut gtargets = p.gpu.tokens(rows).unwrap();
+    p.gpu.upload_tokens(&mut gtargets, &targets).unwrap();
+    let mut glosses = p.gpu.zeros(rows).unwrap();
     p.gpu
-        .attention_decode(&mut go, &gone, &gk_cache, &gv_cache, len, h, kvh, hd);
-    p.same("attention_decode", &o, &go);
+        .cross_entropy_fused(&mut glosses, &mut glogits, &gtargets, vocab, 0.5);
+    let losses = p.gpu.download(&glosses).unwrap();
+    assert!(losses[0].is_finite(), "{losses:?}");
+    assert!(losses[1].is_nan() && losses[2].is_nan(), "{losses:?}");
+    let (mut loss, mut first) = (vec![0.0], logits[..vocab].to_vec());
+    p.cpu
+        .cross_entropy_fused(&mut loss, &mut first, &vec![targets[0]], vocab, 0.5);
+    let apart = (loss[0] - losses[0]).abs();
+    assert!(apart <= 1e-4 * (1.0 + loss[0].abs()), "{loss:?} {losses:?}");
+    logits[..vocab].copy_from_slice(&first);
+    for row in logits[vocab..].chunks_mut(vocab) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|x| (x - max).exp()).sum();
+        for x in row.iter_mut() {
+            *x = (*x - max).exp() / sum * 0.5;
+        }
+    }
+    p.same("cross_entropy gradient", &logits, &glogits);
 }
 
 /// bf16 rounding gives the CPU's bits exactly: ties to even both ways, NaNs (a signalling one
