@@ -8,8 +8,8 @@
 //! transposes: `out = inp · wᵀ` becomes `outᵀ = w · inpᵀ`, and no buffer is ever copied to be
 //! transposed.
 
-use cudarc::cublas::GemmConfig;
 use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
 
 const N: cublasOperation_t = cublasOperation_t::CUBLAS_OP_N;
 const T: cublasOperation_t = cublasOperation_t::CUBLAS_OP_T;
@@ -138,6 +138,78 @@ pub fn newton_schulz(rows: usize, cols: usize, (a, b, c): (f32, f32, f32)) -> Ne
     }
 }
 
+/// The products of causal attention, each one strided-batched cuBLAS call over every (batch,
+/// head): its operands are heads-first copies `[batch·heads, seq, head_dim]` of q, k, v and the
+/// output's gradient (k and v repeated for the query heads of their group), and the
+/// probabilities and their gradient `[batch·heads, seq, seq]`. The products cover the masked
+/// upper triangle too (the softmax kernels zero it), trading those flops for a plain GEMM.
+pub struct AttentionGemms {
+    /// `scores = scale · q·kᵀ`: A = k, B = q, C = scores.
+    pub scores: StridedBatchedConfig<f32>,
+    /// `out = probs · v`: A = v, B = probs, C = out.
+    pub values: StridedBatchedConfig<f32>,
+    /// `dprobs = dout · vᵀ`: A = v, B = dout, C = dprobs.
+    pub dprobs: StridedBatchedConfig<f32>,
+    /// `dv = probsᵀ · dout`: A = dout, B = probs, C = dv.
+    pub dv: StridedBatchedConfig<f32>,
+    /// `dq = scale · dscores · k`: A = k, B = dscores, C = dq.
+    pub dq: StridedBatchedConfig<f32>,
+    /// `dk = scale · dscoresᵀ · q`: A = q, B = dscores, C = dk.
+    pub dk: StridedBatchedConfig<f32>,
+}
+
+/// The attention products for `batch_heads` heads of `seq` positions and `head_dim`
+/// dimensions, with the scores scaled by `scale`. Each is one of the linear layer's products
+/// with seq in the roles of both the rows and the output features: the scores are
+/// `matmul_forward` of q by k, the values `matmul_backward_input` of probs by v, and so on.
+pub fn attention(batch_heads: usize, seq: usize, head_dim: usize, scale: f32) -> AttentionGemms {
+    let (t, d) = (seq, head_dim);
+    let (head, square) = (stride(t * d), stride(t * t));
+    let batched = |gemm: GemmConfig<f32>, stride_a, stride_b, stride_c| StridedBatchedConfig {
+        gemm,
+        batch_size: dim(batch_heads),
+        stride_a,
+        stride_b,
+        stride_c,
+    };
+    let scaled = |mut gemm: GemmConfig<f32>| {
+        gemm.alpha = scale;
+        gemm
+    };
+    let overwriting = |mut gemm: GemmConfig<f32>| {
+        gemm.beta = 0.0;
+        gemm
+    };
+    AttentionGemms {
+        scores: batched(scaled(matmul_forward(d, t, t)), head, head, square),
+        values: batched(matmul_backward_input(d, t, t, false), head, square, head),
+        dprobs: batched(matmul_forward(d, t, t), head, head, square),
+        dv: batched(
+            overwriting(matmul_backward_weight(d, t, t)),
+            head,
+            square,
+            head,
+        ),
+        dq: batched(
+            scaled(matmul_backward_input(d, t, t, false)),
+            head,
+            square,
+            head,
+        ),
+        dk: batched(
+            scaled(overwriting(matmul_backward_weight(d, t, t))),
+            head,
+            square,
+            head,
+        ),
+    }
+}
+
+/// A stride between batched matrices as cuBLAS's `long long`.
+fn stride(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or_else(|_| panic!("stride {n} exceeds cuBLAS's long long"))
+}
+
 /// A dimension as cuBLAS's `int`. The Backend contract's buffers are far below 2³¹ elements per
 /// side (a model is refused long before), so a larger one is a bug, not a user error.
 fn dim(n: usize) -> i32 {
@@ -189,6 +261,14 @@ mod tests {
                 };
                 c[at] = f64::from(config.alpha) * dot + kept;
             }
+        }
+    }
+
+    /// [`reference_gemm`] over `config.batch_size` matrices at the config's strides.
+    fn reference_batched(config: &StridedBatchedConfig<f32>, a: &[f64], b: &[f64], c: &mut [f64]) {
+        let [sa, sb, sc] = [config.stride_a, config.stride_b, config.stride_c].map(|s| s as usize);
+        for i in 0..config.batch_size as usize {
+            reference_gemm(&config.gemm, &a[i * sa..], &b[i * sb..], &mut c[i * sc..]);
         }
     }
 
@@ -328,6 +408,127 @@ mod tests {
                 .map(|(x, px)| f64::from(a) * x + px)
                 .collect();
             assert_close("next", &next, &want);
+        }
+    }
+
+    /// Causal attention of one head, row-major `[seq, head_dim]` q, k, v, straight from the
+    /// definition: the output, and the gradients of q, k, v for the output's gradient `dout`.
+    #[allow(clippy::type_complexity)]
+    fn attention_by_definition(
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        dout: &[f64],
+        t: usize,
+        d: usize,
+        scale: f64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
+        let row = |x: &[f64], i: usize| x[i * d..(i + 1) * d].to_vec();
+        let mut p = vec![0.0; t * t];
+        for i in 0..t {
+            let scores: Vec<f64> = (0..=i)
+                .map(|j| scale * dot(&row(q, i), &row(k, j)))
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            for (j, s) in scores.iter().enumerate() {
+                p[i * t + j] = (s - max).exp() / sum;
+            }
+        }
+        let (mut out, mut dq, mut dk, mut dv) = (
+            vec![0.0; t * d],
+            vec![0.0; t * d],
+            vec![0.0; t * d],
+            vec![0.0; t * d],
+        );
+        for i in 0..t {
+            let dp: Vec<f64> = (0..t).map(|j| dot(&row(dout, i), &row(v, j))).collect();
+            let weighted: f64 = (0..t).map(|j| p[i * t + j] * dp[j]).sum();
+            for j in 0..t {
+                let ds = p[i * t + j] * (dp[j] - weighted);
+                for e in 0..d {
+                    out[i * d + e] += p[i * t + j] * v[j * d + e];
+                    dv[j * d + e] += p[i * t + j] * dout[i * d + e];
+                    dq[i * d + e] += scale * ds * k[j * d + e];
+                    dk[j * d + e] += scale * ds * q[i * d + e];
+                }
+            }
+        }
+        (out, dq, dk, dv)
+    }
+
+    /// The softmax and its backward pass as the kernels compute them, row by row in place, with
+    /// zeros above the diagonal.
+    fn causal_softmax(scores: &mut [f64], t: usize) {
+        for (r, row) in scores.chunks_mut(t).enumerate() {
+            let i = r % t;
+            let max = row[..=i].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = row[..=i].iter().map(|s| (s - max).exp()).sum();
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = if j <= i { (*x - max).exp() / sum } else { 0.0 };
+            }
+        }
+    }
+    fn causal_softmax_backward(dscores: &mut [f64], probs: &[f64], t: usize) {
+        for (r, (ds, p)) in dscores.chunks_mut(t).zip(probs.chunks(t)).enumerate() {
+            let i = r % t;
+            let weighted: f64 = (0..=i).map(|j| p[j] * ds[j]).sum();
+            for j in 0..t {
+                ds[j] = if j <= i {
+                    p[j] * (ds[j] - weighted)
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+
+    #[test]
+    fn the_attention_products_with_the_softmax_kernels_are_causal_attention_and_its_gradients() {
+        let mut rng = Rng::new(4);
+        for (heads, t, d) in [(3, 5, 2), (2, 4, 6), (1, 1, 3)] {
+            // The scale as cuBLAS gets it (an f32), so the definition uses the same number.
+            let scale = f64::from(1.0 / (d as f32).sqrt());
+            let plan = attention(heads, t, d, scale as f32);
+            let len = heads * t * d;
+            let (q, k, v, dout) = (
+                random(&mut rng, len),
+                random(&mut rng, len),
+                random(&mut rng, len),
+                random(&mut rng, len),
+            );
+            let mut probs = vec![f64::NAN; heads * t * t];
+            reference_batched(&plan.scores, &k, &q, &mut probs);
+            causal_softmax(&mut probs, t);
+            let mut out = vec![f64::NAN; len];
+            reference_batched(&plan.values, &v, &probs, &mut out);
+            let mut dscores = vec![f64::NAN; heads * t * t];
+            reference_batched(&plan.dprobs, &v, &dout, &mut dscores);
+            let mut dv = vec![f64::NAN; len];
+            reference_batched(&plan.dv, &dout, &probs, &mut dv);
+            causal_softmax_backward(&mut dscores, &probs, t);
+            let (mut dq, mut dk) = (vec![f64::NAN; len], vec![f64::NAN; len]);
+            reference_batched(&plan.dq, &k, &dscores, &mut dq);
+            reference_batched(&plan.dk, &q, &dscores, &mut dk);
+
+            for h in 0..heads {
+                let at = h * t * d..(h + 1) * t * d;
+                let head = |x: &[f64]| x[at.clone()].to_vec();
+                let (want_out, want_dq, want_dk, want_dv) = attention_by_definition(
+                    &head(&q),
+                    &head(&k),
+                    &head(&v),
+                    &head(&dout),
+                    t,
+                    d,
+                    scale,
+                );
+                assert_close("out", &head(&out), &want_out);
+                assert_close("dq", &head(&dq), &want_dq);
+                assert_close("dk", &head(&dk), &want_dk);
+                assert_close("dv", &head(&dv), &want_dv);
+            }
         }
     }
 

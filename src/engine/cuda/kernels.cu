@@ -9,8 +9,6 @@
 // the registers that size allows; tests.rs checks both against the compiled cubin.
 
 #define BLOCK 256
-// Kernels that loop over a head's dimensions.
-#define HEAD_BLOCK 128
 // One thread per element.
 #define ELEMENTWISE 256
 // 32 columns by TILE_BLOCK / 32 row lanes: column reductions over many rows.
@@ -336,28 +334,56 @@ rope(float* x, long long rows, int seq, int start, int heads, int head_dim, doub
 
 // ---------------------------------------------------------------------------------------------
 // Causal grouped-query attention. q, out: [batch, seq, heads, head_dim]; k, v: [batch, seq,
-// kv_heads, head_dim]; probs: [batch, heads, seq, seq] with zeros above the diagonal.
+// kv_heads, head_dim]; probs: [batch, heads, seq, seq] with zeros above the diagonal. The
+// products are cuBLAS's (strided-batched GEMMs over every (batch, head), src/engine/cuda/gemm.rs),
+// on heads-first copies [batch, heads, seq, head_dim] these kernels make and undo; the softmax
+// and its backward pass are row kernels.
 
-// Scores and softmax of one query row: one block per (batch, head, t).
+// dst[b, h, t, :] = src[b, t, h / (heads / src_heads), :]: a [batch, seq, src_heads, head_dim]
+// tensor heads-first, each key/value head repeated for the query heads of its group. One thread
+// per element of dst.
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+split_heads(float* dst, const float* src, int batch, int seq, int heads, int src_heads,
+               int head_dim) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)batch * heads * seq * head_dim) return;
+    int d = (int)(i % head_dim);
+    int t = (int)((i / head_dim) % seq);
+    int h = (int)((i / ((long long)head_dim * seq)) % heads);
+    long long b = i / ((long long)head_dim * seq * heads);
+    int g = h / (heads / src_heads);
+    dst[i] = src[((b * seq + t) * src_heads + g) * head_dim + d];
+}
+
+// dst[b, t, g, :] = Σ_j src[b, g·group + j, t, :] over the group's heads j in order (group =
+// heads / dst_heads): a heads-first gradient back in [batch, seq, dst_heads, head_dim], the
+// repeated key/value heads summed. Overwrites dst. One thread per element of dst.
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
+merge_heads(float* dst, const float* src, int batch, int seq, int heads, int dst_heads,
+                 int head_dim) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)batch * seq * dst_heads * head_dim) return;
+    int d = (int)(i % head_dim);
+    int g = (int)((i / head_dim) % dst_heads);
+    int t = (int)((i / ((long long)head_dim * dst_heads)) % seq);
+    long long b = i / ((long long)head_dim * dst_heads * seq);
+    int group = heads / dst_heads;
+    float acc = 0.0f;
+    for (int j = 0; j < group; j++) {
+        acc += src[((b * heads + g * group + j) * seq + t) * head_dim + d];
+    }
+    dst[i] = acc;
+}
+
+// In place, row t of each [seq, seq] matrix of already scaled scores becomes its softmax over
+// the positions t2 <= t, and zeros above the diagonal. One block per (batch, head, t) row.
 extern "C" __global__ void __launch_bounds__(BLOCK)
-attention_probs(float* probs, const float* q, const float* k, int seq, int heads, int kv_heads,
-                int head_dim, float scale) {
+causal_softmax(float* probs, int seq) {
     __shared__ float shared[BLOCK];
     int t = blockIdx.x % seq;
-    int h = (blockIdx.x / seq) % heads;
-    int b = blockIdx.x / (seq * heads);
-    int g = h / (heads / kv_heads);
-    const float* qr = q + (((long long)b * seq + t) * heads + h) * head_dim;
-    float* row = probs + (((long long)b * heads + h) * seq + t) * seq;
+    float* row = probs + (long long)blockIdx.x * seq;
     float local_max = NEG_INF;
-    for (int t2 = threadIdx.x; t2 <= t; t2 += BLOCK) {
-        const float* kr = k + (((long long)b * seq + t2) * kv_heads + g) * head_dim;
-        float dot = 0.0f;
-        for (int d = 0; d < head_dim; d++) dot += qr[d] * kr[d];
-        dot *= scale;
-        row[t2] = dot;
-        local_max = fmaxf(local_max, dot);
-    }
+    for (int t2 = threadIdx.x; t2 <= t; t2 += BLOCK) local_max = fmaxf(local_max, row[t2]);
     float max = block_max(local_max, shared);
     float local_sum = 0.0f;
     for (int t2 = threadIdx.x; t2 <= t; t2 += BLOCK) {
@@ -371,96 +397,20 @@ attention_probs(float* probs, const float* q, const float* k, int seq, int heads
     }
 }
 
-// out[b, t, h, :] = Σ_t2 probs[b, h, t, t2] · v[b, t2, g, :]; one block per (batch, t, head).
-extern "C" __global__ void __launch_bounds__(HEAD_BLOCK)
-attention_values(float* out, const float* probs, const float* v, int seq, int heads, int kv_heads,
-                 int head_dim) {
-    int h = blockIdx.x % heads;
-    int t = (blockIdx.x / heads) % seq;
-    int b = blockIdx.x / (heads * seq);
-    int g = h / (heads / kv_heads);
-    const float* row = probs + (((long long)b * heads + h) * seq + t) * seq;
-    float* o = out + (((long long)b * seq + t) * heads + h) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int t2 = 0; t2 <= t; t2++) {
-            acc += row[t2] * v[(((long long)b * seq + t2) * kv_heads + g) * head_dim + d];
-        }
-        o[d] = acc;
-    }
-}
-
-// Backward, step 1: the gradient of the scores of one query row into `dscores` (the size of
-// probs): dP = dout·vᵀ, then dS = P ⊙ (dP − Σ P ⊙ dP). One block per (batch, head, t).
+// In place over the gradient of the probabilities dP, the gradient of the scores:
+// dS = P ⊙ (dP − Σ P ⊙ dP), row by row, zeros above the diagonal. One block per row.
 extern "C" __global__ void __launch_bounds__(BLOCK)
-attention_dscores(float* dscores, const float* dout, const float* probs, const float* v, int seq,
-                  int heads, int kv_heads, int head_dim) {
+causal_softmax_backward(float* dscores, const float* probs, int seq) {
     __shared__ float shared[BLOCK];
     int t = blockIdx.x % seq;
-    int h = (blockIdx.x / seq) % heads;
-    int b = blockIdx.x / (seq * heads);
-    int g = h / (heads / kv_heads);
-    const float* dr = dout + (((long long)b * seq + t) * heads + h) * head_dim;
-    long long row_at = (((long long)b * heads + h) * seq + t) * seq;
-    const float* p = probs + row_at;
+    long long row_at = (long long)blockIdx.x * seq;
     float* ds = dscores + row_at;
+    const float* p = probs + row_at;
     float local = 0.0f;
-    for (int t2 = threadIdx.x; t2 <= t; t2 += BLOCK) {
-        const float* vr = v + (((long long)b * seq + t2) * kv_heads + g) * head_dim;
-        float dp = 0.0f;
-        for (int d = 0; d < head_dim; d++) dp += dr[d] * vr[d];
-        ds[t2] = dp;
-        local += p[t2] * dp;
-    }
+    for (int t2 = threadIdx.x; t2 <= t; t2 += BLOCK) local += p[t2] * ds[t2];
     float weighted = block_sum(local, shared);
     for (int t2 = threadIdx.x; t2 < seq; t2 += BLOCK) {
         ds[t2] = t2 <= t ? p[t2] * (ds[t2] - weighted) : 0.0f;
-    }
-}
-
-// Backward, step 2: dq[b, t, h, :] = scale · Σ_t2 dS[b, h, t, t2] · k[b, t2, g, :]; one block per
-// (batch, t, head).
-extern "C" __global__ void __launch_bounds__(HEAD_BLOCK)
-attention_dq(float* dq, const float* dscores, const float* k, int seq, int heads, int kv_heads,
-             int head_dim, float scale) {
-    int h = blockIdx.x % heads;
-    int t = (blockIdx.x / heads) % seq;
-    int b = blockIdx.x / (heads * seq);
-    int g = h / (heads / kv_heads);
-    const float* ds = dscores + (((long long)b * heads + h) * seq + t) * seq;
-    float* o = dq + (((long long)b * seq + t) * heads + h) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int t2 = 0; t2 <= t; t2++) {
-            acc += ds[t2] * k[(((long long)b * seq + t2) * kv_heads + g) * head_dim + d];
-        }
-        o[d] = scale * acc;
-    }
-}
-
-// Backward, step 3: for kv head g at position t2, summed over its query heads and the positions
-// t ≥ t2 that see it: dk = scale · Σ dS · q, dv = Σ P · dout (overwritten). One block per (batch, t2, g).
-extern "C" __global__ void __launch_bounds__(HEAD_BLOCK)
-attention_dkv(float* dk, float* dv, const float* dscores, const float* probs, const float* q,
-              const float* dout, int seq, int heads, int kv_heads, int head_dim, float scale) {
-    int g = blockIdx.x % kv_heads;
-    int t2 = (blockIdx.x / kv_heads) % seq;
-    int b = blockIdx.x / (kv_heads * seq);
-    int group = heads / kv_heads;
-    long long kv_at = (((long long)b * seq + t2) * kv_heads + g) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc_k = 0.0f;
-        float acc_v = 0.0f;
-        for (int h = g * group; h < (g + 1) * group; h++) {
-            for (int t = t2; t < seq; t++) {
-                long long p_at = (((long long)b * heads + h) * seq + t) * seq + t2;
-                long long q_at = (((long long)b * seq + t) * heads + h) * head_dim + d;
-                acc_k += dscores[p_at] * q[q_at];
-                acc_v += probs[p_at] * dout[q_at];
-            }
-        }
-        dk[kv_at + d] = scale * acc_k;
-        dv[kv_at + d] = acc_v;
     }
 }
 

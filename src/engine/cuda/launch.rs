@@ -12,8 +12,6 @@ use cudarc::driver::{
 
 /// Threads per block of the row kernels (`BLOCK` in `kernels.cu`).
 pub const BLOCK: u32 = 256;
-/// Threads per block of the kernels that loop over a head's dimensions.
-pub const HEAD_BLOCK: u32 = 128;
 /// Threads per block of the one-thread-per-element kernels (`ELEMENTWISE` in `kernels.cu`).
 pub const ELEMENTWISE: u32 = 256;
 /// Threads per block of the column reductions: 32 columns by 32 row lanes (`TILE_BLOCK`).
@@ -263,26 +261,16 @@ kernels! {
         x: f32_mut, rows: i64, seq: i32, start: i32, heads: i32, head_dim: i32, theta: f64,
         sign: f32,
     ) block ELEMENTWISE;
-    attention_probs(
-        probs: f32_mut, q: f32_ref, k: f32_ref, seq: i32, heads: i32, kv_heads: i32,
-        head_dim: i32, scale: f32,
-    ) block BLOCK;
-    attention_values(
-        out: f32_mut, probs: f32_ref, v: f32_ref, seq: i32, heads: i32, kv_heads: i32,
+    split_heads(
+        dst: f32_mut, src: f32_ref, batch: i32, seq: i32, heads: i32, src_heads: i32,
         head_dim: i32,
-    ) block HEAD_BLOCK;
-    attention_dscores(
-        dscores: f32_mut, dout: f32_ref, probs: f32_ref, v: f32_ref, seq: i32, heads: i32,
-        kv_heads: i32, head_dim: i32,
-    ) block BLOCK;
-    attention_dq(
-        dq: f32_mut, dscores: f32_ref, k: f32_ref, seq: i32, heads: i32, kv_heads: i32,
-        head_dim: i32, scale: f32,
-    ) block HEAD_BLOCK;
-    attention_dkv(
-        dk: f32_mut, dv: f32_mut, dscores: f32_ref, probs: f32_ref, q: f32_ref, dout: f32_ref,
-        seq: i32, heads: i32, kv_heads: i32, head_dim: i32, scale: f32,
-    ) block HEAD_BLOCK;
+    ) block ELEMENTWISE;
+    merge_heads(
+        dst: f32_mut, src: f32_ref, batch: i32, seq: i32, heads: i32, dst_heads: i32,
+        head_dim: i32,
+    ) block ELEMENTWISE;
+    causal_softmax(probs: f32_mut, seq: i32) block BLOCK;
+    causal_softmax_backward(dscores: f32_mut, probs: f32_ref, seq: i32) block BLOCK;
     attention_decode(
         out: f32_mut, q: f32_ref, k_cache: f32_ref, v_cache: f32_ref, len: i32, heads: i32,
         kv_heads: i32, head_dim: i32, scale: f32,

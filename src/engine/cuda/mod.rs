@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::sys::{CUdevice_attribute_enum, CUresult};
 use cudarc::driver::{
     CudaContext, CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DriverError,
@@ -365,6 +365,18 @@ impl Cuda {
         unsafe { self.blas.gemm(config, a, b, c) }.expect("cuBLAS sgemm failed");
     }
 
+    fn gemm_batched(
+        &self,
+        config: StridedBatchedConfig<f32>,
+        a: &impl DevicePtr<f32>,
+        b: &impl DevicePtr<f32>,
+        c: &mut impl DevicePtrMut<f32>,
+    ) {
+        // SAFETY: as for `gemm`; the strides and batch count come from the same shapes.
+        unsafe { self.blas.gemm_strided_batched(config, a, b, c) }
+            .expect("cuBLAS strided-batched sgemm failed");
+    }
+
     /// `gemm` on bf16 operands (their bits) into an f32 `c`, on the tensor cores: cuBLAS GemmEx
     /// with f32 compute, so products are exact and sums are f32, as on the CPU.
     fn gemm_bf16(
@@ -678,11 +690,17 @@ impl Backend for Cuda {
         match probs {
             Saved::Full(probs) => self.attention_forward_floats(out, probs, q, k, v, shape),
             Saved::Half(kept) => {
-                let mut probs = self.matmul_scratch(kept.len());
+                let mut probs = self.working_floats(kept.len(), "the attention probabilities");
                 self.attention_forward_floats(out, &mut probs, q, k, v, shape);
                 self.round_to_half(kept, &probs);
             }
         }
+    }
+
+    /// The scores' gradient, and the heads-first q, k, v, dout and gradients of q, k, v.
+    fn attention_scratch_len(&self, shape: AttentionShape) -> usize {
+        let square = shape.batch * shape.heads * shape.seq * shape.seq;
+        square.saturating_add(heads_first_len(shape).saturating_mul(7))
     }
 
     fn attention_backward(
@@ -904,9 +922,8 @@ impl Cuda {
         );
     }
 
-    /// `len` floats of working space for a bf16 matmul. The matmul has no error to return, so
-    /// running out of memory here is a panic that says what for.
-    /// [`Backend::attention_forward`] keeping the probabilities as floats.
+    /// [`Backend::attention_forward`] keeping the probabilities as floats: heads-first copies
+    /// of q, k, v, then cuBLAS for the scores and the values around the softmax kernel.
     fn attention_forward_floats(
         &self,
         out: &mut CudaSlice<f32>,
@@ -916,25 +933,23 @@ impl Cuda {
         v: &CudaSlice<f32>,
         shape: AttentionShape,
     ) {
+        let len = heads_first_len(shape);
+        let [mut qh, mut kh, mut vh, mut out_h] =
+            [(); 4].map(|()| self.working_floats(len, "attention's heads-first copies"));
+        self.split_heads(&mut qh, q, shape, shape.heads);
+        self.split_heads(&mut kh, k, shape, shape.kv_heads);
+        self.split_heads(&mut vh, v, shape, shape.kv_heads);
+        let plan = attention_gemms(shape);
+        self.gemm_batched(plan.scores, &kh, &qh, probs);
         let rows = shape.batch * shape.heads * shape.seq;
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let [seq, heads, kv_heads, head_dim] = attention_dims(shape);
-        self.kernels.attention_probs(
-            rows,
-            &mut *probs,
-            q,
-            k,
-            seq,
-            heads,
-            kv_heads,
-            head_dim,
-            scale,
-        );
         self.kernels
-            .attention_values(rows, out, &*probs, v, seq, heads, kv_heads, head_dim);
+            .causal_softmax(rows, &mut *probs, shape.seq as i32);
+        self.gemm_batched(plan.values, &vh, &*probs, &mut out_h);
+        self.merge_heads(out, &out_h.as_view(), shape, shape.heads);
     }
 
-    /// [`Backend::attention_backward`] on floats.
+    /// [`Backend::attention_backward`] on floats, in `scratch`: the scores' gradient, then the
+    /// heads-first q, k, v, dout and the gradients of the first three.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward_floats(
         &self,
@@ -949,26 +964,81 @@ impl Cuda {
         scratch: &mut CudaSlice<f32>,
         shape: AttentionShape,
     ) {
+        let len = heads_first_len(shape);
+        let square = probs.len();
+        assert!(
+            scratch.len() >= self.attention_scratch_len(shape),
+            "attention's working space"
+        );
+        let (mut dscores, mut rest) = scratch.split_at_mut(square);
+        let (mut qh, mut rest) = rest.split_at_mut(len);
+        let (mut kh, mut rest) = rest.split_at_mut(len);
+        let (mut vh, mut rest) = rest.split_at_mut(len);
+        let (mut dout_h, mut rest) = rest.split_at_mut(len);
+        let (mut dq_h, mut rest) = rest.split_at_mut(len);
+        let (mut dk_h, mut rest) = rest.split_at_mut(len);
+        let mut dv_h = rest.slice_mut(..len);
+        self.split_heads(&mut qh, q, shape, shape.heads);
+        self.split_heads(&mut kh, k, shape, shape.kv_heads);
+        self.split_heads(&mut vh, v, shape, shape.kv_heads);
+        self.split_heads(&mut dout_h, dout, shape, shape.heads);
+        let plan = attention_gemms(shape);
+        self.gemm_batched(plan.dprobs, &vh, &dout_h, &mut dscores);
+        self.gemm_batched(plan.dv, &dout_h, probs, &mut dv_h);
         let rows = shape.batch * shape.heads * shape.seq;
-        let kv_rows = shape.batch * shape.kv_heads * shape.seq;
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let [seq, heads, kv_heads, head_dim] = attention_dims(shape);
-        self.kernels.attention_dscores(
-            rows,
-            &mut *scratch,
-            dout,
-            probs,
-            v,
+        self.kernels
+            .causal_softmax_backward(rows, &mut dscores, probs, shape.seq as i32);
+        self.gemm_batched(plan.dq, &kh, &dscores, &mut dq_h);
+        self.gemm_batched(plan.dk, &qh, &dscores, &mut dk_h);
+        self.merge_heads(dq, &dq_h.as_view(), shape, shape.heads);
+        self.merge_heads(dk, &dk_h.as_view(), shape, shape.kv_heads);
+        self.merge_heads(dv, &dv_h.as_view(), shape, shape.kv_heads);
+    }
+
+    /// `dst` = the `[batch, seq, src_heads, head_dim]` tensor `src` as heads-first
+    /// `[batch, heads, seq, head_dim]`, its heads repeated for the query heads of their group.
+    fn split_heads(
+        &self,
+        dst: &mut impl launch::Out<f32>,
+        src: &CudaSlice<f32>,
+        shape: AttentionShape,
+        src_heads: usize,
+    ) {
+        let [batch, seq, heads, head_dim] =
+            [shape.batch, shape.seq, shape.heads, shape.head_dim].map(|n| n as i32);
+        self.kernels.split_heads(
+            elementwise(heads_first_len(shape)),
+            dst,
+            src,
+            batch,
             seq,
             heads,
-            kv_heads,
+            src_heads as i32,
             head_dim,
         );
-        self.kernels.attention_dq(
-            rows, dq, &*scratch, k, seq, heads, kv_heads, head_dim, scale,
-        );
-        self.kernels.attention_dkv(
-            kv_rows, dk, dv, &*scratch, probs, q, dout, seq, heads, kv_heads, head_dim, scale,
+    }
+
+    /// `dst` (`[batch, seq, dst_heads, head_dim]`) = the heads-first `src`, the heads of each
+    /// group summed.
+    fn merge_heads(
+        &self,
+        dst: &mut CudaSlice<f32>,
+        src: &CudaView<'_, f32>,
+        shape: AttentionShape,
+        dst_heads: usize,
+    ) {
+        let [batch, seq, heads, head_dim] =
+            [shape.batch, shape.seq, shape.heads, shape.head_dim].map(|n| n as i32);
+        let len = shape.batch * shape.seq * dst_heads * shape.head_dim;
+        self.kernels.merge_heads(
+            elementwise(len),
+            dst,
+            src,
+            batch,
+            seq,
+            heads,
+            dst_heads as i32,
+            head_dim,
         );
     }
 
@@ -994,9 +1064,11 @@ impl Cuda {
         })
     }
 
-    fn matmul_scratch(&self, len: usize) -> CudaSlice<f32> {
+    /// `len` floats of working space for `what`. The ops that need it have no error to return,
+    /// so running out of memory here is a panic that says what for.
+    fn working_floats(&self, len: usize, what: &str) -> CudaSlice<f32> {
         self.alloc_zeros(len)
-            .unwrap_or_else(|e| panic!("the bf16 matmul's working copy: {e}"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
     }
 
     /// `src` rounded to bf16 (its bits), in a new buffer: a matmul's activation operand.
@@ -1010,7 +1082,7 @@ impl Cuda {
 
     /// The bf16 values of `src` as floats, in a new buffer.
     fn widened(&self, src: &CudaSlice<u16>) -> CudaSlice<f32> {
-        let mut dst = self.matmul_scratch(src.len());
+        let mut dst = self.working_floats(src.len(), "a bf16 tensor's floats");
         let n = src.len() as i64;
         self.kernels
             .widen_bf16(elementwise(src.len()), &mut dst, src, n);
@@ -1052,6 +1124,13 @@ impl Cuda {
     }
 }
 
-fn attention_dims(shape: AttentionShape) -> [i32; 4] {
-    [shape.seq, shape.heads, shape.kv_heads, shape.head_dim].map(|n| n as i32)
+/// Floats of one heads-first copy of q (or of k or v repeated per query head).
+fn heads_first_len(shape: AttentionShape) -> usize {
+    shape.batch * shape.heads * shape.seq * shape.head_dim
+}
+
+/// The cuBLAS products of attention at `shape`, scores scaled by 1/√head_dim.
+fn attention_gemms(shape: AttentionShape) -> gemm::AttentionGemms {
+    let scale = 1.0 / (shape.head_dim as f32).sqrt();
+    gemm::attention(shape.batch * shape.heads, shape.seq, shape.head_dim, scale)
 }
