@@ -252,6 +252,7 @@ impl Cuda {
             return Err(CudaError::NoDevice { ordinal, count });
         }
         let context = CudaContext::new(ordinal)?;
+        keep_freed_memory_pooled(&context)?;
         // A stream of our own: the legacy default stream synchronises with every other stream
         // of the process and cannot be captured into a CUDA graph.
         let stream = context.new_stream()?;
@@ -267,7 +268,8 @@ impl Cuda {
         let module = context
             .load_module(Ptx::from_binary(cubin.to_vec()))
             .map_err(load_error)?;
-        let kernels = Kernels::load(&module, stream.clone())?;
+        // A lazily loaded module reports an image the driver cannot run here, at the first function.
+        let kernels = Kernels::load(&module, stream.clone()).map_err(load_error)?;
         let blas = CudaBlas::new(stream.clone())?;
         let name = context.name()?;
         Ok(Cuda {
@@ -334,6 +336,23 @@ impl Cuda {
         self.stream
             .alloc_zeros(len)
             .map_err(|e| self.engine_error(e, bytes))
+    }
+
+    /// `len` uninitialised `V`s on the device, for a buffer the very next op overwrites whole
+    /// (zeroing it first would be a pass over memory for nothing).
+    fn alloc_for_overwrite<V: cudarc::driver::DeviceRepr>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<V>, EngineError> {
+        let (bytes, fits) = EngineError::bytes_of::<V>(len);
+        if fits.is_none() {
+            return Err(EngineError::OutOfMemory {
+                device: self.label.clone(),
+                bytes,
+            });
+        }
+        // SAFETY: every caller overwrites all `len` elements, on this stream, before any read.
+        unsafe { self.stream.alloc(len) }.map_err(|e| self.engine_error(e, bytes))
     }
 
     /// Copies `data` into `dst`, of the same length.
@@ -436,7 +455,7 @@ impl Backend for Cuda {
         self.alloc_zeros(len)
     }
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>, EngineError> {
-        let mut buf = self.alloc_zeros(data.len())?;
+        let mut buf = self.alloc_for_overwrite(data.len())?;
         self.copy_in(&mut buf, data)?;
         Ok(buf)
     }
@@ -662,6 +681,20 @@ impl Backend for Cuda {
         kv_heads: usize,
         head_dim: usize,
     ) {
+        assert!(
+            out.len() >= heads * head_dim && q.len() >= heads * head_dim,
+            "attention_decode: {heads} heads of {head_dim}"
+        );
+        let cache_len = len * kv_heads * head_dim;
+        assert!(k_cache.len() >= cache_len && v_cache.len() >= cache_len);
+        if len == 0 {
+            // Attention over nothing is zeros, as on the CPU (the kernel would divide by zero).
+            let mut head_rows = out.slice_mut(..heads * head_dim);
+            self.stream
+                .memset_zeros(&mut head_rows)
+                .expect("CUDA memset failed");
+            return;
+        }
         let scale = 1.0 / (head_dim as f32).sqrt();
         let blocks = heads;
         let (len, heads, kv_heads, head_dim) =
@@ -934,6 +967,7 @@ impl Cuda {
         shape: AttentionShape,
     ) {
         let len = heads_first_len(shape);
+        check_attention_shapes(shape, probs.len(), [&*out, q, k, v]);
         let [mut qh, mut kh, mut vh, mut out_h] =
             [(); 4].map(|()| self.working_floats(len, "attention's heads-first copies"));
         self.split_heads(&mut qh, q, shape, shape.heads);
@@ -966,6 +1000,8 @@ impl Cuda {
     ) {
         let len = heads_first_len(shape);
         let square = probs.len();
+        check_attention_shapes(shape, square, [dout, q, k, v]);
+        check_attention_shapes(shape, square, [&*dq, &*dq, &*dk, &*dv]);
         assert!(
             scratch.len() >= self.attention_scratch_len(shape),
             "attention's working space"
@@ -1067,14 +1103,14 @@ impl Cuda {
     /// `len` floats of working space for `what`. The ops that need it have no error to return,
     /// so running out of memory here is a panic that says what for.
     fn working_floats(&self, len: usize, what: &str) -> CudaSlice<f32> {
-        self.alloc_zeros(len)
+        self.alloc_for_overwrite(len)
             .unwrap_or_else(|e| panic!("{what}: {e}"))
     }
 
     /// `src` rounded to bf16 (its bits), in a new buffer: a matmul's activation operand.
     fn rounded_to_bf16(&self, src: &CudaSlice<f32>) -> CudaSlice<u16> {
         let mut dst = self
-            .alloc_zeros::<u16>(src.len())
+            .alloc_for_overwrite::<u16>(src.len())
             .unwrap_or_else(|e| panic!("the bf16 matmul's working copy: {e}"));
         self.round_to_half(&mut dst, src);
         dst
@@ -1122,6 +1158,59 @@ impl Cuda {
         }
         self.kernels.sum_doubles(1, out, &partials, total as i32);
     }
+}
+
+/// Keeps the memory of freed working buffers in the device's stream-ordered pool: by default the
+/// pool returns it to the driver at every synchronisation (each step reads its loss back), and
+/// the next step's buffers would be mapped afresh.
+fn keep_freed_memory_pooled(context: &CudaContext) -> Result<(), CudaError> {
+    use cudarc::driver::sys::{
+        CUmemPool_attribute, cuDeviceGetDefaultMemPool, cuMemPoolSetAttribute,
+    };
+    if !context.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: the device handle is the context's; the driver writes the pool handle, then reads
+    // one u64 for the attribute, as the driver API documents.
+    unsafe {
+        cuDeviceGetDefaultMemPool(&mut pool, context.cu_device()).result()?;
+        cuMemPoolSetAttribute(
+            pool,
+            CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()?;
+    }
+    Ok(())
+}
+
+/// Panics unless `probs` and the `[out or q, q, k, v]` buffers have the lengths `shape` gives
+/// them: cuBLAS and the kernels would otherwise reach past a buffer.
+fn check_attention_shapes(
+    shape: AttentionShape,
+    probs: usize,
+    [out, q, k, v]: [&CudaSlice<f32>; 4],
+) {
+    let rows = shape.batch * shape.seq;
+    let (query, kv) = (
+        rows * shape.heads * shape.head_dim,
+        rows * shape.kv_heads * shape.head_dim,
+    );
+    assert!(
+        shape.kv_heads > 0 && shape.heads.is_multiple_of(shape.kv_heads),
+        "{} heads in groups of {} key/value heads",
+        shape.heads,
+        shape.kv_heads
+    );
+    assert_eq!(
+        probs,
+        shape.batch * shape.heads * shape.seq * shape.seq,
+        "probs"
+    );
+    assert_eq!([out.len(), q.len()], [query; 2], "the output and q");
+    assert_eq!([k.len(), v.len()], [kv; 2], "k and v");
 }
 
 /// Floats of one heads-first copy of q (or of k or v repeated per query head).

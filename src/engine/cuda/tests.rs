@@ -934,7 +934,7 @@ fn attention_against_the_cpu(p: &mut Pair, shape: AttentionShape) {
     p.same(&format!("attention_backward dk, {what}"), &dk, &gdk);
     p.same(&format!("attention_backward dv, {what}"), &dv, &gdv);
 
-    // Decoding the last positions of a cache of `seq` (its shared memory holds `len` scores).
+    // Decoding the last positions of a cache of `seq`, longer than one tile of the kernel's.
     let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
     let cache_len = shape.seq * kvh * hd;
     let (k_cache, gk_cache) = p.both(cache_len);
