@@ -582,39 +582,8 @@ fn gpu_embedding_norm_matmul_rope_and_loss_match_the_cpu() {
     p.same("rmsnorm_backward dx", &ddx, &gddx);
     p.same("rmsnorm_backward dw", &dw, &gdw);
 
-    let (weight, gweight) = p.both(oc * c);
-    let (mut y, mut gy) = (vec![0.0; rows * oc], p.gpu.zeros(rows * oc).unwrap());
-    p.cpu.matmul_forward(&mut y, &x, &weight, c, oc);
-    p.gpu.matmul_forward(&mut gy, &gx, &gweight, c, oc);
-    p.same("matmul_forward", &y, &gy);
-    let (dy, gdy) = p.both(rows * oc);
-    let (mut dinp, mut dweight) = (p.random(rows * c), p.random(oc * c));
-    let (mut gdinp, mut gdweight) = (
-        p.gpu.upload(&dinp).unwrap(),
-        p.gpu.upload(&dweight).unwrap(),
-    );
-    p.cpu.matmul_backward(
-        &mut dinp,
-        &mut dweight,
-        &dy,
-        &x,
-        &weight,
-        c,
-        oc,
-        Write::Accumulate,
-    );
-    p.gpu.matmul_backward(
-        &mut gdinp,
-        &mut gdweight,
-        &gdy,
-        &gx,
-        &gweight,
-        c,
-        oc,
-        Write::Accumulate,
-    );
-    p.same("matmul_backward dinp", &dinp, &gdinp);
-    p.same("matmul_backward dw", &dweight, &gdweight);
+    let ((mut y, mut gy), _) =
+        matmul_against_the_cpu(&mut p, (&x, &gx), c, oc, Write::Accumulate, "");
 
     // 24 rows of 4 heads × 24: a batch of 3 sequences of 8.
     let (heads, head_dim, seq) = (4, 24, 8);
@@ -653,83 +622,10 @@ fn gpu_attention_matches_the_cpu() {
         kv_heads: 2,
         head_dim: 16,
     };
-    let q_len = shape.batch * shape.seq * shape.heads * shape.head_dim;
-    let kv_len = shape.batch * shape.seq * shape.kv_heads * shape.head_dim;
-    let p_len = shape.batch * shape.heads * shape.seq * shape.seq;
-    let (q, gq) = p.both(q_len);
-    let (k, gk) = p.both(kv_len);
-    let (v, gv) = p.both(kv_len);
-    let (mut out, mut gout) = (vec![0.0; q_len], p.gpu.zeros(q_len).unwrap());
-    let mut probs = Saved::Full(vec![0.0; p_len]);
-    let mut gprobs = Saved::Full(p.gpu.zeros(p_len).unwrap());
-    p.cpu
-        .attention_forward(&mut out, &mut probs, &q, &k, &v, shape);
-    p.gpu
-        .attention_forward(&mut gout, &mut gprobs, &gq, &gk, &gv, shape);
-    let (Saved::Full(probs_f), Saved::Full(gprobs_f)) = (&probs, &gprobs) else {
-        unreachable!("made as floats above")
-    };
-    p.same("attention_forward probs", probs_f, gprobs_f);
-    p.same("attention_forward out", &out, &gout);
+    attention_against_the_cpu(&mut p, shape);
 
-    let (dout, gdout) = p.both(q_len);
-    let (mut dq, mut dk, mut dv) = (p.random(q_len), p.random(kv_len), p.random(kv_len));
-    let (mut gdq, mut gdk, mut gdv) = (
-        p.gpu.upload(&dq).unwrap(),
-        p.gpu.upload(&dk).unwrap(),
-        p.gpu.upload(&dv).unwrap(),
-    );
-    let mut scratch = vec![0.0; p.cpu.attention_scratch_len(shape)];
-    let mut gscratch = p.gpu.zeros(p.gpu.attention_scratch_len(shape)).unwrap();
-    p.cpu.attention_backward(
-        &mut dq,
-        &mut dk,
-        &mut dv,
-        &dout,
-        AttentionKept {
-            probs: probs.input(),
-            q: Input::Full(&q),
-            k: Input::Full(&k),
-            v: Input::Full(&v),
-        },
-        &mut scratch,
-        shape,
-    );
-    p.gpu.attention_backward(
-        &mut gdq,
-        &mut gdk,
-        &mut gdv,
-        &gdout,
-        AttentionKept {
-            probs: gprobs.input(),
-            q: Input::Full(&gq),
-            k: Input::Full(&gk),
-            v: Input::Full(&gv),
-        },
-        &mut gscratch,
-        shape,
-    );
-    p.same("attention_backward dq", &dq, &gdq);
-    p.same("attention_backward dk", &dk, &gdk);
-    p.same("attention_backward dv", &dv, &gdv);
-
-    // Decoding: one query over the first `len` positions of a cache, within one tile of
-    // positions and over several (the last one partial), into an output that held garbage.
-    let positions = 1024;
-    let cache_len = positions * shape.kv_heads * shape.head_dim;
-    let (k_cache, gk_cache) = p.both(cache_len);
-    let (v_cache, gv_cache) = p.both(cache_len);
-    let width = shape.heads * shape.head_dim;
-    let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
-    for len in [20, 700] {
-        let (one, gone) = p.both(width);
-        let (mut o, mut go) = p.both(width);
-        p.cpu
-            .attention_decode(&mut o, &one, &k_cache, &v_cache, len, h, kvh, hd);
-        p.gpu
-            .attention_decode(&mut go, &gone, &gk_cache, &gv_cache, len, h, kvh, hd);
-        p.same(&format!("attention_decode over {len}"), &o, &go);
-    }
+    // Decoding within one tile of the kernel's positions and over several (the last partial).
+    decode_against_the_cpu(&mut p, shape, 1024, &[20, 700]);
 }
 
 /// A target outside the vocabulary (the CPU panics) reads nothing out of bounds: its row's loss
@@ -935,18 +831,58 @@ fn attention_against_the_cpu(p: &mut Pair, shape: AttentionShape) {
     p.same(&format!("attention_backward dv, {what}"), &dv, &gdv);
 
     // Decoding the last positions of a cache of `seq`, longer than one tile of the kernel's.
+    decode_against_the_cpu(p, shape, shape.seq, &[shape.seq - 1, shape.seq]);
+}
+
+/// A linear layer from `ic` to `oc` features on the rows of `x`, forward and backward (`write`
+/// for the input's gradient, which starts from random contents), GPU against CPU. Returns the
+/// outputs and the gradient fed back, for the ops that follow.
+#[allow(clippy::type_complexity)]
+fn matmul_against_the_cpu(
+    p: &mut Pair,
+    (x, gx): (&Vec<f32>, &CudaSlice<f32>),
+    ic: usize,
+    oc: usize,
+    write: Write,
+    what: &str,
+) -> ((Vec<f32>, CudaSlice<f32>), (Vec<f32>, CudaSlice<f32>)) {
+    let rows = x.len() / ic;
+    let (weight, gweight) = p.both(oc * ic);
+    let (mut y, mut gy) = (vec![0.0; rows * oc], p.gpu.zeros(rows * oc).unwrap());
+    p.cpu.matmul_forward(&mut y, x, &weight, ic, oc);
+    p.gpu.matmul_forward(&mut gy, gx, &gweight, ic, oc);
+    p.same(&format!("matmul_forward{what}"), &y, &gy);
+    let (dy, gdy) = p.both(rows * oc);
+    let (mut dinp, mut dweight) = (p.random(rows * ic), p.random(oc * ic));
+    let (mut gdinp, mut gdweight) = (
+        p.gpu.upload(&dinp).unwrap(),
+        p.gpu.upload(&dweight).unwrap(),
+    );
+    p.cpu
+        .matmul_backward(&mut dinp, &mut dweight, &dy, x, &weight, ic, oc, write);
+    p.gpu
+        .matmul_backward(&mut gdinp, &mut gdweight, &gdy, gx, &gweight, ic, oc, write);
+    p.same(&format!("matmul_backward dinp{what}"), &dinp, &gdinp);
+    p.same(&format!("matmul_backward dw{what}"), &dweight, &gdweight);
+    ((y, gy), (dy, gdy))
+}
+
+/// Decoding one query over the first `len` positions of a cache of `positions` (for each of
+/// `lens`), GPU against CPU, into an output that held garbage.
+fn decode_against_the_cpu(p: &mut Pair, shape: AttentionShape, positions: usize, lens: &[usize]) {
     let (h, kvh, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
-    let cache_len = shape.seq * kvh * hd;
+    let cache_len = positions * kvh * hd;
     let (k_cache, gk_cache) = p.both(cache_len);
     let (v_cache, gv_cache) = p.both(cache_len);
-    let (one, gone) = p.both(h * hd);
-    for len in [shape.seq - 1, shape.seq] {
-        let (mut o, mut go) = (vec![0.0; h * hd], p.gpu.zeros(h * hd).unwrap());
+    for &len in lens {
+        let (one, gone) = p.both(h * hd);
+        let (mut o, mut go) = p.both(h * hd);
         p.cpu
             .attention_decode(&mut o, &one, &k_cache, &v_cache, len, h, kvh, hd);
         p.gpu
             .attention_decode(&mut go, &gone, &gk_cache, &gv_cache, len, h, kvh, hd);
-        p.same(&format!("attention_decode len {len}, {what}"), &o, &go);
+        let what = format!("attention_decode over {len} of {positions}, {h}/{kvh} heads of {hd}");
+        p.same(&what, &o, &go);
     }
 }
 
@@ -1009,42 +945,15 @@ fn gpu_attention_and_layer_ops_match_the_cpu_at_seq_1024() {
 
     // The SwiGLU projection of a 256-wide layer (hidden 688), forward and backward.
     let hidden = 688;
-    let (weight, gweight) = p.both(hidden * c);
-    let (mut y, mut gy) = (
-        vec![0.0; rows * hidden],
-        p.gpu.zeros(rows * hidden).unwrap(),
-    );
-    p.cpu.matmul_forward(&mut y, &normed, &weight, c, hidden);
-    p.gpu.matmul_forward(&mut gy, &gnormed, &gweight, c, hidden);
-    p.same("matmul_forward 256 -> 688, 2048 rows", &y, &gy);
-    let (dy, gdy) = p.both(rows * hidden);
-    let (mut dinp, mut dweight) = (p.random(rows * c), p.random(hidden * c));
-    let (mut gdinp, mut gdweight) = (
-        p.gpu.upload(&dinp).unwrap(),
-        p.gpu.upload(&dweight).unwrap(),
-    );
-    p.cpu.matmul_backward(
-        &mut dinp,
-        &mut dweight,
-        &dy,
-        &normed,
-        &weight,
+    let what = " 256 -> 688, 2048 rows";
+    let ((y, gy), (dy, gdy)) = matmul_against_the_cpu(
+        &mut p,
+        (&normed, &gnormed),
         c,
         hidden,
         Write::Overwrite,
+        what,
     );
-    p.gpu.matmul_backward(
-        &mut gdinp,
-        &mut gdweight,
-        &gdy,
-        &gnormed,
-        &gweight,
-        c,
-        hidden,
-        Write::Overwrite,
-    );
-    p.same("matmul_backward dinp 256 -> 688", &dinp, &gdinp);
-    p.same("matmul_backward dw 256 -> 688", &dweight, &gdweight);
 
     let n = rows * hidden;
     let (up, gup) = p.both(n);
