@@ -33,7 +33,7 @@ pub use device::{Device, DeviceError, DeviceInfo, OnDevice};
 pub use error::EngineError;
 pub(crate) use error::{host_copy, host_vec};
 pub use float::Float;
-pub use optimizer::{Optimizer, OptimizerKind, OptimizerSettings, clip_grad_norm};
+pub use optimizer::{Optimizer, OptimizerKind, OptimizerSettings, clip_factor, grad_norm};
 pub use precision::{
     NO_BF16_INSTRUCTIONS_VAR, Precision, PrecisionSetting, bf16_instructions_disabled,
     cpu_has_native_bf16, matmul_kernel,
@@ -187,6 +187,9 @@ pub struct AdamW {
     /// the same for every tensor, so the optimizer computes them once per step.
     pub correction1: f64,
     pub correction2: f64,
+    /// What gradient clipping multiplies the gradient by (1 when it does not clip), applied as
+    /// the gradient is read: no pass of its own over every gradient.
+    pub grad_scale: f64,
 }
 
 impl AdamW {
@@ -210,6 +213,8 @@ pub struct Muon {
     pub ns_steps: usize,
     /// Decoupled: the weights shrink by `lr · weight_decay` before the step.
     pub weight_decay: f64,
+    /// Gradient clipping's factor, as [`AdamW::grad_scale`].
+    pub grad_scale: f64,
 }
 
 /// The quintic Newton–Schulz coefficients of Muon: chosen by its authors to push every singular

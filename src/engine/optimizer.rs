@@ -179,7 +179,15 @@ impl<B: Backend> Optimizer<B> {
 
     /// One step over every tensor at the schedule's learning rate `lr` (Muon's is
     /// `lr · muon_lr_scale`).
-    pub fn step(&mut self, backend: &B, params: &mut [B::Buf], grads: &[B::Buf], lr: f64) {
+    /// `grad_scale` multiplies every gradient as it is read ([`clip_factor`]'s, 1 for none).
+    pub fn step(
+        &mut self,
+        backend: &B,
+        params: &mut [B::Buf],
+        grads: &[B::Buf],
+        lr: f64,
+        grad_scale: f64,
+    ) {
         assert_eq!(params.len(), self.slots.len());
         self.step += 1;
         let s = self.settings;
@@ -195,6 +203,7 @@ impl<B: Backend> Optimizer<B> {
                         weight_decay: if *decay { s.weight_decay } else { 0.0 },
                         correction1,
                         correction2,
+                        grad_scale,
                     };
                     backend.adamw(param, grad, m, v, hp);
                 }
@@ -209,6 +218,7 @@ impl<B: Backend> Optimizer<B> {
                         nesterov: true,
                         ns_steps: s.muon_ns_steps,
                         weight_decay: s.muon_weight_decay,
+                        grad_scale,
                     };
                     let scratch = self
                         .scratch
@@ -314,17 +324,20 @@ impl<B: Backend> Optimizer<B> {
     }
 }
 
-/// The global L2 norm of all gradients; when it exceeds `max_norm` (> 0), scales them down to it.
-/// Returns the norm before clipping.
-pub fn clip_grad_norm<B: Backend>(backend: &B, grads: &mut [B::Buf], max_norm: f64) -> f64 {
-    let norm = backend.sum_squares_all(grads).sqrt();
+/// The global L2 norm of all gradients.
+pub fn grad_norm<B: Backend>(backend: &B, grads: &[B::Buf]) -> f64 {
+    backend.sum_squares_all(grads).sqrt()
+}
+
+/// What clipping to `max_norm` (> 0; 0 never clips) multiplies gradients of global norm `norm`
+/// by: 1 at or below it, `max_norm / (norm + 1e-6)` above. The optimizer applies it as it reads
+/// each gradient ([`Optimizer::step`]), the same product as scaling the gradients first.
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     if max_norm > 0.0 && norm > max_norm {
-        let factor = max_norm / (norm + 1e-6);
-        for grad in grads.iter_mut() {
-            backend.scale(grad, factor);
-        }
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
     }
-    norm
 }
 
 #[cfg(test)]
@@ -335,14 +348,43 @@ mod tests {
     #[test]
     fn clipping_scales_to_the_max_norm() {
         let cpu = Cpu::<f64>::new();
-        let mut grads = vec![vec![3.0, 0.0], vec![4.0]];
-        let norm = clip_grad_norm(&cpu, &mut grads, 1.0);
+        let grads = vec![vec![3.0, 0.0], vec![4.0]];
+        let norm = grad_norm(&cpu, &grads);
         assert!((norm - 5.0).abs() < 1e-12);
-        let after: f64 = grads.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
-        assert!((after - 1.0).abs() < 1e-6);
-        let mut small = vec![vec![0.1]];
-        clip_grad_norm(&cpu, &mut small, 1.0);
-        assert_eq!(small[0][0], 0.1);
+        let factor = clip_factor(norm, 1.0);
+        assert!((norm * factor - 1.0).abs() < 1e-6);
+        assert_eq!(clip_factor(0.1, 1.0), 1.0);
+        assert_eq!(clip_factor(5.0, 0.0), 1.0, "0 never clips");
+    }
+
+    /// Clipping inside the optimizer is the step on gradients scaled beforehand, bit for bit.
+    #[test]
+    fn a_step_with_a_clip_factor_is_the_step_on_scaled_gradients() {
+        let cpu = Cpu::<f32>::new();
+        let layout = vec![param("w", vec![4, 8]), param("norm", vec![8])];
+        let mut rng = crate::engine::Rng::new(9);
+        let mut random = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+        let params = vec![random(32), random(8)];
+        let grads = vec![random(32), random(8)];
+        for kind in [OptimizerKind::AdamW, OptimizerKind::Muon] {
+            let settings = OptimizerSettings {
+                kind,
+                ..OptimizerSettings::adamw(0.9, 0.95, 0.1)
+            };
+            let factor = clip_factor(grad_norm(&cpu, &grads), 0.5);
+            assert!(factor < 1.0);
+            let mut fused = Optimizer::new(&cpu, &layout, settings).unwrap();
+            let mut fused_params = params.clone();
+            fused.step(&cpu, &mut fused_params, &grads, 1e-2, factor);
+            let mut scaled_grads = grads.clone();
+            for g in &mut scaled_grads {
+                cpu.scale(g, factor);
+            }
+            let mut plain = Optimizer::new(&cpu, &layout, settings).unwrap();
+            let mut plain_params = params.clone();
+            plain.step(&cpu, &mut plain_params, &scaled_grads, 1e-2, 1.0);
+            assert_eq!(fused_params, plain_params, "{kind:?}");
+        }
     }
 
     fn param(name: &str, shape: Vec<usize>) -> ParamInfo {
@@ -397,7 +439,7 @@ mod tests {
             let mut params = vec![vec![1.0, 2.0, -1.0, 0.5], vec![1.0, 1.0, 1.0]];
             let mut first = Optimizer::new(&cpu, &layout, settings).unwrap();
             for _ in 0..3 {
-                first.step(&cpu, &mut params, &grads, 1e-2);
+                first.step(&cpu, &mut params, &grads, 1e-2, 1.0);
             }
             let state = first.state_tensors(&cpu).unwrap();
             assert_eq!(state.len(), count);
@@ -408,8 +450,8 @@ mod tests {
                 .unwrap();
             assert_eq!(second.steps_taken(), 3);
             let mut resumed = params.clone();
-            first.step(&cpu, &mut params, &grads, 1e-2);
-            second.step(&cpu, &mut resumed, &grads, 1e-2);
+            first.step(&cpu, &mut params, &grads, 1e-2, 1.0);
+            second.step(&cpu, &mut resumed, &grads, 1e-2, 1.0);
             assert_eq!(params, resumed);
 
             assert_eq!(

@@ -13,7 +13,7 @@ use super::shape::Shape;
 pub use crate::engine::ParamInfo;
 use crate::engine::{
     AttentionKept, AttentionShape, Backend, EngineError, Float, Optimizer, OptimizerSettings,
-    Precision, Rng, Saved, Write, clip_grad_norm, host_vec, optimizer,
+    Precision, Rng, Saved, Write, grad_norm, host_vec, optimizer,
 };
 use crate::fsutil::human_bytes;
 
@@ -474,20 +474,21 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         ))
     }
 
-    /// Scales the gradients down to a global L2 norm of `max_norm` when above it (0: never).
-    /// Returns the norm before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        clip_grad_norm(&self.backend, &mut self.grads.tensors, max_norm)
+    /// The global L2 norm of the gradients.
+    pub fn grad_norm(&self) -> f64 {
+        grad_norm(&self.backend, &self.grads.tensors)
     }
 
-    /// One optimizer step of the parameters along the gradients, at the schedule's learning
-    /// rate `lr`; the weights' bf16 copies are remade from the stepped f32 weights.
-    pub fn optimizer_step(&mut self, optimizer: &mut Optimizer<B>, lr: f64) {
+    /// One optimizer step of the parameters along the gradients times `grad_scale` (clipping's
+    /// factor, 1 for none), at the schedule's learning rate `lr`; the weights' bf16 copies are
+    /// remade from the stepped f32 weights.
+    pub fn optimizer_step(&mut self, optimizer: &mut Optimizer<B>, lr: f64, grad_scale: f64) {
         optimizer.step(
             &self.backend,
             &mut self.params.tensors,
             &self.grads.tensors,
             lr,
+            grad_scale,
         );
         self.refresh_half();
     }

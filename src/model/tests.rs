@@ -466,7 +466,7 @@ fn bf16_copies_follow_every_change_of_the_weights() {
         .optimizer(OptimizerSettings::adamw(0.9, 0.95, 0.1))
         .unwrap();
     pass(&mut model, &inputs, &targets);
-    model.optimizer_step(&mut optimizer, 1e-2);
+    model.optimizer_step(&mut optimizer, 1e-2, 1.0);
     // A model made from the stepped weights computes what the stepped model computes: its
     // copies were remade after the step.
     let weights = model.state_tensors().unwrap();

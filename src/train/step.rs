@@ -4,7 +4,7 @@
 //! so the benchmark times the code users run.
 
 use crate::data::loader::Loader;
-use crate::engine::{Backend, Optimizer};
+use crate::engine::{Backend, Optimizer, clip_factor};
 use crate::model::{Llama, ModelError, Shape};
 use crate::pipeline::spec::TrainConfig;
 
@@ -129,10 +129,12 @@ impl<S: Shape, B: Backend> Stepper<S, B> {
             }
             self.model.backward();
         }
-        let grad_norm = self.model.clip_grad_norm(grad_clip);
+        let grad_norm = self.model.grad_norm();
         let outcome = StepOutcome { loss, grad_norm };
         if outcome.is_finite() {
-            self.model.optimizer_step(&mut self.optimizer, lr);
+            let grad_scale = clip_factor(grad_norm, grad_clip);
+            self.model
+                .optimizer_step(&mut self.optimizer, lr, grad_scale);
         }
         Ok(outcome)
     }

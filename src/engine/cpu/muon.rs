@@ -33,12 +33,14 @@ pub fn muon<T: Float>(
 
     let mu = T::from_f64(hp.momentum);
     let nesterov = hp.nesterov;
+    let grad_scale = T::from_f64(hp.grad_scale);
     momentum
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))
         .zip(update.par_chunks_mut(CHUNK))
         .for_each(|((buf, g), u)| {
             for ((b, &g), u) in buf.iter_mut().zip(g).zip(u.iter_mut()) {
+                let g = g * grad_scale;
                 *b = mu * *b + g;
                 *u = if nesterov { g + mu * *b } else { *b };
             }
@@ -324,6 +326,7 @@ mod tests {
             nesterov: true,
             ns_steps: 5,
             weight_decay: 0.1,
+            grad_scale: 1.0,
         }
     }
 

@@ -17,6 +17,7 @@ pub fn adamw<T: Float>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], hp
     let lr = T::from_f64(hp.lr);
     let decay = T::from_f64(1.0 - hp.lr * hp.weight_decay);
     let eps = T::from_f64(hp.eps);
+    let grad_scale = T::from_f64(hp.grad_scale);
     param
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))
@@ -25,6 +26,7 @@ pub fn adamw<T: Float>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], hp
         .for_each(|(((p, g), m), v)| {
             // Zipped, not indexed: no bounds checks, so the loop vectorises.
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = g * grad_scale;
                 *m = b1 * *m + (one - b1) * g;
                 *v = b2 * *v + (one - b2) * g * g;
                 let m_hat = *m / correction1;
@@ -78,6 +80,7 @@ mod tests {
             weight_decay: 0.1,
             correction1,
             correction2,
+            grad_scale: 1.0,
         };
         adamw(&mut p, &g, &mut m, &mut v, hp);
         let expected = [

@@ -91,13 +91,14 @@ swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, 
     }
 }
 
-// One AdamW step (decoupled weight decay); corrections are 1 - beta^step.
+// One AdamW step (decoupled weight decay); corrections are 1 - beta^step; the gradient is read
+// times grad_scale (gradient clipping's factor, 1 for none).
 extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
 adamw(float* param, const float* grad, float* m, float* v, float lr, float beta1, float beta2,
-      float eps, float decay, float correction1, float correction2, long long n) {
+      float eps, float decay, float correction1, float correction2, float grad_scale, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        float g = grad[i];
+        float g = grad[i] * grad_scale;
         float mi = beta1 * m[i] + (1.0f - beta1) * g;
         float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
         m[i] = mi;
@@ -108,13 +109,14 @@ adamw(float* param, const float* grad, float* m, float* v, float lr, float beta1
     }
 }
 
-// Muon's momentum: buf = momentum * buf + g; the update is g + momentum * buf (Nesterov) or buf.
+// Muon's momentum: buf = momentum * buf + g with g = grad * grad_scale (clipping's factor); the
+// update is g + momentum * buf (Nesterov) or buf.
 extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
 muon_momentum(float* buf, const float* grad, float* update, float momentum, int nesterov,
-              long long n) {
+              float grad_scale, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        float g = grad[i];
+        float g = grad[i] * grad_scale;
         float b = momentum * buf[i] + g;
         buf[i] = b;
         update[i] = nesterov ? g + momentum * b : b;

@@ -231,10 +231,11 @@ kernels! {
     ) block ELEMENTWISE;
     adamw(
         param: f32_mut, grad: f32_ref, m: f32_mut, v: f32_mut, lr: f32, beta1: f32, beta2: f32,
-        eps: f32, decay: f32, correction1: f32, correction2: f32, n: i64,
+        eps: f32, decay: f32, correction1: f32, correction2: f32, grad_scale: f32, n: i64,
     ) block ELEMENTWISE;
     muon_momentum(
-        buf: f32_mut, grad: f32_ref, update: f32_mut, momentum: f32, nesterov: i32, n: i64,
+        buf: f32_mut, grad: f32_ref, update: f32_mut, momentum: f32, nesterov: i32,
+        grad_scale: f32, n: i64,
     ) block ELEMENTWISE;
     muon_normalize(x: f32_mut, sum_squares: f64_ref, n: i64) block ELEMENTWISE;
     muon_apply(param: f32_mut, update: f32_ref, decay: f32, step: f32, n: i64) block ELEMENTWISE;

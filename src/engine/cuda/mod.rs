@@ -843,6 +843,7 @@ impl Backend for Cuda {
             decay,
             correction1,
             correction2,
+            hp.grad_scale as f32,
             n,
         );
     }
@@ -879,6 +880,7 @@ impl Backend for Cuda {
             &mut update,
             mu,
             nesterov,
+            hp.grad_scale as f32,
             n,
         );
         let mut sum_squares = self

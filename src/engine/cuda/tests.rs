@@ -432,6 +432,7 @@ fn gpu_muon_matches_the_cpu() {
             nesterov,
             ns_steps: 5,
             weight_decay: 0.1,
+            grad_scale: 0.75,
         };
         let len = rows * cols;
         let (mut param, mut gparam) = p.both(len);
@@ -524,6 +525,7 @@ fn gpu_elementwise_ops_and_reductions_match_the_cpu() {
         weight_decay: 0.1,
         correction1,
         correction2,
+        grad_scale: 0.75,
     };
     let (mut m, mut v) = (
         p.random(n),
