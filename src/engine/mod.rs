@@ -507,8 +507,6 @@ pub trait Backend: Send + Sync {
     fn sum_squares_all(&self, bufs: &[Self::Buf]) -> f64 {
         bufs.iter().map(|buf| self.sum_squares(buf)).sum()
     }
-    /// `buf *= factor`.
-    fn scale(&self, buf: &mut Self::Buf, factor: f64);
     /// One AdamW step of a tensor (decoupled weight decay).
     fn adamw(
         &self,

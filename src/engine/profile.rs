@@ -349,9 +349,6 @@ impl<B: Backend> Backend for Profiled<B> {
     fn sum_squares_all(&self, bufs: &[B::Buf]) -> f64 {
         self.timed("sum_squares", |b| b.sum_squares_all(bufs))
     }
-    fn scale(&self, buf: &mut B::Buf, factor: f64) {
-        self.timed("scale", |b| b.scale(buf, factor))
-    }
     fn adamw(&self, param: &mut B::Buf, grad: &B::Buf, m: &mut B::Buf, v: &mut B::Buf, hp: AdamW) {
         self.timed("adamw", |b| b.adamw(param, grad, m, v, hp))
     }

@@ -428,9 +428,6 @@ impl<T: Float> Backend for Cpu<T> {
     fn sum_squares(&self, buf: &Vec<T>) -> f64 {
         optim::sum_squares(buf)
     }
-    fn scale(&self, buf: &mut Vec<T>, factor: f64) {
-        optim::scale(buf, factor);
-    }
     fn adamw(&self, param: &mut Vec<T>, grad: &Vec<T>, m: &mut Vec<T>, v: &mut Vec<T>, hp: AdamW) {
         optim::adamw(param, grad, m, v, hp);
     }

@@ -61,12 +61,6 @@ add_assign(float* acc, const float* x, long long n) {
     if (i < n) acc[i] += x[i];
 }
 
-extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
-scale(float* buf, float factor, long long n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) buf[i] *= factor;
-}
-
 // out = silu(gate) * up
 extern "C" __global__ void __launch_bounds__(ELEMENTWISE)
 swiglu_forward(float* out, const float* gate, const float* up, long long n) {

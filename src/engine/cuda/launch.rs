@@ -224,7 +224,6 @@ pub fn embedding_backward_blocks(c: usize) -> usize {
 kernels! {
     add(out: f32_mut, a: f32_ref, b: f32_ref, n: i64) block ELEMENTWISE;
     add_assign(acc: f32_mut, x: f32_ref, n: i64) block ELEMENTWISE;
-    scale(buf: f32_mut, factor: f32, n: i64) block ELEMENTWISE;
     swiglu_forward(out: f32_mut, gate: f32_ref, up: f32_ref, n: i64) block ELEMENTWISE;
     swiglu_backward(
         dgate: f32_mut, dup: f32_mut, dout: f32_ref, gate: f32_ref, up: f32_ref, n: i64,

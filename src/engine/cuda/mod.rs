@@ -812,11 +812,6 @@ impl Backend for Cuda {
         let views: Vec<CudaView<'_, f32>> = bufs.iter().map(|b| b.as_view()).collect();
         self.reduce(&views, true)
     }
-    fn scale(&self, buf: &mut CudaSlice<f32>, factor: f64) {
-        let (factor, n) = (factor as f32, buf.len() as i64);
-        self.kernels
-            .scale(elementwise(buf.len()), &mut *buf, factor, n);
-    }
     fn adamw(
         &self,
         param: &mut CudaSlice<f32>,
@@ -884,9 +879,8 @@ impl Backend for Cuda {
             n,
         );
         let mut sum_squares = self
-            .stream
-            .alloc_zeros::<f64>(1)
-            .expect("CUDA allocation failed");
+            .alloc_for_overwrite::<f64>(1)
+            .unwrap_or_else(|e| panic!("Muon's norm: {e}"));
         self.sum_on_device(&mut sum_squares, &[update.as_view()], true);
         self.kernels
             .muon_normalize(elementwise(len), &mut update, &sum_squares, n);
@@ -1131,7 +1125,7 @@ impl Cuda {
     /// buffers there are.
     fn reduce(&self, views: &[CudaView<'_, f32>], squares: bool) -> f64 {
         let mut out = self
-            .alloc_zeros::<f64>(1)
+            .alloc_for_overwrite::<f64>(1)
             .unwrap_or_else(|e| panic!("a reduction's result: {e}"));
         self.sum_on_device(&mut out, views, squares);
         self.stream.clone_dtoh(&out).expect("CUDA download failed")[0]
