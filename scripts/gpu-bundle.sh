@@ -63,7 +63,7 @@ dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && e
 {
   echo "commit: $commit$dirty"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), $(ldd --version 2>/dev/null | head -1)"
-  echo "features: cuda (cudarc cuda-13000: loads libcublas.so.13 and libnvrtc.so.13)"
+  echo "features: cuda (cudarc cuda-13000: loads libcublas.so.13 and libnvrtc.so.13; libnccl.so only for several GPUs)"
   echo "tinyllm needs: $(glibc_needed "$bundle/tinyllm")"
   echo "tinyllm-tests needs: $(glibc_needed "$bundle/tinyllm-tests")"
   (cd "$bundle" && sha256sum tinyllm tinyllm-tests)

@@ -21,7 +21,9 @@
 # others; all of them together stay within GPU_CHECK_SECONDS, default 520):
 #   ops          every op, forward and backward, on the GPU equals the CPU backend within
 #                1e-4·(1 + |x|) (the ignored tests of src/engine/cuda/tests.rs: attention at seq
-#                1024, head_dim 64, heads == kv_heads and GQA among them);
+#                1024, head_dim 64, heads == kv_heads and GQA among them); and NCCL's all-reduce
+#                over one rank is the identity (run on its own: without a libnccl.so.2 here,
+#                only a warning);
 #   cpu_ref      (in the background, while the GPU works) the CPU runs the parity checks compare
 #                against;
 #   gpu_train    200 steps of the `tutorial` model on the quickstart corpus on the GPU; the same
@@ -139,15 +141,19 @@ section_ops() {
     jrec ops gpu_tests_listed "$listed"
     grep -q 'gpu_attention_and_layer_ops_match_the_cpu_at_seq_1024: test' "$WORK/ops-list.txt" ||
       { say "  the seq-1024 test is missing from the test binary"; return 1; }
+    grep -q "$NCCL_TEST: test" "$WORK/ops-list.txt" ||
+      { say "  the NCCL test is missing from the test binary"; return 1; }
     # With NVRTC 13 found, the kernels must compile here too (the test may not skip).
     [[ -n $NVRTC13 ]] && export TINYLLM_REQUIRE_NVRTC=1
     "$TESTS" engine::cuda --test-threads 1 2>&1 | tee "$WORK/ops.txt"
   else
-    # TINYLLM_REQUIRE_NVRTC: the kernel compile test may not skip for want of NVRTC.
-    TINYLLM_REQUIRE_NVRTC=1 "$TESTS" engine::cuda --include-ignored --test-threads 1 2>&1 |
-      tee "$WORK/ops.txt"
+    # TINYLLM_REQUIRE_NVRTC: the kernel compile test may not skip for want of NVRTC. The NCCL
+    # test runs on its own below, so that a missing libnccl fails only it.
+    TINYLLM_REQUIRE_NVRTC=1 "$TESTS" engine::cuda --include-ignored --test-threads 1 \
+      --skip "$NCCL_TEST" 2>&1 | tee "$WORK/ops.txt"
   fi
   local rc=${PIPESTATUS[0]}
+  ((DRY)) || run_nccl_test || rc=1
   local passed failed
   passed=$(grep -E '^test .* \.\.\. ok$' "$WORK/ops.txt" | sed 's/^test \(.*\) \.\.\. ok$/\1/' |
     "$PY" -c 'import json, sys; print(json.dumps([l.strip() for l in sys.stdin]))')
@@ -163,6 +169,25 @@ section_ops() {
     ((gpu_ran >= 8)) || { say "  only $gpu_ran GPU tests passed"; return 1; }
   fi
   return "$rc"
+}
+
+# The NCCL test, which needs a libnccl as well as the GPU: where none can be loaded, a warning.
+run_nccl_test() {
+  "$TESTS" "engine::cuda::tests::$NCCL_TEST" --exact --include-ignored 2>&1 | tee "$WORK/ops-nccl.txt"
+  local rc=${PIPESTATUS[0]}
+  if grep -qE "^test engine::cuda::tests::$NCCL_TEST \.\.\. ok$" "$WORK/ops-nccl.txt"; then
+    say "  NCCL: a one-rank all-reduce on the GPU is the identity"
+    jrec ops nccl '"passed"'
+    return 0
+  fi
+  if grep -q "NCCL could not be loaded" "$WORK/ops-nccl.txt"; then
+    say "  WARNING: NCCL could not be loaded here (no libnccl.so.2 found, or a broken one): the NCCL test did not run"
+    jrec ops nccl '"no libnccl (warning)"'
+    return 0
+  fi
+  say "  the NCCL test failed (exit $rc)"
+  jrec ops nccl '"failed"'
+  return 1
 }
 
 section_cpu_ref() {
@@ -373,7 +398,8 @@ section_memcheck() {
   local ok=0 what
   # (name, command): a whole training step in f32 and in bf16 on a tiny model, and the op tests
   # at their small sizes (the seq-1024 one would take minutes under the sanitizer; the
-  # out-of-memory one fails allocations on purpose, which the sanitizer reports).
+  # out-of-memory one fails allocations on purpose, which the sanitizer reports; NCCL's kernels
+  # are not ours, and a missing libnccl is only a warning of the ops section).
   local tiny=(bench train --dim 64 --n-layers 2 --n-heads 4 --n-kv-heads 2 --vocab-size 512
     --batch 2 --seq 64 --steps 1 --device cuda --json)
   for what in step-f32 ops step-bf16; do
@@ -382,7 +408,7 @@ section_memcheck() {
       step-f32) cmd=("$BIN" "${tiny[@]}" --precision f32) ;;
       step-bf16) cmd=("$BIN" "${tiny[@]}" --precision bf16) ;;
       ops) cmd=("$TESTS" engine::cuda::tests::gpu_ --include-ignored --test-threads 1
-        --skip seq_1024 --skip out_of_memory) ;;
+        --skip seq_1024 --skip out_of_memory --skip "$NCCL_TEST") ;;
     esac
     "$SANITIZER" --tool memcheck --leak-check no --log-file "$log" "${cmd[@]}" \
       >"$WORK/memcheck-$what.out" 2>&1
@@ -702,9 +728,18 @@ for root in roots:
   mkdir -p "$shim"
   [[ -n $cublas13 ]] && ln -sf "$cublas13" "$shim/libcublas.so"
   [[ -n $nvrtc13 ]] && ln -sf "$nvrtc13" "$shim/libnvrtc.so"
+  # NCCL's runtime packages (pip nvidia-nccl-cu12/cu13, PyTorch's: nvidia/nccl/lib; apt libnccl2)
+  # ship only libnccl.so.2, a name cudarc does not try: the same folder names it libnccl.so.
+  local nccl2="" d2
+  for d2 in "${dirs[@]}" /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/lib; do
+    [[ -e $d2/libnccl.so.2 ]] && { nccl2=$d2/libnccl.so.2; break; }
+  done
+  [[ -n $nccl2 ]] && ln -sf "$nccl2" "$shim/libnccl.so"
   export LD_LIBRARY_PATH="$shim${path:+:$path}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" NVRTC13=$nvrtc13
   say "  libcublas: ${cublas13:-no libcublas.so.13}${cublas12:+ (CUDA 12: $cublas12)}"
   say "  libnvrtc:  ${nvrtc13:-no libnvrtc.so.13}${nvrtc12:+ (CUDA 12: $nvrtc12)}"
+  say "  libnccl:   ${nccl2:-no libnccl.so.2 (the NCCL test will only warn)}"
+  jrec env libnccl "$(jstr "${nccl2:-none}")"
   say "  LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   jrec env libcublas "$(jstr "${cublas13:-${cublas12:-none}}")"
   jrec env libnvrtc "$(jstr "${nvrtc13:-${nvrtc12:-none}}")"
@@ -941,8 +976,10 @@ else
   # Most cores for the CPU reference, the rest for the GPU processes running beside it.
   CPU_THREADS=$((cores > 8 ? cores - 4 : (cores > 1 ? cores - 1 : 1))) RUN_THREADS=4
 fi
+NCCL_TEST=gpu_nccl_one_rank_all_reduce_is_the_identity
 export DRY DEV BIN TESTS BUNDLE CORPUS PY OUT WORK RESULTS PARITY_STEPS CHECKPOINT KILL_AFTER \
-  ACCUM_STEPS TORCH_STEPS GENERATE_TOKENS BENCH_CONFIGS CPU_THREADS RUN_THREADS SANITIZER="" NVRTC13=""
+  ACCUM_STEPS TORCH_STEPS GENERATE_TOKENS BENCH_CONFIGS CPU_THREADS RUN_THREADS SANITIZER="" NVRTC13="" \
+  NCCL_TEST
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 main 2>&1 | tee "$OUT/gpu-check.log"

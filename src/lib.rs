@@ -10,10 +10,12 @@
 //! - [`data`]: reading stories out of the corpus;
 //! - [`tokenizer`]: the BPE and character tokenizers;
 //! - [`train`]: the training loop and its parts (schedule, evaluation, checkpoints, metrics);
+//! - [`collective`]: the ranks of a data-parallel job (one process, or MPI's);
 //! - [`cli`]: the command-line interface that the `tinyllm` binary wraps.
 
 pub mod bench;
 pub mod cli;
+pub mod collective;
 pub mod data;
 pub mod engine;
 pub mod export;

@@ -22,7 +22,7 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value as Json, json};
 
-use tinyllm::data::loader::{Loader, LoaderState};
+use tinyllm::data::loader::{Loader, LoaderState, Share};
 use tinyllm::model::safetensors;
 use tinyllm::model::{LlamaConfig, ModelDims, param_layout};
 use tinyllm::pipeline::SpecSources;
@@ -886,11 +886,15 @@ fn shard_bytes(tokens: usize) -> impl Strategy<Value = Vec<u8>> {
 
 fn shards_input() -> impl Strategy<Value = ShardsInput> {
     let restore = prop_oneof![
-        (0u64..4, 0u64..40),
-        (any::<u64>(), any::<u64>()),
-        Just((u64::MAX, u64::MAX)),
+        (0u64..4, 0u64..40, 0u64..2),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        Just((u64::MAX, u64::MAX, u64::MAX)),
     ]
-    .prop_map(|(epoch, cursor)| LoaderState { epoch, cursor });
+    .prop_map(|(epoch, cursor, taken)| LoaderState {
+        epoch,
+        cursor,
+        taken,
+    });
     (
         json_file(valid_manifest(120, 40)).prop_map(Bytes),
         shard_bytes(120).prop_map(Bytes),
@@ -933,7 +937,12 @@ fn fuzz_shards(cases: u32) {
             Ok(eval) => prop_assert!(eval.windows() > 0),
             Err(error) => one_line(error)?,
         }
-        let mut loader = match Loader::open(&shards.paths(Split::Train), input.seq_len, 7, 0, 1) {
+        let mut loader = match Loader::open(
+            &shards.paths(Split::Train),
+            input.seq_len,
+            7,
+            Share::single(),
+        ) {
             Ok(loader) => loader,
             Err(error) => return one_line(error),
         };
@@ -1000,12 +1009,13 @@ fn a_loader_position_past_the_epoch_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.bin");
     fs::write(&path, token_bytes(100)).unwrap();
-    let mut loader = Loader::open(&[path], 8, 1, 0, 1).unwrap();
+    let mut loader = Loader::open(&[path], 8, 1, Share::single()).unwrap();
     let windows = loader.windows_per_epoch() as u64;
     let error = loader
         .restore(LoaderState {
             epoch: 0,
             cursor: windows,
+            taken: 0,
         })
         .unwrap_err()
         .to_string();
@@ -1014,6 +1024,7 @@ fn a_loader_position_past_the_epoch_is_refused() {
         .restore(LoaderState {
             epoch: 3,
             cursor: 1,
+            taken: 0,
         })
         .unwrap();
     let (mut inputs, mut targets) = (Vec::new(), Vec::new());
@@ -1189,7 +1200,7 @@ fn fuzz_checkpoints(cases: u32) {
             Ok(state) => state,
             Err(error) => return one_line(error),
         };
-        let mut loader = Loader::open(std::slice::from_ref(&shard), 8, 7, 0, 1).unwrap();
+        let mut loader = Loader::open(std::slice::from_ref(&shard), 8, 7, Share::single()).unwrap();
         if let Err(error) = loader.restore(state.loader) {
             return one_line(error);
         }

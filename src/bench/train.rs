@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{BenchError, matmul_peak_gflops, median, peak_rss_bytes};
-use crate::data::loader::Loader;
+use crate::data::loader::{Loader, Share};
 use crate::engine::profile::Profiled;
 use crate::engine::{
     Backend, Device, DeviceInfo, OptimizerKind, OptimizerSettings, Precision, Rng, matmul_kernel,
@@ -139,6 +139,14 @@ pub struct TrainFigures {
     pub seq: usize,
     pub grad_accum_steps: usize,
     pub threads: usize,
+    /// Ranks of the data-parallel job stepping together (1: this process alone); tokens/s
+    /// counts all of theirs.
+    pub ranks: usize,
+    /// With several ranks: the median time a step spent in its gradient all-reduce (waiting
+    /// for the slowest rank included), and one all-reduce of the gradients on its own, after
+    /// a barrier (the transport alone).
+    pub all_reduce_in_step_ms: Option<f64>,
+    pub all_reduce_alone_ms: Option<f64>,
     pub steps: usize,
     pub median_ms_per_step: f64,
     pub tokens_per_sec: f64,
@@ -379,14 +387,25 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         dims.vocab_size,
         1,
     )?;
-    let mut loader = Loader::open(&[shard], step.seq, 1337, 0, 1)?;
+    // Under mpirun the ranks step together, each on its share of the data, as training does.
+    let world = crate::collective::world();
+    let share = Share {
+        rank: world.rank(),
+        world: world.size(),
+        chunk: step.batch * step.accum,
+    };
+    let mut loader = Loader::open(&[shard], step.seq, 1337, share)?;
     let mut model = Llama::new(Profiled::new(backend), shape, LlamaConfig::default(), 1337)?;
     model.set_precision(bench.precision)?;
     let optimizer = model.optimizer(bench.optimizer)?;
     // Before any batch is made: a batch too large for memory is an error, not an abort.
     model.allocate_activations(step.batch, step.seq)?;
-    let mut stepper = Stepper::new(model, optimizer, step);
-    let (mut times, ops) = time_steps(
+    let mut stepper = Stepper::new(model, optimizer, step).with_world(world);
+    let TimedSteps {
+        mut times,
+        mut reduce_times,
+        ops,
+    } = time_steps(
         &mut stepper,
         &mut loader,
         bench.warmup_steps,
@@ -394,13 +413,22 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         bench.ops,
     )?;
     let secs = median(&mut times);
+    let (all_reduce_in_step_ms, all_reduce_alone_ms) = if world.size() > 1 {
+        let in_step = median(&mut reduce_times);
+        let alone = time_all_reduce(&stepper, world, bench.steps.max(5))?;
+        (Some(in_step * 1e3), Some(alone * 1e3))
+    } else {
+        (None, None)
+    };
     let run = match &bench.run {
         Some(plan) => Some(measure_run(&mut stepper, &loader, &scratch, plan, secs)?),
         None => None,
     };
-    let tokens = step.tokens();
-    let flops = train_step_flops(&dims, step.batch, step.seq) * step.accum as f64;
+    let tokens = step.tokens() * world.size();
+    let flops = train_step_flops(&dims, step.batch, step.seq) * (step.accum * world.size()) as f64;
     let achieved = flops / secs / 1e9;
+    // Each rank measured its own cores' peak; the job's is theirs together.
+    let peak = peak * world.size() as f64;
     Ok(TrainFigures {
         device: device.name.clone(),
         precision: bench.precision,
@@ -414,6 +442,9 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
         seq: step.seq,
         grad_accum_steps: step.accum,
         threads: rayon::current_num_threads(),
+        ranks: world.size(),
+        all_reduce_in_step_ms,
+        all_reduce_alone_ms,
         steps: bench.steps,
         median_ms_per_step: secs * 1e3,
         tokens_per_sec: tokens as f64 / secs,
@@ -429,33 +460,71 @@ fn measure<S: Shape, B: Backend<Float = f32>>(
     })
 }
 
-/// Runs `warmup` untimed steps, then `steps` timed ones (seconds each), with their per-op table
-/// when `ops` is set.
+/// The median of `times` all-reduces of a buffer the size of the gradients, each after a
+/// barrier: what the transport costs once the ranks are in step.
+fn time_all_reduce<S: Shape, B: Backend<Float = f32>>(
+    stepper: &Stepper<S, B>,
+    world: &dyn crate::collective::Collective,
+    times: usize,
+) -> Result<f64, BenchError> {
+    let backend = stepper.model.backend();
+    let mut buffer = stepper.model.flat_gradient_buffer()?;
+    let mut secs = Vec::with_capacity(times);
+    for _ in 0..times {
+        world.barrier();
+        backend.synchronize();
+        let started = Instant::now();
+        backend
+            .all_reduce_sum(&mut buffer, world)
+            .map_err(crate::model::ModelError::from)?;
+        backend.synchronize();
+        secs.push(started.elapsed().as_secs_f64());
+    }
+    Ok(median(&mut secs))
+}
+
+/// What [`time_steps`] measured.
+struct TimedSteps {
+    /// Seconds of each timed step.
+    times: Vec<f64>,
+    /// Seconds of each timed step's gradient all-reduce.
+    reduce_times: Vec<f64>,
+    ops: Option<OpsTable>,
+}
+
+/// Runs `warmup` untimed steps, then `steps` timed ones (seconds each, and the seconds of each
+/// one's all-reduce), with their per-op table when `ops` is set.
 fn time_steps<S: Shape, B: Backend>(
     stepper: &mut Stepper<S, Profiled<B>>,
     data: &mut impl Batches,
     warmup: usize,
     steps: usize,
     ops: bool,
-) -> Result<(Vec<f64>, Option<OpsTable>), BenchError> {
+) -> Result<TimedSteps, BenchError> {
     let mut times = Vec::with_capacity(steps);
+    let mut reduce_times = Vec::with_capacity(steps);
     let mut total = std::time::Duration::ZERO;
     for i in 0..warmup + steps {
         let timed = i >= warmup;
         stepper.model.backend().record(ops && timed);
         let started = Instant::now();
-        stepper.step(data, 1e-4)?;
+        let outcome = stepper.step(data, 1e-4)?;
         stepper.model.backend().synchronize();
         let elapsed = started.elapsed();
         if timed {
             times.push(elapsed.as_secs_f64());
+            reduce_times.push(outcome.all_reduce_secs);
             total += elapsed;
         }
     }
     let backend = stepper.model.backend();
     backend.record(false);
     let table = ops.then(|| OpsTable::new(&backend.totals(), steps, total));
-    Ok((times, table))
+    Ok(TimedSteps {
+        times,
+        reduce_times,
+        ops: table,
+    })
 }
 
 /// Times one validation pass, one checkpoint and one metrics line the way the trainer runs
@@ -473,7 +542,7 @@ fn measure_run<S: Shape, B: Backend<Float = f32>>(
     let val_shard = scratch.random_shard("val.bin", val_tokens, vocab, 2)?;
     let eval = EvalSet::open(&[val_shard], seq, 0, 0.25)?;
     let started = Instant::now();
-    eval.evaluate(&mut stepper.model, batch)?;
+    eval.evaluate(&mut stepper.model, batch, &crate::collective::Single)?;
     let validation_pass_secs = started.elapsed().as_secs_f64();
 
     let metrics_path = scratch.path().join("metrics.jsonl");
@@ -512,6 +581,7 @@ fn measure_run<S: Shape, B: Backend<Float = f32>>(
             best: None,
             loss_since_log: (0.0, 0),
             threads: rayon::current_num_threads(),
+            world_size: 1,
         };
         let started = Instant::now();
         save_checkpoint(stepper, &checkpoints, &state, &log)?;
@@ -558,6 +628,9 @@ impl std::fmt::Display for TrainFigures {
             self.threads,
             self.steps
         )?;
+        if self.ranks > 1 {
+            write!(f, ", {} ranks (each with the batch above)", self.ranks)?;
+        }
         if self.optimizer == OptimizerKind::Muon {
             write!(f, ", Muon for the block matrices")?;
         }
@@ -567,6 +640,13 @@ impl std::fmt::Display for TrainFigures {
             self.median_ms_per_step
         )?;
         write!(f, "\n  tokens/s         {:>10.0}", self.tokens_per_sec)?;
+        if let (Some(in_step), Some(alone)) = (self.all_reduce_in_step_ms, self.all_reduce_alone_ms)
+        {
+            write!(
+                f,
+                "\n  all-reduce       {in_step:>10.1} ms per step ({alone:.1} ms on its own, after a barrier)"
+            )?;
+        }
         write!(
             f,
             "\n  achieved         {:>10.1} GFLOP/s ({:.1} GFLOP/step)",
@@ -679,7 +759,9 @@ mod tests {
             inputs: tokens.clone(),
             targets: tokens.iter().map(|t| (t + 1) % 64).collect(),
         };
-        let (times, table) = time_steps(&mut stepper, &mut data, 1, 3, true).unwrap();
+        let TimedSteps {
+            times, ops: table, ..
+        } = time_steps(&mut stepper, &mut data, 1, 3, true).unwrap();
         let table = table.expect("asked for");
         assert_eq!(times.len(), 3);
         let step_ms = times.iter().sum::<f64>() * 1e3 / 3.0;

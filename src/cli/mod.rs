@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::collective;
 use crate::pipeline::StageRegistry;
 use commands::{bench, cache, export, run, sample, schema, score, status, tokenize};
 
@@ -75,13 +76,36 @@ where
         }
     };
     init_logging(cli.verbose);
-    match execute(cli, &registry) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+    // Started by mpirun or srun: join the job before anything reads the spec (the world size
+    // is part of the train key).
+    let world = match collective::init_from_launcher() {
+        Ok(world) => world,
         Err(err) => {
-            eprintln!("error: {}", one_line(&err));
-            ExitCode::FAILURE
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
         }
+    };
+    let result = execute(cli, &registry);
+    let success = match &result {
+        Ok(()) => true,
+        Err(err) => is_broken_pipe(err),
+    };
+    if let Err(err) = &result
+        && !success
+    {
+        let rank = if world.size() > 1 {
+            format!("rank {} of {}: ", world.rank(), world.size())
+        } else {
+            String::new()
+        };
+        eprintln!("error: {rank}{}", one_line(err));
+    }
+    // A failed rank stops the whole job here rather than leave the others waiting.
+    collective::finish(success, 1);
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -134,16 +158,22 @@ fn init_logging(verbose: u8) {
 fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
     let quiet = cli.quiet || !std::io::stderr().is_terminal();
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // In a job of several ranks only rank 0 speaks; the others' results would repeat it.
+    let mut out: Box<dyn std::io::Write> = if collective::world().leads() {
+        Box::new(stdout.lock())
+    } else {
+        Box::new(std::io::sink())
+    };
+    let out = &mut *out;
     match cli.command {
-        Command::Run(args) => run::exec(args, registry, quiet, &mut out),
-        Command::Status(args) => status::exec(args, registry, quiet, &mut out),
-        Command::Schema(_) => schema::exec(&mut out),
-        Command::Cache(command) => cache::exec(command, &mut out),
-        Command::Tokenize(args) => tokenize::exec(args, &mut out),
-        Command::Sample(args) => sample::exec(args, &mut out),
-        Command::Score(args) => score::exec(args, &mut out),
-        Command::Export(args) => export::exec(args, &mut out),
-        Command::Bench(command) => bench::exec(command, &mut out),
+        Command::Run(args) => run::exec(args, registry, quiet, out),
+        Command::Status(args) => status::exec(args, registry, quiet, out),
+        Command::Schema(_) => schema::exec(out),
+        Command::Cache(command) => cache::exec(command, out),
+        Command::Tokenize(args) => tokenize::exec(args, out),
+        Command::Sample(args) => sample::exec(args, out),
+        Command::Score(args) => score::exec(args, out),
+        Command::Export(args) => export::exec(args, out),
+        Command::Bench(command) => bench::exec(command, out),
     }
 }

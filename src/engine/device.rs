@@ -34,6 +34,17 @@ pub struct DeviceInfo {
     pub bf16_peak_gflops: Option<f64>,
 }
 
+impl Device {
+    /// The device of rank `local_rank` among a machine's ranks: GPU `N + local_rank` for
+    /// `cuda:N` (one GPU per rank), the CPU for the CPU.
+    pub fn offset(self, local_rank: usize) -> Device {
+        match self {
+            Device::Cpu => Device::Cpu,
+            Device::Cuda(ordinal) => Device::Cuda(ordinal.saturating_add(local_rank)),
+        }
+    }
+}
+
 impl DeviceInfo {
     pub fn is_gpu(&self) -> bool {
         matches!(self.device, Device::Cuda(_))

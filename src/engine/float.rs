@@ -1,5 +1,6 @@
 //! The float types the engine computes in: f32 for training, f64 for gradient checks.
 
+use crate::collective::Collective;
 use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{AddAssign, MulAssign, SubAssign};
@@ -23,6 +24,9 @@ pub trait Float:
 {
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
+
+    /// Sums `values` element-wise over the ranks of `world` (in this float's width).
+    fn all_reduce_sum(world: &dyn Collective, values: &mut [Self]);
 
     /// This value rounded to bf16 (to nearest, ties to even).
     fn to_bf16(self) -> bf16 {
@@ -151,6 +155,9 @@ pub(crate) unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
 }
 
 impl Float for f32 {
+    fn all_reduce_sum(world: &dyn Collective, values: &mut [f32]) {
+        world.all_reduce_sum_f32(values);
+    }
     fn from_f64(x: f64) -> Self {
         x as f32
     }
@@ -199,6 +206,9 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
+    fn all_reduce_sum(world: &dyn Collective, values: &mut [f64]) {
+        world.all_reduce_sum_f64(values);
+    }
     fn from_f64(x: f64) -> Self {
         x
     }

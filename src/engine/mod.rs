@@ -14,6 +14,8 @@
 //! Allocation and transfers between host and device return [`EngineError`]: an out-of-memory is
 //! an error the caller words for the user, never a panic or an abort.
 
+use crate::collective::Collective;
+
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -259,6 +261,27 @@ pub trait Backend: Send + Sync {
     fn len(&self, buf: &Self::Buf) -> usize;
     fn fill_zero(&self, buf: &mut Self::Buf);
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
+    /// `dst = src[offset..offset + len(dst)]`: a tensor's part of a flat buffer.
+    fn read_at(&self, dst: &mut Self::Buf, src: &Self::Buf, offset: usize);
+    /// `dst[offset..offset + len(src)] += src`: a micro-batch's gradient into the step's sum.
+    fn add_at(&self, dst: &mut Self::Buf, offset: usize, src: &Self::Buf);
+
+    /// Sums `buf` element-wise over the ranks of `world`, in place: the gradient all-reduce.
+    /// This default goes through host memory ([`all_reduce_sum_through_host`]); a backend with a
+    /// device-side path (NCCL, after [`Backend::join_collective`]) takes it instead.
+    fn all_reduce_sum(
+        &self,
+        buf: &mut Self::Buf,
+        world: &dyn Collective,
+    ) -> Result<(), EngineError> {
+        all_reduce_sum_through_host(self, buf, world)
+    }
+
+    /// Prepares the backend's own transport for the ranks of `world` (a GPU backend's NCCL
+    /// communicator); called once on every rank before training. Nothing to do by default.
+    fn join_collective(&mut self, _world: &dyn Collective) -> Result<(), EngineError> {
+        Ok(())
+    }
 
     /// `out[r] = table[tokens[r]]`.
     fn embedding_forward(
@@ -538,4 +561,20 @@ pub trait Backend: Send + Sync {
         cols: usize,
         hp: Muon,
     );
+}
+
+/// [`Backend::all_reduce_sum`] through host memory: download, sum over the ranks of `world`
+/// (MPI), upload; nothing at all for one rank. The default, and a GPU backend's fallback when it
+/// has no device-side transport.
+pub fn all_reduce_sum_through_host<B: Backend + ?Sized>(
+    backend: &B,
+    buf: &mut B::Buf,
+    world: &dyn Collective,
+) -> Result<(), EngineError> {
+    if world.size() == 1 {
+        return Ok(());
+    }
+    let mut host = backend.download(buf)?;
+    B::Float::all_reduce_sum(world, &mut host);
+    backend.upload_into(buf, &host)
 }

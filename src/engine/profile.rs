@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::collective::Collective;
+
 use super::{
     AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, InputOf, Muon, SavedOf, Write,
 };
@@ -113,6 +115,22 @@ impl<B: Backend> Backend for Profiled<B> {
     }
     fn copy(&self, dst: &mut B::Buf, src: &B::Buf) {
         self.timed("copy", |b| b.copy(dst, src))
+    }
+
+    fn read_at(&self, dst: &mut B::Buf, src: &B::Buf, offset: usize) {
+        self.timed("read_at", |b| b.read_at(dst, src, offset))
+    }
+
+    fn add_at(&self, dst: &mut B::Buf, offset: usize, src: &B::Buf) {
+        self.timed("add_at", |b| b.add_at(dst, offset, src))
+    }
+
+    fn all_reduce_sum(&self, buf: &mut B::Buf, world: &dyn Collective) -> Result<(), EngineError> {
+        self.timed("all_reduce", |b| b.all_reduce_sum(buf, world))
+    }
+
+    fn join_collective(&mut self, world: &dyn Collective) -> Result<(), EngineError> {
+        self.inner.join_collective(world)
     }
 
     fn embedding_forward(&self, out: &mut B::Buf, tokens: &B::Tokens, table: &B::Buf, c: usize) {

@@ -525,6 +525,38 @@ impl<S: Shape, B: Backend> Llama<S, B> {
         1 + self.dims().n_layers * PER_LAYER
     }
 
+    /// A buffer the size of every gradient together, for [`Llama::add_grads_into`].
+    pub fn flat_gradient_buffer(&self) -> Result<B::Buf, ModelError> {
+        let total = self.num_params();
+        self.backend.zeros(total).map_err(ModelError::allocating(
+            Allocation::FlatGradients { params: total },
+            float_bytes::<B::Float>(total, 1),
+        ))
+    }
+
+    /// Writes (`first`) or adds every gradient into `flat`, one after another in layout order:
+    /// the step's sum over micro-batches, and what the ranks of a job all-reduce in one call.
+    pub fn add_grads_into(&self, flat: &mut B::Buf, first: bool) {
+        let mut offset = 0;
+        for grad in &self.grads.tensors {
+            if first {
+                self.backend.write_at(flat, offset, grad);
+            } else {
+                self.backend.add_at(flat, offset, grad);
+            }
+            offset += self.backend.len(grad);
+        }
+    }
+
+    /// Replaces every gradient by its part of `flat` (laid out as [`Llama::add_grads_into`]).
+    pub fn load_grads(&mut self, flat: &B::Buf) {
+        let mut offset = 0;
+        for grad in &mut self.grads.tensors {
+            self.backend.read_at(grad, flat, offset);
+            offset += self.backend.len(grad);
+        }
+    }
+
     pub fn zero_grad(&mut self) {
         for grad in &mut self.grads.tensors {
             self.backend.fill_zero(grad);

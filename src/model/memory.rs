@@ -24,6 +24,8 @@ pub enum Allocation {
         params: usize,
         optimizer: OptimizerKind,
     },
+    /// The sum of a step's gradients over micro-batches (and what the ranks all-reduce).
+    FlatGradients { params: usize },
     /// The buffers of one forward and backward pass.
     Activations { batch: usize, seq: usize },
     /// The decoder's KV cache and working buffers.
@@ -38,6 +40,7 @@ impl Allocation {
         match self {
             Allocation::Parameters { .. }
             | Allocation::HostWeights { .. }
+            | Allocation::FlatGradients { .. }
             | Allocation::OptimizerMoments { .. } => {
                 "choose a smaller model (model.dim, model.n_layers, model.vocab_size)"
             }
@@ -85,6 +88,11 @@ impl std::fmt::Display for Allocation {
                     OptimizerKind::AdamW => "the AdamW moments",
                     OptimizerKind::Muon => "the AdamW moments and Muon momentum",
                 },
+                count(params)
+            ),
+            Allocation::FlatGradients { params } => write!(
+                f,
+                "the summed gradients of a {}-parameter model",
                 count(params)
             ),
             Allocation::Activations { batch, seq } => {
@@ -224,19 +232,22 @@ pub struct Footprint {
 
 impl Footprint {
     /// Training on the CPU: the weights and gradients, the optimizer's state, the activations of
-    /// one micro-batch, and a host copy of the weights (made when a checkpoint is written).
+    /// one micro-batch, a host copy of the weights (made when a checkpoint is written), and the
+    /// flat sum of the gradients when a step sums several micro-batches (`summed_gradients`:
+    /// accumulation or data-parallel ranks).
     pub fn training(
         dims: &ModelDims,
         tie_embeddings: bool,
         batch: usize,
         seq: usize,
         optimizer: OptimizerKind,
+        summed_gradients: bool,
     ) -> Self {
         let params = clamp(dims.num_params(tie_embeddings));
         let optimizer_bytes =
             float_bytes::<f32>(clamp(optimizer_floats(dims, tie_embeddings, optimizer)), 1);
         let activations = ActivationSizes::new(dims, batch, seq).bytes::<f32>(dims.n_layers);
-        Footprint {
+        let mut footprint = Footprint {
             parts: vec![
                 (
                     Allocation::Parameters { params },
@@ -252,7 +263,14 @@ impl Footprint {
                     float_bytes::<f32>(params, 1),
                 ),
             ],
+        };
+        if summed_gradients {
+            footprint.parts.push((
+                Allocation::FlatGradients { params },
+                float_bytes::<f32>(params, 1),
+            ));
         }
+        footprint
     }
 
     /// Generating `positions` tokens: the weights as read from their file, the model's weights
@@ -707,9 +725,9 @@ mod tests {
     #[test]
     fn a_footprint_sums_its_parts_and_names_the_largest() {
         let dims = Preset::Tutorial.dims();
-        let small = Footprint::training(&dims, true, 8, 256, OptimizerKind::AdamW);
+        let small = Footprint::training(&dims, true, 8, 256, OptimizerKind::AdamW, true);
         assert!(small.total() < 1 << 32, "{}", small.total());
-        let wide = Footprint::training(&dims, true, 1 << 20, 256, OptimizerKind::AdamW);
+        let wide = Footprint::training(&dims, true, 1 << 20, 256, OptimizerKind::AdamW, true);
         assert_eq!(
             wide.largest(),
             Allocation::Activations {

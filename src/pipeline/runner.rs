@@ -1,6 +1,12 @@
 //! Runs the variants of a spec: plans every stage's key up front, reuses what the cache holds,
 //! builds the rest under a per-key lock, links the results into the run folder, and ends a sweep
 //! with a comparison table.
+//!
+//! In a data-parallel job (`mpirun -np 4 tinyllm run …`) rank 0 runs the pipeline as one process
+//! would, and the other ranks follow it ([`follow`]): they join the stages that run on every
+//! rank (training) and otherwise wait for rank 0's artifacts.
+
+mod follow;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
@@ -17,6 +23,7 @@ use super::report;
 pub use super::report::{SweepTable, sweep_table};
 use super::spec::local_mirror_path;
 use super::stage::{StageContext, StageFailure, StageRegistry};
+use crate::collective::{self, Collective, Single};
 use crate::fsutil;
 
 /// How a run treats the cache.
@@ -243,6 +250,15 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<Vec<VariantResult>, RunError> {
     check_folders(loaded, opts)?;
+    // A dry run touches nothing, so each rank may make its own (only rank 0 prints it).
+    let world: &dyn Collective = if opts.dry_run {
+        &Single
+    } else {
+        collective::world()
+    };
+    if !world.leads() {
+        return follow::follow(loaded, registry, opts, world).map(|()| Vec::new());
+    }
     let cache = Cache::new(&opts.cache_dir);
     let mut plans = plan(loaded, opts);
     if opts.verify {
@@ -320,7 +336,7 @@ pub fn run(
                         };
                         let replace = reason.is_some() || matches!(state, PlanState::Forced);
                         let (artifact, outcome) = build(
-                            &cache, registry, planned, replace, &plan, &artifacts, opts, out,
+                            &cache, registry, planned, replace, &plan, &artifacts, opts, out, world,
                         )?;
                         let differs =
                             previous.is_some_and(|files| files != artifact.manifest.files);
@@ -331,7 +347,14 @@ pub fn run(
                     }
                 };
                 built.insert(id);
+                if runs_on_every_rank(registry, planned.stage)
+                    && !matches!(outcome, Outcome::Ran { .. })
+                {
+                    world.agree_u64(follow::SKIP);
+                }
                 link_artifact(&plan.run_dir, planned.stage, &artifact)?;
+                // The other ranks read this artifact once it is in the cache.
+                world.barrier();
                 let result = StageResult {
                     stage: planned.stage,
                     key: planned.key.clone(),
@@ -534,6 +557,7 @@ fn build(
     inputs: &BTreeMap<StageId, Artifact>,
     opts: &RunOptions,
     out: &mut dyn Write,
+    world: &dyn Collective,
 ) -> Result<(Artifact, Outcome), RunError> {
     let stage = planned.stage;
     let mut waited = false;
@@ -567,6 +591,9 @@ fn build(
     })?;
     writeln!(out, "  {:<12} running…", stage.name())?;
     out.flush()?;
+    if implementation.runs_on_every_rank() {
+        world.agree_u64(follow::RUN);
+    }
     let started = Instant::now();
     let mut cx = StageContext {
         view: plan.variant.views.get(stage),
@@ -600,6 +627,11 @@ fn build(
     };
     let artifact = cache.publish(pending, manifest, &lock)?;
     Ok((artifact, Outcome::Ran { secs }))
+}
+
+/// Whether every rank of a job runs `stage` (see [`super::Stage::runs_on_every_rank`]).
+fn runs_on_every_rank(registry: &StageRegistry, stage: StageId) -> bool {
+    registry.get(stage).is_some_and(|s| s.runs_on_every_rank())
 }
 
 /// A stage's error with the cache's copies of the user's files named as the user's files (the

@@ -28,6 +28,12 @@ pub trait Stage: Send + Sync {
     /// Builds the artifact: everything written into `cx.out_dir` becomes part of it.
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure>;
 
+    /// Whether every rank of a data-parallel job runs this stage together (training), rather
+    /// than rank 0 alone while the others wait for its artifact.
+    fn runs_on_every_rank(&self) -> bool {
+        false
+    }
+
     /// Checks a cached artifact's contents beyond its files' hashes (`--verify`): an artifact
     /// that was built wrong matches its manifest yet cannot be used.
     fn check(&self, _artifact: &Artifact) -> Result<(), StageFailure> {

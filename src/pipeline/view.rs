@@ -58,6 +58,9 @@ pub struct TrainView {
     /// `train.precision` resolved on this machine for `train.device`: keyed, since bf16 and
     /// f32 train different weights (an f32 key leaves it out, as keys did before it existed).
     pub precision: Precision,
+    /// Ranks of the data-parallel job this process belongs to: keyed, since they set the
+    /// global batch and the data order (1, one process, leaves it out of the key).
+    pub world_size: usize,
 }
 
 /// `[model]` as the train stage uses it: the preset and explicit fields resolved to dimensions
@@ -156,6 +159,7 @@ impl StageView {
                     },
                     train: spec.train.clone(),
                     precision: spec.train.precision.resolve(spec.train.device),
+                    world_size: crate::collective::world().size(),
                 })
             }
             StageId::Sample => StageView::Sample(SampleView {
@@ -230,6 +234,7 @@ impl StageView {
                 model,
                 train,
                 precision,
+                world_size,
             }) => {
                 let mut key = json!({
                     "model": model,
@@ -237,6 +242,9 @@ impl StageView {
                 });
                 if *precision != Precision::F32 {
                     key["precision"] = json!(precision);
+                }
+                if *world_size > 1 {
+                    key["world_size"] = json!(world_size);
                 }
                 key
             }

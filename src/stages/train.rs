@@ -9,6 +9,7 @@
 
 use serde_json::json;
 
+use crate::collective;
 use crate::data::loader::LoaderError;
 use crate::fsutil;
 use crate::pipeline::{Stage, StageContext, StageFailure, StageId, StageReport};
@@ -24,6 +25,10 @@ pub struct Train;
 impl Stage for Train {
     fn id(&self) -> StageId {
         StageId::Train
+    }
+
+    fn runs_on_every_rank(&self) -> bool {
+        true
     }
 
     fn run(&self, cx: &mut StageContext<'_>) -> Result<StageReport, StageFailure> {
@@ -84,8 +89,13 @@ impl Stage for Train {
             checkpoints_dir: cx.scratch_dir.join("checkpoints"),
             live_metrics: Some(cx.run_dir.join(metrics::METRICS_JSONL)),
             quiet: cx.quiet,
+            world: collective::world(),
         };
         let outcome = train(&job, cx.out_dir)?;
+        if !job.world.leads() {
+            // Rank 0 writes the artifact; the others only trained with it.
+            return Ok(StageReport::default());
+        }
 
         let out = cx.out_dir;
         let write = |name: &str, bytes: &[u8]| {
@@ -111,8 +121,9 @@ impl Stage for Train {
             "tokens_per_sec": tokens_per_sec,
             "validation_windows": job.eval.windows(),
             "step_tokens_per_sec": outcome.time.step_tokens_per_sec(
-                (cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps) as u64
+                (cfg.batch_size * cfg.seq_len * cfg.grad_accum_steps * job.world.size()) as u64
             ),
+            "ranks": job.world.size(),
             "time_this_process": outcome.time,
             "final": {
                 "val_loss": outcome.final_eval.loss,

@@ -38,7 +38,7 @@ pub struct TrainingState {
     /// Optimizer steps taken.
     pub step: u64,
     /// The data loader's position: the order of windows is a pure function of the seed and the
-    /// epoch, so this pair restores the data stream exactly.
+    /// epoch, so this position restores the data stream exactly.
     pub loader: LoaderState,
     pub tokens_seen: u64,
     /// Wall time spent training so far, over every resumed process.
@@ -48,6 +48,13 @@ pub struct TrainingState {
     pub loss_since_log: (f64, u64),
     /// Worker threads of the process that wrote it: the same count reproduces the same bits.
     pub threads: usize,
+    /// Ranks of the data-parallel job that wrote it (1 before jobs of several ranks existed).
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// One file of a checkpoint, as `checkpoint.json` records it.
@@ -209,6 +216,17 @@ impl Checkpoints {
             }
         }
         Ok(found)
+    }
+
+    /// The checkpoint of `step`, verified, without changing the folder: how the other ranks of
+    /// a job open the checkpoint rank 0 chose with [`Checkpoints::latest`].
+    pub fn verified(&self, step: u64) -> Result<Checkpoint, CheckpointError> {
+        let dir = self.dir_of(step);
+        verify(&dir).map_err(|reason| CheckpointError::Bad {
+            path: dir.clone(),
+            reason: fsutil::one_line(&reason),
+        })?;
+        Ok(Checkpoint { step, dir })
     }
 
     fn remove_staging(&self) -> Result<(), CheckpointError> {

@@ -9,7 +9,8 @@
 
 use std::path::PathBuf;
 
-use crate::data::loader::{Loader, LoaderError};
+use crate::collective::Collective;
+use crate::data::loader::{Loader, LoaderError, Share};
 use crate::engine::{Backend, Float};
 use crate::model::{Llama, ModelError, Shape};
 
@@ -37,7 +38,7 @@ impl EvalSet {
     ) -> Result<EvalSet, LoaderError> {
         // A loader over the split lists its windows; a loader of world size 1 and epoch 0
         // is only used here for its window list and token access.
-        let loader = Loader::open(paths, seq_len, 0, 0, 1)?;
+        let loader = Loader::open(paths, seq_len, 0, Share::single())?;
         let all = loader.windows_in_file_order();
         let picked: Vec<_> = if max_windows == 0 || all.len() <= max_windows {
             all
@@ -56,19 +57,30 @@ impl EvalSet {
         self.windows.len()
     }
 
-    /// The mean loss over every window, `batch` windows per forward pass.
+    /// The mean loss over every window, `batch` windows per forward pass. The ranks of `world`
+    /// each take an equal share of the windows and sum their losses, so every rank gets the
+    /// same result.
     pub fn evaluate<S: Shape, B: Backend>(
         &self,
         model: &mut Llama<S, B>,
         batch: usize,
+        world: &dyn Collective,
     ) -> Result<EvalResult, ModelError> {
-        let mut total = 0.0f64;
-        let mut count = 0u64;
-        window_losses(model, &self.windows, batch, |_, losses| {
-            total += losses.iter().sum::<f64>();
-            count += losses.len() as u64;
+        let (rank, ranks) = (world.rank(), world.size());
+        let share = self.windows.len().div_ceil(ranks);
+        let start = (rank * share).min(self.windows.len());
+        let mine = &self.windows[start..(start + share).min(self.windows.len())];
+        let mut totals = [0.0f64, 0.0];
+        window_losses(model, mine, batch, |_, losses| {
+            totals[0] += losses.iter().sum::<f64>();
+            totals[1] += losses.len() as f64;
         })?;
-        Ok(EvalResult::new(total, count, self.tokens_per_byte))
+        world.all_reduce_sum_f64(&mut totals);
+        Ok(EvalResult::new(
+            totals[0],
+            totals[1] as u64,
+            self.tokens_per_byte,
+        ))
     }
 }
 

@@ -1,8 +1,15 @@
 //! One optimizer step, the way training takes it: `grad_accum_steps` micro-batches of forward
-//! and backward from the data source with their gradients summed, the global gradient norm
-//! clipped, one optimizer step (AdamW, or Muon for the block matrices). The train stage and `tinyllm bench train` both run [`Stepper::step`],
-//! so the benchmark times the code users run.
+//! and backward from the data source with their gradients summed (and summed over the ranks of
+//! a data-parallel job), the global gradient norm clipped, one optimizer step (AdamW, or Muon
+//! for the block matrices). The train stage and `tinyllm bench train` both run
+//! [`Stepper::step`], so the benchmark times the code users run.
+//!
+//! Summation order: each micro-batch's gradient is computed on its own and added into one flat
+//! buffer in micro-batch order; the ranks' buffers are then summed by the collective. So two
+//! ranks with one micro-batch each add `g0 + g1` exactly as one process with two micro-batches
+//! does, and their weights stay bit-identical to it.
 
+use crate::collective::{Collective, Single};
 use crate::data::loader::Loader;
 use crate::engine::{Backend, Optimizer, clip_factor};
 use crate::model::{Llama, ModelError, Shape};
@@ -69,6 +76,9 @@ pub struct StepOutcome {
     pub loss: f64,
     /// The global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Seconds spent summing the gradients over the ranks (0 for one process), waiting for
+    /// the slowest rank included.
+    pub all_reduce_secs: f64,
 }
 
 impl StepOutcome {
@@ -85,6 +95,11 @@ pub struct Stepper<S: Shape, B: Backend> {
     config: StepConfig,
     inputs: Vec<u32>,
     targets: Vec<u32>,
+    /// The ranks whose gradients each step sums ([`Single`]: this process alone).
+    world: &'static dyn Collective,
+    /// Every gradient, flat, in layout order: the sum of a step's micro-batches and what the
+    /// ranks all-reduce in one call. Only when there is more than one micro-batch to sum.
+    flat_grads: Option<B::Buf>,
 }
 
 impl<S: Shape, B: Backend> Stepper<S, B> {
@@ -95,11 +110,34 @@ impl<S: Shape, B: Backend> Stepper<S, B> {
             config,
             inputs: Vec::new(),
             targets: Vec::new(),
+            world: &Single,
+            flat_grads: None,
         }
+    }
+
+    /// Steps as one rank of `world`: each step's gradient and loss are summed over its ranks.
+    pub fn with_world(mut self, world: &'static dyn Collective) -> Self {
+        self.world = world;
+        self
     }
 
     pub fn config(&self) -> StepConfig {
         self.config
+    }
+
+    /// Micro-batches summed per optimizer step over every rank: the accumulation times the ranks.
+    pub fn micro_batches_per_step(&self) -> usize {
+        self.config.accum * self.world.size()
+    }
+
+    /// Adds the gradients the last backward pass left into the flat sum (`first`: replaces it).
+    fn gather_grads(&mut self, first: bool) -> Result<(), ModelError> {
+        if self.flat_grads.is_none() {
+            self.flat_grads = Some(self.model.flat_gradient_buffer()?);
+        }
+        let flat = self.flat_grads.as_mut().expect("allocated above");
+        self.model.add_grads_into(flat, first);
+        Ok(())
     }
 
     /// One optimizer step at learning rate `lr` on the next `accum` micro-batches of `data`.
@@ -112,25 +150,55 @@ impl<S: Shape, B: Backend> Stepper<S, B> {
             accum,
             grad_clip,
         } = self.config;
-        // Each micro-batch's gradient is scaled so their sum is the gradient of the mean loss
-        // over all the step's tokens.
-        let grad_scale = 1.0 / (batch * seq * accum) as f64;
-        self.model.zero_grad();
-        let mut loss = 0.0;
-        for _ in 0..accum {
+        let micro_batches = self.micro_batches_per_step();
+        // Each micro-batch's gradient is scaled so their sum over micro-batches and ranks is
+        // the gradient of the mean loss over all the step's tokens.
+        let grad_scale = 1.0 / (batch * seq * micro_batches) as f64;
+        let summed = micro_batches > 1;
+        let mut loss_sum = 0.0;
+        for micro_batch in 0..accum {
+            self.model.zero_grad();
             data.next_batch(batch, &mut self.inputs, &mut self.targets);
             let micro = self
                 .model
                 .forward(&self.inputs, Some(&self.targets), batch, seq, grad_scale)?
                 .expect("a forward pass with targets returns its loss");
-            loss += micro / accum as f64;
+            loss_sum += micro;
             if !micro.is_finite() {
                 break;
             }
             self.model.backward();
+            if summed {
+                self.gather_grads(micro_batch == 0)?;
+            }
         }
+        let mut all_reduce_secs = 0.0;
+        if summed {
+            let backend = self.model.backend();
+            let flat = self.flat_grads.as_mut().expect("gathered above");
+            let started = std::time::Instant::now();
+            // Over one rank a sum changes nothing, and the host's path returns at once; a
+            // backend's own transport (NCCL) sums even then, which is how one GPU checks it.
+            backend
+                .all_reduce_sum(flat, self.world)
+                .map_err(ModelError::Engine)?;
+            if self.world.size() > 1 {
+                // A GPU's sum is queued on its stream: the time is the wait for its end.
+                backend.synchronize();
+                all_reduce_secs = started.elapsed().as_secs_f64();
+            }
+            self.model.load_grads(flat);
+        }
+        // Every rank sees the same loss, so every rank takes the same decisions on it.
+        let mut loss = [loss_sum];
+        self.world.all_reduce_sum_f64(&mut loss);
+        let loss = loss[0] / micro_batches as f64;
         let grad_norm = self.model.grad_norm();
-        let outcome = StepOutcome { loss, grad_norm };
+        let outcome = StepOutcome {
+            loss,
+            grad_norm,
+            all_reduce_secs,
+        };
         if outcome.is_finite() {
             let grad_scale = clip_factor(grad_norm, grad_clip);
             self.model

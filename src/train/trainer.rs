@@ -3,6 +3,11 @@
 //! learning rate; a log line every `log_interval` steps, a validation pass every
 //! `eval_interval`, a checkpoint every `checkpoint_interval` (and whenever validation improves),
 //! and a continuation from the newest good checkpoint when a killed run is started again.
+//!
+//! In a data-parallel job every rank runs this loop on its share of the data (see
+//! [`crate::data::loader`]) and the step sums the ranks' gradients; whatever depends on a clock
+//! or on the file system is decided by rank 0 and agreed, so every rank takes the same branch,
+//! and rank 0 alone writes checkpoints, metrics and the result.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +23,8 @@ use super::eval::{EvalResult, EvalSet};
 use super::metrics::{MetricRecord, MetricsLog, read_jsonl};
 use super::schedule::{LrSchedule, TimeBudget, progress};
 use super::step::{StepConfig, Stepper};
-use crate::data::loader::{Loader, LoaderError};
+use crate::collective::Collective;
+use crate::data::loader::{Loader, LoaderError, Share};
 use crate::engine::{Backend, DeviceInfo, Optimizer, Precision};
 use crate::fsutil;
 use crate::model::hf_config::{HfConfig, HfConfigError};
@@ -42,6 +48,8 @@ pub struct TrainJob {
     /// A `metrics.jsonl` to append to as training goes.
     pub live_metrics: Option<PathBuf>,
     pub quiet: bool,
+    /// The ranks training together ([`crate::collective::Single`] for one process).
+    pub world: &'static dyn Collective,
 }
 
 /// What a finished run reports.
@@ -117,6 +125,22 @@ pub enum TrainError {
     },
     #[error("train.device: {0}")]
     Dispatch(#[from] DispatchError),
+    #[error(
+        "{}: the checkpoint was written by a job of {saved} ranks and this one has {now}; the \
+         ranks share the data and the batch, so resume it with {saved} ranks",
+        path.display()
+    )]
+    WorldSizeChanged {
+        path: PathBuf,
+        saved: usize,
+        now: usize,
+    },
+    #[error("rank {rank} has {what} different from rank 0's ({detail})")]
+    RanksDisagree {
+        rank: usize,
+        what: &'static str,
+        detail: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -127,21 +151,29 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 }
 
 /// A fresh state, or the newest good checkpoint loaded into `run` and `loader` (reporting the
-/// damaged ones it skipped). Returns the state, the log so far and the checkpoint used.
+/// damaged ones it skipped). Rank 0 chooses the checkpoint (and removes damaged ones); the other
+/// ranks open the same one. Returns the state, the log so far and the checkpoint used.
 fn start_or_resume<S: Shape, B: Backend<Float = f32>>(
     run: &mut Stepper<S, B>,
     loader: &mut Loader,
     checkpoints: &Checkpoints,
+    world: &dyn Collective,
 ) -> Result<(TrainingState, Vec<MetricRecord>, Option<Checkpoint>), TrainError> {
     let threads = rayon::current_num_threads();
-    let found = checkpoints.latest()?;
-    for line in &found.damaged {
-        eprintln!("  warning: {line}");
-    }
-    let Some(checkpoint) = found.latest else {
-        if !found.damaged.is_empty() {
+    const NONE: u64 = u64::MAX;
+    let chosen = if world.leads() {
+        let found = checkpoints.latest()?;
+        for line in &found.damaged {
+            eprintln!("  warning: {line}");
+        }
+        if found.latest.is_none() && !found.damaged.is_empty() {
             eprintln!("  no good checkpoint is left; training starts from step 0");
         }
+        world.agree_u64(found.latest.map_or(NONE, |c| c.step))
+    } else {
+        world.agree_u64(NONE)
+    };
+    if chosen == NONE {
         let state = TrainingState {
             step: 0,
             loader: loader.state(),
@@ -150,31 +182,79 @@ fn start_or_resume<S: Shape, B: Backend<Float = f32>>(
             best: None,
             loss_since_log: (0.0, 0),
             threads,
+            world_size: world.size(),
         };
         return Ok((state, Vec::new(), None));
-    };
+    }
+    let checkpoint = checkpoints.verified(chosen)?;
     let (mut state, records) = restore(run, &checkpoint)?;
+    if state.world_size != world.size() {
+        return Err(TrainError::WorldSizeChanged {
+            path: checkpoint.dir.clone(),
+            saved: state.world_size,
+            now: world.size(),
+        });
+    }
     loader.restore(state.loader)?;
-    eprintln!(
-        "  resuming from step {} ({})",
-        state.step,
-        checkpoint.dir.display()
-    );
-    if state.threads != threads {
+    if world.leads() {
         eprintln!(
-            "  warning: the checkpoint was written with {} threads and this process has {threads}; \
-             the result will differ in the last bits from an uninterrupted run",
-            state.threads
+            "  resuming from step {} ({})",
+            state.step,
+            checkpoint.dir.display()
         );
+    }
+    if state.threads != threads {
+        if world.leads() {
+            eprintln!(
+                "  warning: the checkpoint was written with {} threads and this process has \
+                 {threads}; the result will differ in the last bits from an uninterrupted run",
+                state.threads
+            );
+        }
         state.threads = threads;
     }
     Ok((state, records, Some(checkpoint)))
 }
 
+/// Checks that every rank holds the weights rank 0 holds (they come from the same seed or the
+/// same checkpoint, so a difference is a broken job: another binary, another file).
+fn check_same_weights<S: Shape, B: Backend<Float = f32>>(
+    model: &crate::model::Llama<S, B>,
+    world: &dyn Collective,
+) -> Result<(), TrainError> {
+    if world.size() == 1 {
+        return Ok(());
+    }
+    let mut hasher = blake3::Hasher::new();
+    for tensor in model.state_tensors()? {
+        hasher.update(bytemuck::cast_slice(&tensor));
+    }
+    let mine = *hasher.finalize().as_bytes();
+    let mut rank0 = mine;
+    world.broadcast_bytes(&mut rank0, 0);
+    // Every rank learns whether any differs, so they fail together rather than hang.
+    let mut differs = [f64::from(u8::from(mine != rank0))];
+    world.all_reduce_sum_f64(&mut differs);
+    if differs[0] > 0.0 {
+        return Err(TrainError::RanksDisagree {
+            rank: world.rank(),
+            what: "initial weights",
+            detail: format!(
+                "{} of {} ranks differ; same seed, binary and checkpoint expected",
+                differs[0],
+                world.size()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Trains the model `job` describes on `job.config.device`, continuing from the newest good
 /// checkpoint if there is one, and writes the final weights and `config.json` into `out_dir`.
 pub fn train(job: &TrainJob, out_dir: &Path) -> Result<TrainOutcome, TrainError> {
-    run_model(job.config.device, job.dims, Training { job, out_dir })
+    // The ranks of one machine take one GPU each, counting from the one the spec names.
+    let device = job.config.device.offset(job.world.local_rank());
+    run_model(device, job.dims, Training { job, out_dir })
 }
 
 struct Training<'a> {
@@ -195,26 +275,49 @@ impl ModelJob for Training<'_> {
 }
 
 fn train_on<S: Shape, B: Backend<Float = f32>>(
-    backend: B,
+    mut backend: B,
     shape: S,
     job: &TrainJob,
     out_dir: &Path,
 ) -> Result<TrainOutcome, TrainError> {
     let cfg = &job.config;
+    let world = job.world;
+    let leads = world.leads();
+    backend.join_collective(world).map_err(ModelError::from)?;
     let mut model = Llama::new(backend, shape, job.llama, cfg.seed)?;
     model.set_precision(job.precision)?;
     let optimizer = model.optimizer(cfg.optimizer_settings())?;
     // Before any batch is read: a batch too large for memory is an error now, not an abort.
     model.allocate_activations(cfg.batch_size, cfg.seq_len)?;
-    let mut run = Stepper::new(model, optimizer, StepConfig::of(cfg));
-    let mut loader = Loader::open(&job.train_shards, cfg.seq_len, cfg.seed, 0, 1)?;
+    let mut run = Stepper::new(model, optimizer, StepConfig::of(cfg)).with_world(world);
+    let share = Share {
+        rank: world.rank(),
+        world: world.size(),
+        chunk: cfg.batch_size * cfg.grad_accum_steps,
+    };
+    let mut loader = Loader::open(&job.train_shards, cfg.seq_len, cfg.seed, share)?;
     let checkpoints = Checkpoints::new(&job.checkpoints_dir);
 
-    let (mut state, records, resumed) = start_or_resume(&mut run, &mut loader, &checkpoints)?;
+    let (mut state, records, resumed) =
+        start_or_resume(&mut run, &mut loader, &checkpoints, world)?;
+    check_same_weights(&run.model, world)?;
     let resumed_from = resumed.as_ref().map(|c| c.step);
+    if world.size() > 1 && leads {
+        let sequences = cfg.batch_size * cfg.grad_accum_steps * world.size();
+        eprintln!(
+            "  {} ranks over {}: global batch {} × {} accumulation × {} ranks = {sequences} \
+             sequences ({} tokens) per step",
+            world.size(),
+            world.describe(),
+            cfg.batch_size,
+            cfg.grad_accum_steps,
+            world.size(),
+            sequences * cfg.seq_len
+        );
+    }
+    let live_metrics = job.live_metrics.as_deref().filter(|_| leads);
     let live_path = job.live_metrics.clone().unwrap_or_default();
-    let mut log =
-        MetricsLog::start(records, job.live_metrics.as_deref()).map_err(io_err(&live_path))?;
+    let mut log = MetricsLog::start(records, live_metrics).map_err(io_err(&live_path))?;
     let mut last_good = resumed;
 
     let schedule = LrSchedule {
@@ -226,11 +329,13 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
         decay_fraction: cfg.decay_fraction,
     };
     let budget = cfg.max_time;
-    let tokens_per_step = run.config().tokens() as u64;
-    let bar = TrainBar::new(cfg.max_iters, budget, job.quiet);
+    // Every rank's tokens: the figures are the job's.
+    let tokens_per_step = (run.config().tokens() * world.size()) as u64;
+    let bar = TrainBar::new(cfg.max_iters, budget, job.quiet || !leads);
     let started = Instant::now();
     let elapsed_before = state.elapsed_secs;
-    let elapsed = || elapsed_before + started.elapsed().as_secs_f64();
+    // Rank 0's clock: the schedule and the time budget must read the same time on every rank.
+    let elapsed = || world.agree_f64(elapsed_before + started.elapsed().as_secs_f64());
     bar.show(
         state.step,
         progress(state.step, cfg.max_iters, elapsed(), budget),
@@ -316,7 +421,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
         let mut improved = false;
         if step.is_multiple_of(cfg.eval_interval as u64) || last {
             let eval_started = Instant::now();
-            let result = job.eval.evaluate(&mut run.model, cfg.batch_size)?;
+            let result = job.eval.evaluate(&mut run.model, cfg.batch_size, world)?;
             improved = state.best.is_none_or(|b| result.loss < b.val_loss);
             if improved {
                 state.best = Some(BestEval {
@@ -333,6 +438,9 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
             })
             .map_err(io_err(&live_path))?;
             bar.bar.suspend(|| {
+                if !leads {
+                    return;
+                }
                 eprintln!(
                     "  step {step}: validation loss {:.4} nats/token, {:.4} bits/byte{}",
                     result.loss,
@@ -344,7 +452,7 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
             // Throughput figures count training only.
             interval_start = (Instant::now(), state.tokens_seen);
         }
-        if step.is_multiple_of(cfg.checkpoint_interval as u64) || last || improved {
+        if (step.is_multiple_of(cfg.checkpoint_interval as u64) || last || improved) && leads {
             let checkpoint_started = Instant::now();
             let checkpoint = save_checkpoint(&run, &checkpoints, &state, &log)?;
             checkpoints.prune(cfg.keep_checkpoints, state.best.map(|b| b.step))?;
@@ -384,8 +492,10 @@ fn train_on<S: Shape, B: Backend<Float = f32>>(
         path: job.checkpoints_dir.clone(),
         reason: format!("step {final_step} has no best validation result"),
     })?;
-    write_model(&run.model, out_dir)?;
-    if best.step != final_step {
+    if leads {
+        write_model(&run.model, out_dir)?;
+    }
+    if best.step != final_step && leads {
         let from = checkpoints.dir_of(best.step).join(MODEL_FILE);
         let to = out_dir.join("best.safetensors");
         std::fs::copy(&from, &to).map_err(io_err(&from))?;

@@ -250,7 +250,7 @@ pub fn rows() -> Vec<Row> {
                 "--dry-run",
             ],
             expect: Expect::Refused(
-                "error: --set model.n_layers=1000000: key `model.n_layers`: training needs about 139.4 GB of memory (31.0 GB for the weights and gradients of a 3.9B-parameter model, 31.0 GB for the AdamW moments of a 3.9B-parameter model, 62.0 GB for the activations of batch 8 × seq 8, 15.5 GB for a host copy of the weights of a 3.9B-parameter model), more than the 8.0 GB TINYLLM_MEMORY_LIMIT allows; choose a smaller model (model.dim, model.n_layers, model.vocab_size)",
+                "error: --set model.n_layers=1000000: key `model.n_layers`: training needs about 154.9 GB of memory (31.0 GB for the weights and gradients of a 3.9B-parameter model, 31.0 GB for the AdamW moments of a 3.9B-parameter model, 62.0 GB for the activations of batch 8 × seq 8, 15.5 GB for a host copy of the weights of a 3.9B-parameter model, 15.5 GB for the summed gradients of a 3.9B-parameter model), more than the 8.0 GB TINYLLM_MEMORY_LIMIT allows; choose a smaller model (model.dim, model.n_layers, model.vocab_size)",
             ),
             env: MEMORY_8G,
             ..ROW
@@ -264,7 +264,7 @@ pub fn rows() -> Vec<Row> {
                 "train.batch_size=100000000",
             ],
             expect: Expect::Refused(
-                "error: --set train.batch_size=100000000: key `train.batch_size`: training needs about 3.9 TB of memory (100.5 kB for the weights and gradients of a 12.6k-parameter model, 100.5 kB for the AdamW moments of a 12.6k-parameter model, 3.9 TB for the activations of batch 100000000 × seq 8, 50.2 kB for a host copy of the weights of a 12.6k-parameter model), more than the 8.0 GB TINYLLM_MEMORY_LIMIT allows; lower train.batch_size (or train.seq_len)",
+                "error: --set train.batch_size=100000000: key `train.batch_size`: training needs about 3.9 TB of memory (100.5 kB for the weights and gradients of a 12.6k-parameter model, 100.5 kB for the AdamW moments of a 12.6k-parameter model, 3.9 TB for the activations of batch 100000000 × seq 8, 50.2 kB for a host copy of the weights of a 12.6k-parameter model, 50.2 kB for the summed gradients of a 12.6k-parameter model), more than the 8.0 GB TINYLLM_MEMORY_LIMIT allows; lower train.batch_size (or train.seq_len)",
             ),
             env: MEMORY_8G,
             ..ROW

@@ -21,6 +21,8 @@ use std::marker::PhantomData;
 use half::bf16;
 use rayon::prelude::*;
 
+use crate::collective::Collective;
+
 use super::{
     AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, Float, Input, InputOf,
     MatvecWeight, Muon, Saved, SavedOf, Write, host_copy, host_vec,
@@ -175,6 +177,27 @@ impl<T: Float> Backend for Cpu<T> {
     }
     fn copy(&self, dst: &mut Vec<T>, src: &Vec<T>) {
         dst.copy_from_slice(src);
+    }
+
+    fn read_at(&self, dst: &mut Vec<T>, src: &Vec<T>, offset: usize) {
+        let len = dst.len();
+        dst.copy_from_slice(&src[offset..offset + len]);
+    }
+
+    fn add_at(&self, dst: &mut Vec<T>, offset: usize, src: &Vec<T>) {
+        dst[offset..offset + src.len()]
+            .par_chunks_mut(1 << 12)
+            .zip(src.par_chunks(1 << 12))
+            .for_each(|(o, x)| {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o += x;
+                }
+            });
+    }
+
+    fn all_reduce_sum(&self, buf: &mut Vec<T>, world: &dyn Collective) -> Result<(), EngineError> {
+        T::all_reduce_sum(world, buf);
+        Ok(())
     }
 
     fn embedding_forward(&self, out: &mut Vec<T>, tokens: &Vec<u32>, table: &Vec<T>, c: usize) {

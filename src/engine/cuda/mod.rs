@@ -4,7 +4,8 @@
 //!
 //! The CUDA libraries are loaded when a [`Cuda`] is made, not linked: a binary built with the
 //! feature still runs its CPU path on a machine without a driver, and asking it for CUDA there is
-//! a one-line error. Buffers are `f32`; shapes follow the CPU backend (`src/engine/cpu/`), and
+//! a one-line error. NCCL is loaded only when a job of several GPUs joins it (`nccl.rs`), for the
+//! gradient all-reduce. Buffers are `f32`; shapes follow the CPU backend (`src/engine/cpu/`), and
 //! `tests.rs` checks each op against it. bf16 buffers ([`Backend::Half`]) are `u16`s holding
 //! the bits, rounded by a kernel exactly as the CPU's `half` crate rounds.
 //!
@@ -17,6 +18,7 @@
 mod cubin;
 mod gemm;
 mod launch;
+mod nccl;
 #[cfg(test)]
 mod tests;
 
@@ -37,8 +39,10 @@ use launch::{Kernels, column_tiles, elementwise, embedding_backward_blocks, part
 
 use super::{
     AdamW, AttentionKeptOf, AttentionShape, Backend, EngineError, Input, InputOf, Muon,
-    NEWTON_SCHULZ, Saved, SavedOf, Write, host_vec,
+    NEWTON_SCHULZ, Saved, SavedOf, Write, all_reduce_sum_through_host, host_vec,
 };
+use crate::collective::Collective;
+use nccl::NcclComm;
 
 /// The kernels' CUDA C source.
 pub const KERNELS_CU: &str = include_str!("kernels.cu");
@@ -81,6 +85,20 @@ pub enum CudaError {
         driver: String,
         error: CUresult,
     },
+    #[error(
+        "NCCL could not be loaded (cudarc looks for libnccl.so, libnccl.so.13, libnccl.so.12…, not libnccl.so.2): install libnccl-dev, or put a link libnccl.so → libnccl.so.2 in a folder on LD_LIBRARY_PATH"
+    )]
+    NoNccl,
+    #[error("the NCCL library found has no function {0}: install NCCL 2.13 or newer")]
+    NcclFunction(&'static str),
+    #[error("NCCL {call} failed ({name}): {detail}")]
+    Nccl {
+        call: &'static str,
+        name: String,
+        detail: String,
+    },
+    #[error("the NCCL communicator joins {communicator} ranks, but the job has {world}")]
+    NcclRanks { communicator: usize, world: usize },
 }
 
 /// Compiles CUDA C `source` with NVRTC into PTX; a failure carries NVRTC's log.
@@ -222,6 +240,9 @@ fn load_error(error: DriverError) -> CudaError {
 
 /// An NVIDIA GPU as a [`Backend`].
 pub struct Cuda {
+    /// This rank's NCCL communicator, once [`Cuda::join_nccl`] made it: the gradient all-reduce
+    /// then stays on the device. First, so that it is dropped before the stream it runs on.
+    nccl: Option<NcclComm>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     kernels: Kernels,
@@ -273,6 +294,7 @@ impl Cuda {
         let blas = CudaBlas::new(stream.clone())?;
         let name = context.name()?;
         Ok(Cuda {
+            nccl: None,
             stream,
             blas,
             kernels,
@@ -284,6 +306,24 @@ impl Cuda {
     /// The device's name, as the driver reports it.
     pub fn device_name(&self) -> &str {
         &self.name
+    }
+
+    /// Joins the NCCL communicator of the ranks of `world`, which [`Backend::all_reduce_sum`]
+    /// then uses: rank 0 makes NCCL's unique id and `world` sends it to the others. Made even for
+    /// a world of one rank (tests: one GPU cannot hold two ranks); [`Backend::join_collective`]
+    /// makes it only for several. Collective: every rank calls it, in the same order among its
+    /// other collectives, and it returns once all have. A second call replaces the communicator.
+    pub fn join_nccl(&mut self, world: &dyn Collective) -> Result<(), CudaError> {
+        self.nccl = Some(NcclComm::join(&self.stream, world)?);
+        Ok(())
+    }
+
+    /// A CUDA error of this device as an [`EngineError`] naming it.
+    fn device_error(&self, error: CudaError) -> EngineError {
+        EngineError::Device {
+            device: self.label.clone(),
+            message: error.to_string(),
+        }
     }
 
     /// The nominal dense bf16 tensor-core peak of the device in GFLOP/s, for the GPUs whose
@@ -485,6 +525,47 @@ impl Backend for Cuda {
     fn copy(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>) {
         assert_eq!(dst.len(), src.len());
         self.stream.memcpy_dtod(src, dst).expect("CUDA copy failed");
+    }
+
+    fn read_at(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>, offset: usize) {
+        let view = src.slice(offset..offset + dst.len());
+        self.stream
+            .memcpy_dtod(&view, dst)
+            .expect("CUDA copy failed");
+    }
+
+    fn add_at(&self, dst: &mut CudaSlice<f32>, offset: usize, src: &CudaSlice<f32>) {
+        let n = src.len();
+        let mut view = dst.slice_mut(offset..offset + n);
+        self.kernels
+            .add_assign(elementwise(n), &mut view, src, n as i64);
+    }
+
+    /// Through NCCL on the device once [`Cuda::join_nccl`] made a communicator (one call over
+    /// the whole buffer); through host memory otherwise.
+    fn all_reduce_sum(
+        &self,
+        buf: &mut CudaSlice<f32>,
+        world: &dyn Collective,
+    ) -> Result<(), EngineError> {
+        let Some(nccl) = &self.nccl else {
+            return all_reduce_sum_through_host(self, buf, world);
+        };
+        if nccl.ranks() != world.size() {
+            return Err(self.device_error(CudaError::NcclRanks {
+                communicator: nccl.ranks(),
+                world: world.size(),
+            }));
+        }
+        nccl.all_reduce_sum(buf).map_err(|e| self.device_error(e))
+    }
+
+    /// Joins NCCL when `world` has several ranks (see [`Cuda::join_nccl`]). Collective.
+    fn join_collective(&mut self, world: &dyn Collective) -> Result<(), EngineError> {
+        if world.size() > 1 {
+            self.join_nccl(world).map_err(|e| self.device_error(e))?;
+        }
+        Ok(())
     }
 
     fn embedding_forward(

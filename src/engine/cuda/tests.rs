@@ -1,8 +1,10 @@
 //! Without a GPU: every kernel compiles with NVRTC, and a broken one is reported with NVRTC's
-//! log. With one (`scripts/gpu-check.sh` runs the ignored tests): every op, forward and backward,
-//! equals the CPU backend's within 1e-4 on random inputs.
+//! log; a missing NCCL is a one-line error. With one (`scripts/gpu-check.sh` runs the ignored
+//! tests): every op, forward and backward, equals the CPU backend's within 1e-4 on random inputs,
+//! and NCCL's all-reduce over one rank is the identity.
 
 use super::*;
+use crate::collective::Single;
 use crate::engine::{AttentionKept, Cpu, Input, Rng, Saved, Write};
 
 /// NVRTC is optional on a developer's machine, but `.ci/run` installs it and sets this, so CI
@@ -371,6 +373,190 @@ fn gpu_out_of_memory_is_an_error_naming_the_device() {
             got: 1
         })
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// NCCL
+
+/// A world of `size` ranks seen from `rank`: its broadcasts are recorded (the bytes given, the
+/// root) and, on a rank other than the root, replaced by `from_root`, as rank 0 would send them.
+struct ScriptedWorld {
+    rank: usize,
+    size: usize,
+    from_root: Vec<u8>,
+    broadcasts: Mutex<Vec<(Vec<u8>, usize)>>,
+}
+
+impl ScriptedWorld {
+    fn new(rank: usize, size: usize, from_root: Vec<u8>) -> ScriptedWorld {
+        ScriptedWorld {
+            rank,
+            size,
+            from_root,
+            broadcasts: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn broadcasts(&self) -> Vec<(Vec<u8>, usize)> {
+        self.broadcasts.lock().unwrap().clone()
+    }
+}
+
+impl Collective for ScriptedWorld {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn local_rank(&self) -> usize {
+        self.rank
+    }
+    fn all_reduce_sum_f32(&self, _values: &mut [f32]) {
+        panic!("the host all-reduce was taken");
+    }
+    fn all_reduce_sum_f64(&self, _values: &mut [f64]) {
+        panic!("the host all-reduce was taken");
+    }
+    fn broadcast_bytes(&self, bytes: &mut [u8], root: usize) {
+        self.broadcasts.lock().unwrap().push((bytes.to_vec(), root));
+        if self.rank != root {
+            bytes.copy_from_slice(&self.from_root);
+        }
+    }
+    fn barrier(&self) {}
+    fn describe(&self) -> String {
+        format!("rank {} of {} (scripted)", self.rank, self.size)
+    }
+}
+
+/// Without NCCL (as in CI), the check is one line saying what to install, where cudarc would
+/// panic; with it, the check passes.
+#[test]
+fn a_missing_nccl_is_one_line_saying_what_to_install() {
+    // SAFETY: only probes for the shared library.
+    let present = unsafe { cudarc::nccl::sys::is_culib_present() };
+    match nccl::check_library() {
+        Err(error @ CudaError::NoNccl) => {
+            assert!(!present, "NCCL is present, yet: {error}");
+            let text = error.to_string();
+            assert!(!text.contains('\n'), "{text}");
+            assert!(text.contains("libnccl.so.2"), "{text}");
+            assert!(text.contains("LD_LIBRARY_PATH"), "{text}");
+        }
+        Ok(()) => assert!(present, "NCCL checked out without a library"),
+        Err(other) => panic!("NCCL present: {present}; {other}"),
+    }
+}
+
+/// An NCCL unique id travels as its 128 bytes, all of them kept.
+#[test]
+fn an_nccl_id_survives_its_bytes() {
+    let bytes: [u8; nccl::ID_BYTES] = std::array::from_fn(|i| (i * 37 + 11) as u8);
+    assert_eq!(nccl::id_bytes(&nccl::id_from_bytes(bytes)), bytes);
+}
+
+/// A rank other than 0 makes no id of its own (so calls no NCCL): it takes rank 0's, through the
+/// world's broadcast from root 0.
+#[test]
+fn a_rank_other_than_0_takes_the_id_rank_0_broadcasts() {
+    let sent: Vec<u8> = (0..nccl::ID_BYTES).map(|i| (255 - i) as u8).collect();
+    let world = ScriptedWorld::new(1, 2, sent.clone());
+    let id = nccl::shared_id(&world).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(nccl::id_bytes(&id).to_vec(), sent);
+    assert_eq!(world.broadcasts(), [(vec![0u8; nccl::ID_BYTES], 0)]);
+}
+
+/// On one GPU, a communicator of one rank: joining sends rank 0's unique id through the world's
+/// broadcast (from root 0, a real id), and the all-reduce through NCCL, a sum over one rank,
+/// leaves a random buffer bit for bit. A world of one rank joins no NCCL through
+/// `join_collective`; a world whose size differs from the communicator's is an error.
+#[test]
+#[ignore = "needs an NVIDIA GPU and NCCL (scripts/gpu-check.sh)"]
+fn gpu_nccl_one_rank_all_reduce_is_the_identity() {
+    let mut gpu = Cuda::new(0).unwrap_or_else(|e| panic!("{e}"));
+    gpu.join_collective(&Single)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(gpu.nccl.is_none(), "one rank joined NCCL");
+
+    let world = ScriptedWorld::new(0, 1, Vec::new());
+    gpu.join_nccl(&world).unwrap_or_else(|e| panic!("{e}"));
+    assert!(gpu.nccl.is_some());
+    let broadcasts = world.broadcasts();
+    assert_eq!(broadcasts.len(), 1, "one broadcast of the unique id");
+    let (id, root) = &broadcasts[0];
+    assert_eq!((id.len(), *root), (nccl::ID_BYTES, 0));
+    assert!(id.iter().any(|&b| b != 0), "rank 0 sent an empty id");
+
+    let mut rng = Rng::new(11);
+    let host: Vec<f32> = (0..1_000_003).map(|_| rng.normal() as f32).collect();
+    let mut buf = gpu.upload(&host).unwrap();
+    gpu.all_reduce_sum(&mut buf, &world)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let summed = gpu.download(&buf).unwrap();
+    assert!(
+        host.iter()
+            .zip(&summed)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "a sum over one rank changed the buffer"
+    );
+    let mut empty = gpu.zeros(0).unwrap();
+    gpu.all_reduce_sum(&mut empty, &world)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Training through the NCCL path (two micro-batches summed flat, then all-reduced over the
+    // one rank) takes the same steps, bit for bit, as training without a collective.
+    let losses = |nccl: bool| -> Vec<u64> {
+        use crate::model::{Llama, LlamaConfig, ModelDims, RuntimeShape};
+        use crate::train::step::{FixedBatch, StepConfig, Stepper};
+        let mut gpu = Cuda::new(0).unwrap_or_else(|e| panic!("{e}"));
+        if nccl {
+            gpu.join_nccl(&ScriptedWorld::new(0, 1, Vec::new()))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let dims = ModelDims {
+            dim: 64,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            vocab_size: 128,
+            multiple_of: 16,
+            max_seq_len: 32,
+        };
+        let shape = RuntimeShape::new(dims).unwrap();
+        let model = Llama::new(gpu, shape, LlamaConfig::default(), 3).unwrap();
+        let settings = crate::engine::OptimizerSettings::adamw(0.9, 0.95, 0.1);
+        let optimizer = model.optimizer(settings).unwrap();
+        let config = StepConfig {
+            batch: 4,
+            seq: 32,
+            accum: 2,
+            grad_clip: 1.0,
+        };
+        let mut stepper = Stepper::new(model, optimizer, config);
+        let mut rng = Rng::new(5);
+        let mut tokens = |n| (0..n).map(|_| rng.below(128) as u32).collect();
+        let mut data = FixedBatch {
+            inputs: tokens(128),
+            targets: tokens(128),
+        };
+        (0..5)
+            .map(|_| stepper.step(&mut data, 1e-3).unwrap().loss.to_bits())
+            .collect()
+    };
+    assert_eq!(losses(true), losses(false), "NCCL changed the losses");
+
+    let larger = ScriptedWorld::new(0, 2, Vec::new());
+    match gpu.all_reduce_sum(&mut buf, &larger) {
+        Err(EngineError::Device { message, .. }) => {
+            assert!(
+                message.contains("joins 1 ranks, but the job has 2"),
+                "{message}"
+            );
+            assert!(!message.contains('\n'), "{message}");
+        }
+        other => panic!("expected a device error, got {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

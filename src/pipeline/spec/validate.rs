@@ -199,6 +199,7 @@ impl PipelineSpec {
                 t.batch_size,
                 t.seq_len,
                 t.optimizer,
+                t.grad_accum_steps * crate::collective::world().size() > 1,
             )?;
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
@@ -310,8 +311,18 @@ fn training_fits(
     batch: usize,
     seq: usize,
     optimizer: OptimizerKind,
+    summed_gradients: bool,
 ) -> Result<(), Violation> {
-    let footprint = |batch| Footprint::training(dims, tie_embeddings, batch, seq, optimizer);
+    let footprint = |batch| {
+        Footprint::training(
+            dims,
+            tie_embeddings,
+            batch,
+            seq,
+            optimizer,
+            summed_gradients,
+        )
+    };
     let Err(too_large) = footprint(batch).check("training") else {
         return Ok(());
     };

@@ -183,8 +183,17 @@ fn check_fits(bench: &TrainBench) -> Result<()> {
         );
     }
     if bench.device == Device::Cpu {
-        let footprint =
-            |batch| Footprint::training(dims, true, batch, bench.step.seq, bench.optimizer.kind);
+        let summed = bench.step.accum * crate::collective::world().size() > 1;
+        let footprint = |batch| {
+            Footprint::training(
+                dims,
+                true,
+                batch,
+                bench.step.seq,
+                bench.optimizer.kind,
+                summed,
+            )
+        };
         if let Err(too_large) = footprint(bench.step.batch).check("this benchmark") {
             // The batch is the knob when a batch of one fits.
             let knob = if footprint(1).total() <= too_large.limit.bytes {
