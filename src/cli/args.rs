@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::engine::{Device, PrecisionSetting};
 use crate::model::Preset;
-use crate::pipeline::spec::MAX_THREADS;
+use crate::pipeline::spec::{ExecutorKind, MAX_THREADS};
 use crate::pipeline::{self, LoadedSpec, SpecSources, StageId};
 
 const DEFAULT_CACHE: &str = ".tinyllm/cache";
@@ -35,6 +35,26 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
+    /// The arguments as given, for a command that loads the same spec elsewhere (a Slurm job).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![self.spec.to_string_lossy().into_owned()];
+        for overlay in &self.overlay {
+            args.push("--overlay".into());
+            args.push(overlay.to_string_lossy().into_owned());
+        }
+        for (flag, values) in [("--set", &self.set), ("--sweep", &self.sweep)] {
+            for value in values {
+                args.push(flag.into());
+                args.push(value.clone());
+            }
+        }
+        if let Some(device) = self.device {
+            args.push("--device".into());
+            args.push(device.to_string());
+        }
+        args
+    }
+
     /// The spec with its overlays, `--set`s (`--device` among them) and sweeps applied.
     pub fn load(&self) -> Result<LoadedSpec> {
         let sources = SpecSources {
@@ -55,6 +75,34 @@ impl SpecArgs {
         };
         Ok(pipeline::load(&sources)?)
     }
+}
+
+/// Which executor a command about a run's results assumes (`status`, `report`).
+#[derive(Debug, Args)]
+pub struct ExecutorArg {
+    /// The executor the variants were run with: slurm plans them as jobs of `slurm.ntasks`
+    /// tasks, whose train key holds their world size [default: the spec's pipeline.executor,
+    /// else local].
+    #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+    executor: Option<ExecutorKind>,
+}
+
+impl ExecutorArg {
+    /// The spec as the executor keys it: a Slurm job of several tasks trains data-parallel.
+    pub fn apply(&self, loaded: LoadedSpec) -> LoadedSpec {
+        let spec = &loaded.variants[0].spec;
+        match self.executor.or(spec.pipeline.executor).unwrap_or_default() {
+            ExecutorKind::Slurm => {
+                let ranks = spec.slurm.ntasks.unwrap_or(1) as usize;
+                loaded.for_world_size(ranks)
+            }
+            ExecutorKind::Local => loaded,
+        }
+    }
+}
+
+pub fn parse_executor(name: &str) -> Result<ExecutorKind, String> {
+    name.parse()
 }
 
 /// The cache and run folders (`run`, `status`, `cache …`).

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 use crate::collective;
 use crate::pipeline::StageRegistry;
-use commands::{bench, cache, export, run, sample, schema, score, status, tokenize};
+use commands::{bench, cache, export, report, run, sample, schema, score, status, tokenize};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,7 @@ use commands::{bench, cache, export, run, sample, schema, score, status, tokeniz
         tinyllm run pipelines/quickstart.toml\n  \
         tinyllm run pipelines/tinystories.toml --overlay configs/small.toml --set train.lr=1e-3\n  \
         tinyllm run pipelines/tinystories.toml --sweep train.lr=1e-3,5e-4,3e-4\n  \
+        tinyllm run pipelines/tinystories.toml --sweep train.lr=1e-3,5e-4 --executor slurm --wait\n  \
         tinyllm status pipelines/tinystories.toml\n  \
         tinyllm schema > pipelines/schema.json"
 )]
@@ -51,6 +52,7 @@ struct Cli {
 enum Command {
     Run(run::RunArgs),
     Status(status::StatusArgs),
+    Report(report::ReportArgs),
     Schema(schema::SchemaArgs),
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -167,7 +169,8 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
     let out = &mut *out;
     match cli.command {
         Command::Run(args) => run::exec(args, registry, quiet, out),
-        Command::Status(args) => status::exec(args, registry, quiet, out),
+        Command::Status(args) => status::exec(args, registry, out),
+        Command::Report(args) => report::exec(args, out),
         Command::Schema(_) => schema::exec(out),
         Command::Cache(command) => cache::exec(command, out),
         Command::Tokenize(args) => tokenize::exec(args, out),

@@ -4,11 +4,16 @@
 //! <cache>/<stage>/<key>/manifest.json + files   finished artifacts, never modified in place
 //! <cache>/tmp/<stage>-<key>-<unique>/            artifacts being built (renamed into place)
 //! <cache>/scratch/<stage>-<key>/                 resumable partial work of an unfinished stage
-//! <cache>/locks/<stage>-<key>.lock               one builder per key across processes
+//! <cache>/locks/<stage>-<key>.lock               one builder per key among a node's processes
+//! <cache>/locks/<stage>-<key>.lease              one builder per key across nodes (see `lease`)
 //! ```
 //!
 //! An artifact exists only once its folder has been renamed into place with its manifest inside,
 //! so a crash at any moment leaves either a finished artifact or nothing that a run takes for one.
+//!
+//! Building a key takes both the flock on its `.lock` file (waiters on one node sleep in the
+//! kernel, and a crash releases it) and its lease, a file created exclusively and refreshed by a
+//! heartbeat, which holds on network and cluster file systems where flock does not.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -22,6 +27,10 @@ use serde_json::Value as Json;
 
 use super::dag::StageId;
 use crate::fsutil;
+
+pub mod lease;
+
+pub use lease::{LeaseHolder, LeaseTiming};
 
 /// How many hex digits of the key name an artifact's folder.
 const KEY_DIR_LEN: usize = 16;
@@ -213,11 +222,16 @@ pub fn canonical_json(value: &Json) -> String {
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    lease: LeaseTiming,
 }
 
-/// An exclusive claim on building one key; released when dropped (or when the process dies).
+/// An exclusive claim on building one key, on every node that shares the cache; released when
+/// dropped (or, for a crash, once the lease goes stale).
 #[derive(Debug)]
 pub struct KeyLock {
+    // Declared first so that it is released before the flock: a waiter on this node that gets
+    // the flock then finds the lease free instead of polling for it.
+    _lease: lease::Lease,
     _file: File,
     stage: StageId,
     key: String,
@@ -252,7 +266,16 @@ pub struct GcReport {
 impl Cache {
     /// A handle on a cache folder; nothing is created until [`Cache::ensure`].
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Cache { root: root.into() }
+        Cache {
+            root: root.into(),
+            lease: LeaseTiming::default(),
+        }
+    }
+
+    /// The same cache with other lease durations (tests use short ones).
+    pub fn with_lease_timing(mut self, timing: LeaseTiming) -> Self {
+        self.lease = timing;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -371,18 +394,31 @@ impl Cache {
         }
     }
 
-    /// Takes the build lock of `key`, calling `on_wait` first if another process holds it.
+    /// `<cache>/locks/<stage>-<key>.<extension>`.
+    fn lock_file(&self, stage: StageId, key: &str, extension: &str) -> PathBuf {
+        self.root.join("locks").join(format!(
+            "{}-{}.{extension}",
+            stage.name(),
+            Self::key_dir_name(key)
+        ))
+    }
+
+    /// Takes the build lock of `key`, its flock and then its lease, waiting as long as another
+    /// process (on this node or another) holds either; `on_wait` is called once, when the first
+    /// wait begins.
     pub fn lock(
         &self,
         stage: StageId,
         key: &str,
         on_wait: impl FnOnce(),
     ) -> Result<KeyLock, CacheError> {
-        let path = self.root.join("locks").join(format!(
-            "{}-{}.lock",
-            stage.name(),
-            Self::key_dir_name(key)
-        ));
+        let mut on_wait = Some(on_wait);
+        let mut waiting = || {
+            if let Some(on_wait) = on_wait.take() {
+                on_wait();
+            }
+        };
+        let path = self.lock_file(stage, key, "lock");
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -392,16 +428,27 @@ impl Cache {
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                on_wait();
+                waiting();
                 file.lock().map_err(io_err(&path))?;
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
         }
+        let lease = lease::acquire(
+            &self.lock_file(stage, key, "lease"),
+            &self.lease,
+            &mut waiting,
+        )?;
         Ok(KeyLock {
+            _lease: lease,
             _file: file,
             stage,
             key: key.to_string(),
         })
+    }
+
+    /// Who is building `key`, when a live holder has its lease (another node's process included).
+    pub fn lease_holder(&self, stage: StageId, key: &str) -> Option<LeaseHolder> {
+        lease::holder(&self.lock_file(stage, key, "lease"), &self.lease)
     }
 
     /// Starts building the artifact of a locked key in a fresh temporary folder, after removing
@@ -559,7 +606,8 @@ impl Cache {
         Ok(report)
     }
 
-    /// Whether another process holds the lock of the key a tmp or scratch folder belongs to.
+    /// Whether another process holds the lock of the key a tmp or scratch folder belongs to: its
+    /// flock (this node) or a live lease (any node).
     fn is_being_built(&self, path: &Path) -> bool {
         let name = path
             .file_name()
@@ -573,14 +621,11 @@ impl Cache {
             return false;
         };
         let key: String = rest.chars().take(KEY_DIR_LEN).collect();
-        let lock_path = self
-            .root
-            .join("locks")
-            .join(format!("{}-{key}.lock", stage.name()));
-        let Ok(file) = File::options().write(true).open(lock_path) else {
-            return false;
-        };
-        matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
+        let flocked = File::options()
+            .write(true)
+            .open(self.lock_file(stage, &key, "lock"))
+            .is_ok_and(|file| matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock)));
+        flocked || lease::is_live(&self.lock_file(stage, &key, "lease"), &self.lease)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod dag;
 pub mod overlay;
 pub mod report;
 pub mod runner;
+pub mod slurm;
 pub mod spec;
 pub mod stage;
 pub mod view;

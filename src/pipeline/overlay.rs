@@ -126,6 +126,16 @@ pub struct LoadedSpec {
     pub variants: Vec<Variant>,
 }
 
+impl LoadedSpec {
+    /// The variants as a job of `ranks` ranks keys them (see [`StageViews::for_world_size`]).
+    pub fn for_world_size(mut self, ranks: usize) -> LoadedSpec {
+        for variant in &mut self.variants {
+            variant.views = variant.views.clone().for_world_size(ranks);
+        }
+        self
+    }
+}
+
 /// Reads, merges, checks and expands a spec into its variants.
 pub fn load(sources: &SpecSources) -> Result<LoadedSpec, SpecError> {
     let schema = SchemaKeys::new();

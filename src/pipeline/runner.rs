@@ -41,6 +41,43 @@ pub struct RunOptions {
     /// Plan and print, change nothing.
     pub dry_run: bool,
     pub quiet: bool,
+    /// Which variants and stages this run builds (a Slurm job builds one part of a sweep).
+    pub part: Part,
+}
+
+impl RunOptions {
+    /// Options of a command that only reads the cache (`status`, `report`): every stage of
+    /// every variant, nothing forced, nothing built.
+    pub fn reading(cache_dir: PathBuf, runs_dir: PathBuf, verify: bool) -> RunOptions {
+        RunOptions {
+            cache_dir,
+            runs_dir,
+            until: None,
+            force: BTreeSet::new(),
+            verify,
+            dry_run: true,
+            quiet: true,
+            part: Part::All,
+        }
+    }
+}
+
+/// The part of a spec's work one run does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Part {
+    /// Every stage of every variant, and the sweep's table.
+    #[default]
+    All,
+    /// One variant, by name (`--variant`); with `expect_key`, only if its last stage still has
+    /// that key (`--expect-key`: a Slurm job checks that the spec it reads is the one it was
+    /// submitted for).
+    Variant {
+        name: String,
+        expect_key: Option<String>,
+    },
+    /// The stages whose artifact several variants share (`--shared-only`): the first job of a
+    /// sweep on Slurm, which the variants' jobs wait for.
+    Shared,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +98,17 @@ pub enum RunError {
     },
     #[error("cannot print: {0}")]
     Output(#[from] io::Error),
+    #[error(
+        "variant `{variant}` now keys its {stage} artifact {found}, not {expected} as when it was submitted: the spec, an overlay or a local input changed since; submit the sweep again"
+    )]
+    KeyChanged {
+        variant: String,
+        stage: StageId,
+        expected: String,
+        found: String,
+    },
+    #[error("the spec has no variant named `{name}`; its variants are {known}")]
+    UnknownVariant { name: String, known: String },
     #[error(
         "the {what} folder {} is inside the local mirror {mirror} ({key}), so the corpus would take it in; point the mirror at a folder that holds only the corpus, or move the {what} folder ({flag})",
         folder.display()
@@ -224,6 +272,70 @@ pub fn plan(loaded: &LoadedSpec, opts: &RunOptions) -> Vec<VariantPlan> {
         .collect()
 }
 
+/// The plans of the variants and stages `part` covers.
+pub fn select(plans: Vec<VariantPlan>, part: &Part) -> Result<Vec<VariantPlan>, RunError> {
+    match part {
+        Part::All => Ok(plans),
+        Part::Variant { name, expect_key } => {
+            let known: Vec<&str> = plans.iter().map(|p| p.variant.name.as_str()).collect();
+            let known = known.join(", ");
+            let plan = plans
+                .into_iter()
+                .find(|p| p.variant.name == *name)
+                .ok_or_else(|| RunError::UnknownVariant {
+                    name: name.clone(),
+                    known,
+                })?;
+            if let (Some(expected), Some(last)) = (expect_key, plan.stages.last())
+                && (expected.len() < 16 || !last.key.starts_with(expected.as_str()))
+            {
+                return Err(RunError::KeyChanged {
+                    variant: name.clone(),
+                    stage: last.stage,
+                    expected: expected.clone(),
+                    found: Cache::key_dir_name(&last.key).to_string(),
+                });
+            }
+            Ok(vec![plan])
+        }
+        Part::Shared => {
+            let shared = shared_stage_counts(&plans);
+            Ok(plans
+                .into_iter()
+                .filter_map(|mut plan| {
+                    let own = plan.stages.split_off(shared[&plan.variant.name]);
+                    plan.later_keys
+                        .extend(own.into_iter().map(|s| (s.stage, s.key)));
+                    (!plan.stages.is_empty()).then_some(plan)
+                })
+                .collect())
+        }
+    }
+}
+
+/// For each variant (by name), how many of its first stages have an artifact that another
+/// variant uses too. Those are always its first ones: a key covers the keys of its inputs, so a
+/// stage two variants share has shared inputs.
+pub fn shared_stage_counts(plans: &[VariantPlan]) -> BTreeMap<String, usize> {
+    let mut users: HashMap<(StageId, &str), usize> = HashMap::new();
+    for plan in plans {
+        for stage in &plan.stages {
+            *users.entry((stage.stage, stage.key.as_str())).or_default() += 1;
+        }
+    }
+    plans
+        .iter()
+        .map(|plan| {
+            let count = plan
+                .stages
+                .iter()
+                .take_while(|s| users[&(s.stage, s.key.as_str())] > 1)
+                .count();
+            (plan.variant.name.clone(), count)
+        })
+        .collect()
+}
+
 /// Why a cached stage must be rebuilt with its inputs: one of them is damaged, or stale itself.
 fn stage_rebuilt_first(planned: &[PlannedStage], stage: StageId) -> Option<String> {
     planned
@@ -260,7 +372,7 @@ pub fn run(
         return follow::follow(loaded, registry, opts, world).map(|()| Vec::new());
     }
     let cache = Cache::new(&opts.cache_dir);
-    let mut plans = plan(loaded, opts);
+    let mut plans = select(plan(loaded, opts), &opts.part)?;
     if opts.verify {
         check_contents(&mut plans, registry);
     }
@@ -381,35 +493,57 @@ pub fn run(
         }
         results.push(result);
     }
-    if loaded.variants.len() > 1 {
-        let table = sweep_table(&loaded.swept_keys, &results);
-        writeln!(out)?;
-        write!(out, "{}", table.render())?;
-        if !opts.dry_run {
-            let pipeline = &loaded.variants[0].spec.pipeline.name;
-            let csv_path = opts.runs_dir.join(pipeline).join("sweep.csv");
-            fsutil::write_atomic(&csv_path, table.to_csv().as_bytes()).map_err(|source| {
-                RunError::RunFolder {
-                    path: csv_path.clone(),
-                    source,
-                }
-            })?;
-            let pipeline_dir = opts.runs_dir.join(pipeline);
-            report::write_sweep_report(&pipeline_dir, &table, &results).map_err(|e| {
-                RunError::RunFolder {
-                    path: pipeline_dir.clone(),
-                    source: io::Error::other(e),
-                }
-            })?;
-            writeln!(
-                out,
-                "table written to {}; plots and report in {}",
-                csv_path.display(),
-                pipeline_dir.join("report.md").display()
-            )?;
-        }
+    if loaded.variants.len() > 1 && opts.part == Part::All {
+        write_sweep(loaded, &results, opts, out)?;
     }
     Ok(results)
+}
+
+/// Prints a sweep's comparison table and (unless this is a dry run) writes it as `sweep.csv`,
+/// with `report.md` and the plots of every variant's loss, into `runs/<pipeline>/`.
+pub fn write_sweep(
+    loaded: &LoadedSpec,
+    results: &[VariantResult],
+    opts: &RunOptions,
+    out: &mut dyn Write,
+) -> Result<(), RunError> {
+    let table = sweep_table(&loaded.swept_keys, results);
+    writeln!(out)?;
+    write!(out, "{}", table.render())?;
+    if opts.dry_run {
+        return Ok(());
+    }
+    let pipeline_dir = opts.runs_dir.join(&loaded.variants[0].spec.pipeline.name);
+    let csv_path = pipeline_dir.join("sweep.csv");
+    fsutil::write_atomic(&csv_path, table.to_csv().as_bytes())
+        .map_err(run_folder_err(&csv_path))?;
+    report::write_sweep_report(&pipeline_dir, &table, results).map_err(|e| {
+        RunError::RunFolder {
+            path: pipeline_dir.clone(),
+            source: io::Error::other(e),
+        }
+    })?;
+    writeln!(
+        out,
+        "table written to {}; plots and report in {}",
+        csv_path.display(),
+        pipeline_dir.join("report.md").display()
+    )?;
+    Ok(())
+}
+
+/// What the cache holds of each planned variant, as results (for a report of a sweep whose
+/// stages ran elsewhere): cached stages with their figures, the others pending.
+pub fn cached_results(plans: &[VariantPlan]) -> Vec<VariantResult> {
+    plans
+        .iter()
+        .map(|plan| VariantResult {
+            name: plan.variant.name.clone(),
+            overrides: plan.variant.overrides.clone(),
+            run_dir: plan.run_dir.clone(),
+            stages: plan.stages.iter().map(dry_run_result).collect(),
+        })
+        .collect()
 }
 
 /// Marks as damaged each cached artifact whose stage finds its contents unusable, and as stale
@@ -480,7 +614,7 @@ pub fn check_folders(loaded: &LoadedSpec, opts: &RunOptions) -> Result<(), RunEr
 
 /// The absolute, link-free form of a path that may not exist yet: its longest existing
 /// ancestor resolved, the rest appended.
-fn resolve(path: &Path) -> PathBuf {
+pub(crate) fn resolve(path: &Path) -> PathBuf {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let mut existing = absolute.as_path();
     let mut rest = Vec::new();

@@ -36,6 +36,9 @@ pub struct PipelineSpec {
     pub train: TrainConfig,
     #[serde(default)]
     pub sample: SampleConfig,
+    /// How the Slurm executor submits jobs (`pipeline.executor = "slurm"` or `--executor slurm`).
+    #[serde(default, skip_serializing_if = "SlurmConfig::is_default")]
+    pub slurm: SlurmConfig,
     /// Dotted keys mapped to lists of values; the pipeline runs once per combination.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sweep: BTreeMap<String, Vec<serde_json::Value>>,
@@ -65,6 +68,86 @@ pub struct PipelineSection {
     /// Worker threads for every stage (default: all cores). Never changes a result's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Where the stages run: `local` (this process, the default) or `slurm` (jobs submitted
+    /// with sbatch, sharing the cache). `--executor` wins. Never changes a result's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorKind>,
+}
+
+/// Where the stages of a run are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// In this process, one stage after another.
+    #[default]
+    Local,
+    /// As Slurm jobs: the stages the variants share in one job, each variant's own stages in
+    /// one task of a job array that waits for it.
+    Slurm,
+}
+
+impl std::str::FromStr for ExecutorKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "local" => Ok(ExecutorKind::Local),
+            "slurm" => Ok(ExecutorKind::Slurm),
+            other => Err(format!(
+                "unknown executor `{other}`; executors are local, slurm"
+            )),
+        }
+    }
+}
+
+/// The most tasks one variant's job may ask for (`slurm.ntasks`).
+pub const MAX_SLURM_TASKS: u32 = 4096;
+
+/// The Slurm executor's settings: none of them changes a result, so none is in a key.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    /// sbatch options for every job, one per item, e.g. ["--partition=cpu", "--time=02:00:00"];
+    /// each becomes an `#SBATCH` line of the generated script (`--slurm` adds to them).
+    pub options: Vec<String>,
+    /// Tasks of each variant's job (default 1). More than one runs the job through `srun` and
+    /// trains data-parallel over them (a build with `--features mpi`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ntasks: Option<u32>,
+    /// srun options of a job of several tasks, e.g. ["--mpi=pmix"] where Open MPI needs Slurm's
+    /// PMIx to start its ranks.
+    pub srun_options: Vec<String>,
+    /// Let the cache or run folders be on a node-local file system (/tmp, tmpfs): right for a
+    /// single-node cluster only, as the jobs of other nodes would not see them.
+    pub allow_node_local_cache: bool,
+}
+
+/// The most sbatch options a spec and `--slurm` may give together.
+pub const MAX_SLURM_OPTIONS: usize = 64;
+
+impl SlurmConfig {
+    fn is_default(&self) -> bool {
+        *self == SlurmConfig::default()
+    }
+
+    /// Refuses an sbatch or srun option that would not be one `#SBATCH` line or one word: the generated script
+    /// must run exactly the options the user wrote, and a line break would let one add commands.
+    pub fn check_option(option: &str) -> Result<(), String> {
+        if !option.starts_with('-') {
+            return Err(format!(
+                "{option:?} is not an option (they start with '-', e.g. --partition=cpu)"
+            ));
+        }
+        if option.len() > 1000 {
+            return Err(format!("an option of {} bytes is too long", option.len()));
+        }
+        if option.chars().any(char::is_control) {
+            return Err(format!(
+                "{option:?} holds a line break or control character"
+            ));
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

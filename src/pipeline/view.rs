@@ -285,6 +285,18 @@ impl StageViews {
             .expect("StageId::ALL lists every stage");
         &self.views[index]
     }
+
+    /// The views as a job of `ranks` ranks sees them: what a submitter plans for the jobs it
+    /// hands to a scheduler (the train key holds the world size, which the submitting process,
+    /// of one rank, does not have).
+    pub fn for_world_size(mut self, ranks: usize) -> StageViews {
+        for view in &mut self.views {
+            if let StageView::Train(train) = view {
+                train.world_size = ranks;
+            }
+        }
+        self
+    }
 }
 
 /// A section as JSON, without its non-semantic fields.

@@ -143,6 +143,7 @@ max_iters = 10
             verify: false,
             dry_run: false,
             quiet: true,
+            part: Default::default(),
         }
     }
 

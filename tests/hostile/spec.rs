@@ -31,6 +31,21 @@ macro_rules! bad_args {
 pub fn rows() -> Vec<Row> {
     vec![
         bad_spec!(
+            "an sbatch option with a line break, which would add a line to the job script",
+            "[pipeline]\nname = \"x\"\n[slurm]\noptions = [\"--time=1:00\\nrm -rf ~\"]\n",
+            "error: bad.toml:4: key `slurm.options[0]`: \"--time=1:00\\nrm -rf ~\" holds a line break or control character"
+        ),
+        bad_spec!(
+            "a Slurm job of 10^12 tasks",
+            "[pipeline]\nname = \"x\"\n[slurm]\nntasks = 1000000000000\n",
+            "error: bad.toml:4: key `slurm.ntasks`: invalid value: integer `1000000000000`, expected u32"
+        ),
+        bad_spec!(
+            "an unknown executor",
+            "[pipeline]\nname = \"x\"\nexecutor = \"kubernetes\"\n",
+            "error: bad.toml:3: key `pipeline.executor`: unknown variant `kubernetes`, expected `local` or `slurm`"
+        ),
+        bad_spec!(
             "a TOML syntax error",
             "[pipeline]\nname = \"x\"\n[train\nlr = 1\n",
             "error: bad.toml:3:7: invalid TOML: unclosed table, expected `]`"

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod cache;
 pub mod export;
+pub mod report;
 pub mod run;
 pub mod sample;
 pub mod schema;

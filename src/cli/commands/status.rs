@@ -1,43 +1,36 @@
 //! `tinyllm status`: each stage's cache key and whether its artifact is built.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::args::{FolderArgs, SpecArgs};
+use crate::cli::args::{ExecutorArg, FolderArgs, SpecArgs};
 use crate::pipeline::runner::{self, PlanState};
-use crate::pipeline::{self, LoadedSpec, StageRegistry};
+use crate::pipeline::{self, Cache, LoadedSpec, StageRegistry, slurm};
 
-/// Show each stage's cache key and whether its artifact is cached.
+/// Show each variant's state (cached, not built, or its Slurm job: queued, running, failed)
+/// and each stage's cache key and whether its artifact is cached.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     spec: SpecArgs,
     #[command(flatten)]
     folders: FolderArgs,
+    #[command(flatten)]
+    executor: ExecutorArg,
     /// Re-hash cached files instead of checking their sizes.
     #[arg(long)]
     verify: bool,
 }
 
-pub fn exec(
-    args: StatusArgs,
-    registry: &StageRegistry,
-    quiet: bool,
-    out: &mut dyn Write,
-) -> Result<()> {
-    let loaded = args.spec.load()?;
-    let opts = pipeline::RunOptions {
-        cache_dir: args.folders.cache_dir(Some(&loaded)),
-        runs_dir: args.folders.runs_dir(Some(&loaded)),
-        until: None,
-        force: BTreeSet::new(),
-        verify: args.verify,
-        dry_run: true,
-        quiet,
-    };
+pub fn exec(args: StatusArgs, registry: &StageRegistry, out: &mut dyn Write) -> Result<()> {
+    let loaded = args.executor.apply(args.spec.load()?);
+    let opts = pipeline::RunOptions::reading(
+        args.folders.cache_dir(Some(&loaded)),
+        args.folders.runs_dir(Some(&loaded)),
+        args.verify,
+    );
     runner::check_folders(&loaded, &opts)?;
     print_status(&loaded, &opts, registry, out)
 }
@@ -49,10 +42,13 @@ fn print_status(
     out: &mut dyn Write,
 ) -> Result<()> {
     writeln!(out, "cache: {}", opts.cache_dir.display())?;
-    for plan in runner::plan(loaded, opts) {
+    let plans = runner::plan(loaded, opts);
+    // Asks Slurm only about the jobs the cache records as building one of these artifacts.
+    let states = slurm::variant_states(&plans, &Cache::new(&opts.cache_dir))?;
+    for (plan, state) in plans.into_iter().zip(states) {
         writeln!(
             out,
-            "{} / {}",
+            "{} / {}: {state}",
             plan.variant.spec.pipeline.name, plan.variant.name
         )?;
         for planned in &plan.stages {

@@ -54,6 +54,35 @@ impl PipelineSpec {
             }
             _ => {}
         }
+        for (key, options) in [
+            ("slurm.options", &self.slurm.options),
+            ("slurm.srun_options", &self.slurm.srun_options),
+        ] {
+            if options.len() > super::MAX_SLURM_OPTIONS {
+                return fail(
+                    key,
+                    format!(
+                        "{} options are more than {}",
+                        options.len(),
+                        super::MAX_SLURM_OPTIONS
+                    ),
+                );
+            }
+            for (i, option) in options.iter().enumerate() {
+                super::SlurmConfig::check_option(option)
+                    .or_else(|message| fail(&format!("{key}[{i}]"), message))?;
+            }
+        }
+        match self.slurm.ntasks {
+            Some(0) => return fail("slurm.ntasks", "must be at least 1".into()),
+            Some(tasks) if tasks > super::MAX_SLURM_TASKS => {
+                return fail(
+                    "slurm.ntasks",
+                    format!("{tasks} is more than {}", super::MAX_SLURM_TASKS),
+                );
+            }
+            _ => {}
+        }
         if self.download.files.is_empty() {
             return fail("download.files", "must list at least one file".into());
         }
