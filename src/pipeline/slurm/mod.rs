@@ -171,7 +171,7 @@ pub fn submit(
             .map(|c| c.job.clone())
     };
 
-    let mut shared_build: BTreeMap<(StageId, String), ()> = BTreeMap::new();
+    let mut shared_build: BTreeSet<(StageId, String)> = BTreeSet::new();
     let mut shared_waits: BTreeSet<JobId> = BTreeSet::new();
     let mut variant_indices = Vec::new();
     let mut already = Vec::new();
@@ -184,7 +184,7 @@ pub fn submit(
                     shared_waits.insert(job);
                 }
                 None => {
-                    shared_build.insert((planned.stage, planned.key.clone()), ());
+                    shared_build.insert((planned.stage, planned.key.clone()));
                 }
             }
         }
@@ -249,7 +249,7 @@ pub fn submit(
     };
     let mut after: Vec<JobId> = shared_waits.into_iter().collect();
     if !shared_build.is_empty() {
-        let stages: BTreeSet<StageId> = shared_build.keys().map(|(s, _)| *s).collect();
+        let stages: BTreeSet<StageId> = shared_build.iter().map(|(s, _)| *s).collect();
         let stages: Vec<StageId> = stages.into_iter().collect();
         let text = script::shared_job(&cx, &stages);
         let path = dir.join("shared.sbatch");
@@ -258,7 +258,7 @@ pub fn submit(
             "<shared job>".to_string()
         } else {
             let job = sbatch(&path, &text)?;
-            for (stage, key) in shared_build.keys() {
+            for (stage, key) in &shared_build {
                 claims
                     .put(*stage, key, &job, &path)
                     .map_err(write_err(&cache.root().join("jobs")))?;
