@@ -11,6 +11,7 @@
 //! - [`tokenizer`]: the BPE and character tokenizers;
 //! - [`train`]: the training loop and its parts (schedule, evaluation, checkpoints, metrics);
 //! - [`collective`]: the ranks of a data-parallel job (one process, or MPI's);
+//! - [`generate`] and [`serve`]: text from a trained model, on the console and over HTTP;
 //! - [`cli`]: the command-line interface that the `tinyllm` binary wraps.
 
 pub mod bench;
@@ -23,6 +24,7 @@ pub mod fsutil;
 pub mod generate;
 pub mod model;
 pub mod pipeline;
+pub mod serve;
 pub mod stages;
 pub mod tokenizer;
 pub mod train;

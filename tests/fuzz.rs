@@ -1,7 +1,7 @@
 //! Property tests feeding arbitrary bytes, and mutations of valid files, to every reader of a
 //! file a user or a damaged cache can hand tinyllm: the spec with its overlays and `--set`
-//! strings, safetensors weights, `tokenizer.json`, `shards.json` with its token shards, training
-//! checkpoints and `.tar.gz` corpora. Each reader must answer with a value or an error, never a
+//! strings, safetensors weights, GGUF exports, `tokenizer.json`, `shards.json` with its token
+//! shards, training checkpoints and `.tar.gz` corpora. Each reader must answer with a value or an error, never a
 //! panic, and never ask for more than 1 GiB at once: the global allocator below refuses such a
 //! request and records it, so a reader that sizes a buffer by a declared length it did not check
 //! fails here whether or not the machine could have given the memory.
@@ -11,6 +11,7 @@
 //! most cases start from a valid file and change a length, an offset, a shape, a count or a name.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -23,6 +24,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value as Json, json};
 
 use tinyllm::data::loader::{Loader, LoaderState, Share};
+use tinyllm::export::gguf::read::GgufFile;
+use tinyllm::export::gguf::{self, Tensor, TensorType, Value, ValueType};
 use tinyllm::model::safetensors;
 use tinyllm::model::{LlamaConfig, ModelDims, param_layout};
 use tinyllm::pipeline::SpecSources;
@@ -756,6 +759,159 @@ fn safetensors_declared_sizes_are_checked_against_the_file() {
     let error = safetensors::load(&path, &layout).unwrap_err().to_string();
     assert!(error.contains("malformed shape"), "{error}");
     no_large_allocation().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF
+
+/// A small GGUF file as the exporter writes them: metadata of several types (arrays of strings
+/// and numbers among them) and a tensor of each stored type.
+fn valid_gguf() -> Vec<u8> {
+    let strings = ["<unk>", "\u{2581}a", "<0x0A>"].map(|s| Value::String(s.into()));
+    let metadata = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String("llama".into()),
+        ),
+        ("llama.block_count".into(), Value::U32(2)),
+        ("llama.rope.freq_base".into(), Value::F32(10000.0)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(ValueType::String, strings.to_vec()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(
+                ValueType::I32,
+                vec![Value::I32(2), Value::I32(1), Value::I32(6)],
+            ),
+        ),
+        ("general.size".into(), Value::U64(7)),
+    ];
+    let values: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 7.0).collect();
+    let types = [
+        TensorType::F32,
+        TensorType::Bf16,
+        TensorType::F16,
+        TensorType::Q8_0,
+    ];
+    let tensors: Vec<Tensor<'_>> = types
+        .iter()
+        .enumerate()
+        .map(|(i, &tensor_type)| Tensor {
+            name: format!("blk.{i}.weight"),
+            dims: vec![32, 2],
+            tensor_type,
+            values: Cow::Borrowed(&values),
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    gguf::write(&path, &metadata, &tensors).unwrap();
+    fs::read(&path).unwrap()
+}
+
+/// Where the valid file holds a count, a length, a dimension or an offset: the header's two
+/// counts, each key's and tensor name's length (the 8 bytes before it), each array's length
+/// and each tensor's first dimension and offset.
+fn gguf_size_fields(valid: &[u8]) -> Vec<usize> {
+    let find = |needle: &str| {
+        valid
+            .windows(needle.len())
+            .rposition(|w| w == needle.as_bytes())
+            .unwrap()
+    };
+    let mut fields = vec![8, 16];
+    for key in [
+        "general.architecture",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+    ] {
+        let at = find(key);
+        fields.extend([at - 8, at + key.len() + 8]);
+    }
+    for i in 0..4 {
+        let name = format!("blk.{i}.weight");
+        let at = find(&name) + name.len();
+        fields.extend([at - name.len() - 8, at + 4, at + 4 + 16 + 4]);
+    }
+    fields
+}
+
+const GGUF_SIZES: &[u64] = &[
+    0,
+    1,
+    3,
+    31,
+    33,
+    1 << 31,
+    1 << 32,
+    1 << 40,
+    u64::MAX / 8,
+    u64::MAX,
+];
+
+fn gguf_file(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    let fields = gguf_size_fields(&valid);
+    let raw = valid.clone();
+    let structured = (
+        any::<Index>(),
+        any::<Index>(),
+        prop::option::of(any::<Index>()),
+    )
+        .prop_map(move |(field, size, cut)| {
+            let mut file = valid.clone();
+            let at = *field.get(&fields);
+            file[at..at + 8].copy_from_slice(&size.get(GGUF_SIZES).to_le_bytes());
+            if let Some(cut) = cut {
+                file.truncate(cut.index(file.len() + 1));
+            }
+            file
+        });
+    prop_oneof![
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+        3 => byte_edits().prop_map(move |edits| apply_bytes(raw.clone(), &edits)),
+        6 => structured,
+    ]
+}
+
+fn fuzz_gguf(cases: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    fuzz(cases, gguf_file(valid_gguf()).prop_map(Bytes), |bytes| {
+        fs::write(&path, &bytes.0).unwrap();
+        match GgufFile::open(&path) {
+            Ok(file) => {
+                for tensor in &file.tensors {
+                    match file.tensor_f32(&tensor.name) {
+                        Ok(values) => prop_assert_eq!(values.len() as u64, tensor.elements()),
+                        Err(error) => one_line(error)?,
+                    }
+                }
+            }
+            Err(error) => one_line(error)?,
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn gguf_reading_survives_hostile_files() {
+    let valid = valid_gguf();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    fs::write(&path, &valid).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    assert_eq!(file.tensors.len(), 4);
+    assert_eq!(file.tensor_f32("blk.3.weight").unwrap().len(), 64);
+    fuzz_gguf(QUICK);
+}
+
+#[test]
+#[ignore = "fuzzing: 10,000 cases (run by .ci/run in release)"]
+fn gguf_reading_survives_hostile_files_10k() {
+    fuzz_gguf(FULL);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -123,6 +123,15 @@ fn quickstart_tells_stories_then_every_readme_command_runs() {
                 Some((command, file)) => (command.to_string(), Some(file.trim().to_string())),
                 None => (command, None),
             };
+            // `tinyllm serve … &`: a server left running while the reader tries it.
+            if let Some(server) = command.strip_suffix(" &") {
+                let args = tinyllm_args(server)
+                    .unwrap_or_else(|| panic!("{readme}: cannot exercise `{command}`"));
+                if done.insert(args.join(" ")) {
+                    exercise_server(&checkout, &args);
+                }
+                continue;
+            }
             let args = tinyllm_args(&command)
                 .unwrap_or_else(|| panic!("{readme}: cannot exercise `{command}`"));
             // Both READMEs show many of the same commands; an export would refuse its own
@@ -136,6 +145,45 @@ fn quickstart_tells_stories_then_every_readme_command_runs() {
             }
         }
     }
+}
+
+/// Starts the README's `tinyllm serve` (on a free port rather than the one shown, which may be
+/// taken), asks it for a completion, and stops it.
+fn exercise_server(checkout: &Checkout, args: &[String]) {
+    assert_eq!(args.first().map(String::as_str), Some("serve"), "{args:?}");
+    let mut args = args.to_vec();
+    if let Some(port) = args.iter().position(|a| a == "--port") {
+        args[port + 1] = "0".into();
+    }
+    let mut server = Command::new(env!("CARGO_BIN_EXE_tinyllm"))
+        .current_dir(&checkout.dir)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let answer = line.trim().strip_prefix("listening on ").map(|url| {
+        reqwest::blocking::Client::new()
+            .post(format!("{url}/v1/completions"))
+            .header("content-type", "application/json")
+            .body(r#"{"prompt": "Once upon a time", "max_tokens": 20, "seed": 1}"#)
+            .send()
+            .and_then(|response| response.error_for_status())
+            .and_then(|response| response.text())
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let answer = answer
+        .unwrap_or_else(|| panic!("tinyllm {args:?} printed {line:?}, not where it listens"))
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["object"], "text_completion", "{answer}");
 }
 
 /// The quickstart's run folder holds its artifacts, a training log whose loss went down, and

@@ -6,6 +6,8 @@ mod common;
 use std::fs;
 
 use common::{one_error_line as error_line, tinyllm, trained_project as trained};
+use tinyllm::export::gguf::Value;
+use tinyllm::export::gguf::read::GgufFile;
 
 #[test]
 fn the_pipeline_writes_samples_and_sample_reproduces_them() {
@@ -160,7 +162,7 @@ fn bad_checkpoints_and_options_are_one_line_errors() {
 }
 
 /// A corpus too small for the vocabulary asked gives a tokenizer with fewer tokens than the
-/// model's embedding: training, sampling and both exports take it (the extra ids are never made).
+/// model's embedding: training, sampling and the exports take it (the extra ids are never made).
 #[test]
 fn a_tokenizer_smaller_than_the_model_samples_and_exports() {
     let project = common::training_project("max_iters = 2\neval_interval = 2\n");
@@ -179,7 +181,7 @@ fn a_tokenizer_smaller_than_the_model_samples_and_exports() {
     assert!(vocab < 2000, "{stdout}");
     assert!(stdout.contains("sample       ran"), "{stdout}");
     let run_dir = project.runs().join("test/default");
-    for format in ["hf", "llama2c"] {
+    for format in ["hf", "llama2c", "gguf"] {
         let out = project.path(&format!("export-{format}"));
         let output = tinyllm(
             &["export", "--format", format, "--out", out.to_str().unwrap()],
@@ -195,4 +197,21 @@ fn a_tokenizer_smaller_than_the_model_samples_and_exports() {
         pieces += 1;
     }
     assert_eq!(pieces, 2000, "run.c reads one piece per id of the model");
+
+    // llama.cpp wants one distinct piece per id of the model: the ids no text makes are padding.
+    let gguf = GgufFile::open(&project.path("export-gguf/model.gguf")).unwrap();
+    let array = |key: &str| gguf.get(key).and_then(Value::as_array).unwrap().to_vec();
+    let (tokens, types) = (
+        array("tokenizer.ggml.tokens"),
+        array("tokenizer.ggml.token_type"),
+    );
+    assert_eq!((tokens.len(), types.len()), (2000, 2000));
+    assert_eq!(
+        tokens[vocab].as_str(),
+        Some(format!("[PAD{vocab}]").as_str())
+    );
+    assert_eq!(types[vocab], Value::I32(5), "unused");
+    assert_eq!(types[vocab - 1], Value::I32(1), "normal");
+    let distinct: std::collections::HashSet<_> = tokens.iter().map(|t| t.as_str()).collect();
+    assert_eq!(distinct.len(), 2000);
 }

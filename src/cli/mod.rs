@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 use crate::collective;
 use crate::pipeline::StageRegistry;
-use commands::{bench, cache, export, report, run, sample, schema, score, status, tokenize};
+use commands::{bench, cache, export, report, run, sample, schema, score, serve, status, tokenize};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,6 +58,7 @@ enum Command {
     Cache(cache::CacheCommand),
     Tokenize(tokenize::TokenizeArgs),
     Sample(sample::SampleArgs),
+    Serve(serve::ServeArgs),
     Score(score::ScoreArgs),
     Export(export::ExportArgs),
     #[command(subcommand)]
@@ -175,6 +176,7 @@ fn execute(cli: Cli, registry: &StageRegistry) -> Result<()> {
         Command::Cache(command) => cache::exec(command, out),
         Command::Tokenize(args) => tokenize::exec(args, out),
         Command::Sample(args) => sample::exec(args, out),
+        Command::Serve(args) => serve::exec(args, out),
         Command::Score(args) => score::exec(args, out),
         Command::Export(args) => export::exec(args, out),
         Command::Bench(command) => bench::exec(command, out),

@@ -1,7 +1,9 @@
 //! Taking a trained model elsewhere: `tinyllm export --format hf` writes a folder that Hugging
 //! Face `transformers` loads with `AutoModelForCausalLM` and `AutoTokenizer`; `--format llama2c`
-//! writes the `model.bin` and `tokenizer.bin` that llama2.c's `run.c` reads.
+//! writes the `model.bin` and `tokenizer.bin` that llama2.c's `run.c` reads; `--format gguf`
+//! writes the `model.gguf` that llama.cpp and ollama run, with an ollama `Modelfile`.
 
+pub mod gguf;
 pub mod hf;
 pub mod llama2c;
 

@@ -1,6 +1,7 @@
 //! Text generation: a prompt through the KV-cache decoder, then one sampled token at a time,
 //! streamed as text, until the end of a story (EOS, or BOS: the start of the next one),
-//! `max_new_tokens`, or the end of the model's context.
+//! `max_new_tokens`, the end of the model's context, or the caller's word (a stop string, a
+//! client that left).
 //!
 //! A prompt longer than the context is an error rather than silently cut: the model never saw
 //! positions past `max_seq_len`, and dropping the prompt's start would change what it means.
@@ -9,6 +10,7 @@ pub mod folder;
 pub mod sampler;
 mod session;
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use crate::engine::{Backend, Rng};
@@ -22,6 +24,9 @@ pub struct GenerateOptions {
     pub sampling: Sampling,
     pub max_new_tokens: usize,
     pub seed: u64,
+    /// Go on past the end of a story (into the next one) until `max_new_tokens` or the context
+    /// is full: what a benchmark asks for to time a known number of tokens.
+    pub ignore_end_of_story: bool,
 }
 
 /// Why generation stopped.
@@ -32,6 +37,8 @@ pub enum Stop {
     MaxNewTokens,
     /// The model's context (`max_seq_len` positions) is full.
     ContextFull,
+    /// The caller's `on_text` asked to stop (it found a stop string, or its reader left).
+    Interrupted,
 }
 
 impl Stop {
@@ -41,6 +48,7 @@ impl Stop {
             Stop::EndOfStory => "end of story",
             Stop::MaxNewTokens => "max_new_tokens",
             Stop::ContextFull => "context full",
+            Stop::Interrupted => "the caller's request",
         }
     }
 }
@@ -90,14 +98,14 @@ pub fn prompt_ids(
 }
 
 /// Continues `prompt` (BOS alone when it is empty), calling `on_text` with each new piece of
-/// text as soon as it is whole UTF-8.
+/// text as soon as it is whole UTF-8; `on_text` breaks to end the generation there.
 pub fn generate<S: Shape, B: Backend<Float = f32>>(
     model: &Llama<S, B>,
     decoder: &mut Decoder<B>,
     tokenizer: &Tokenizer,
     prompt: &str,
     options: &GenerateOptions,
-    on_text: impl FnMut(&str),
+    on_text: impl FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
     let ids = prompt_ids(tokenizer, prompt, model.dims().max_seq_len)?;
     generate_ids(model, decoder, tokenizer, ids, options, on_text)
@@ -105,14 +113,15 @@ pub fn generate<S: Shape, B: Backend<Float = f32>>(
 
 /// Continues the prompt `ids` (from [`prompt_ids`]). The decoder is replaced by a larger one
 /// when it has no room for the prompt and the new tokens: its cache is sized by what this
-/// generation needs, not by the model's whole context.
+/// generation needs, not by the model's whole context. When `on_text` breaks, the generation ends
+/// at once ([`Stop::Interrupted`]) and `on_text` is not called again.
 pub fn generate_ids<S: Shape, B: Backend<Float = f32>>(
     model: &Llama<S, B>,
     decoder: &mut Decoder<B>,
     tokenizer: &Tokenizer,
     mut ids: Vec<u32>,
     options: &GenerateOptions,
-    mut on_text: impl FnMut(&str),
+    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
     let started = Instant::now();
     let context = model.dims().max_seq_len;
@@ -143,7 +152,7 @@ pub fn generate_ids<S: Shape, B: Backend<Float = f32>>(
     for _ in 0..options.max_new_tokens {
         let next = sampler::sample(&logits, &options.sampling, &mut rng);
         first_token_secs.get_or_insert(started.elapsed().as_secs_f64());
-        if next == EOS || next == BOS {
+        if (next == EOS || next == BOS) && !options.ignore_end_of_story {
             stop = Stop::EndOfStory;
             break;
         }
@@ -154,8 +163,12 @@ pub fn generate_ids<S: Shape, B: Backend<Float = f32>>(
             && let Some(piece) = new.get(emitted..)
             && !piece.is_empty()
         {
-            on_text(piece);
+            let flow = on_text(piece);
             emitted = new.len();
+            if flow.is_break() {
+                stop = Stop::Interrupted;
+                break;
+            }
         }
         if decoder.len() == context {
             stop = Stop::ContextFull;
@@ -168,8 +181,11 @@ pub fn generate_ids<S: Shape, B: Backend<Float = f32>>(
     let text = full
         .strip_prefix(prompt_text.as_str())
         .map_or_else(|| tokenizer.decode(&tokens), str::to_string);
-    if let Some(rest) = text.get(emitted..).filter(|rest| !rest.is_empty()) {
-        on_text(rest);
+    if stop != Stop::Interrupted
+        && let Some(rest) = text.get(emitted..).filter(|rest| !rest.is_empty())
+    {
+        // The last piece; whether it asks to stop changes nothing now.
+        let _ = on_text(rest);
     }
     Ok(Generation {
         prompt_tokens,
@@ -179,4 +195,68 @@ pub fn generate_ids<S: Shape, B: Backend<Float = f32>>(
         first_token_secs: first_token_secs.unwrap_or(0.0),
         secs: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Cpu;
+    use crate::model::{LlamaConfig, ModelDims, RuntimeShape};
+    use crate::pipeline::spec::TokenizerKind;
+
+    /// Continues "Tom" with a random model; `on_text` says whether to go on after each piece.
+    fn continue_tom(mut on_text: impl FnMut(&str) -> ControlFlow<()>) -> (Generation, Vec<String>) {
+        let texts = vec!["Tom had a cat. The cat was happy. Lily had a dog.".to_string()];
+        let tokenizer = Tokenizer::train(TokenizerKind::Char, 300, &texts).unwrap();
+        let dims = ModelDims {
+            dim: 16,
+            n_layers: 1,
+            n_heads: 2,
+            n_kv_heads: 1,
+            vocab_size: 300,
+            multiple_of: 4,
+            max_seq_len: 64,
+        };
+        let shape = RuntimeShape::new(dims).unwrap();
+        let model = Llama::new(Cpu::<f32>::new(), shape, LlamaConfig::default(), 1).unwrap();
+        let mut decoder = model.decoder(1).unwrap();
+        let options = GenerateOptions {
+            sampling: Sampling {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+            },
+            max_new_tokens: 40,
+            seed: 3,
+            ignore_end_of_story: true,
+        };
+        let mut pieces = Vec::new();
+        let generation = generate(&model, &mut decoder, &tokenizer, "Tom", &options, |piece| {
+            pieces.push(piece.to_string());
+            on_text(piece)
+        })
+        .unwrap();
+        (generation, pieces)
+    }
+
+    #[test]
+    fn on_text_breaking_ends_the_generation_at_that_piece() {
+        let (whole, all_pieces) = continue_tom(|_| ControlFlow::Continue(()));
+        assert_eq!(whole.stop, Stop::MaxNewTokens);
+        assert_eq!(whole.tokens.len(), 40);
+        assert!(all_pieces.len() >= 3, "{all_pieces:?}");
+        let mut calls = 0;
+        let (cut, pieces) = continue_tom(|_| {
+            calls += 1;
+            if calls == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(cut.stop, Stop::Interrupted);
+        assert_eq!(pieces, all_pieces[..2]);
+        assert!(cut.tokens.len() < whole.tokens.len());
+        assert_eq!(cut.tokens, whole.tokens[..cut.tokens.len()]);
+    }
 }

@@ -3,6 +3,7 @@
 //! of text and each finished story to a [`SampleSink`] that decides how to show them.
 
 use std::io;
+use std::ops::ControlFlow;
 
 use super::folder::ModelFolder;
 use super::{GenerateError, GenerateOptions, Generation, generate_ids, prompt_ids};
@@ -100,11 +101,12 @@ where
                 &self.folder.tokenizer,
                 ids,
                 &prompt.options,
-                |piece| {
-                    if failed.is_none()
-                        && let Err(e) = self.sink.piece(piece)
-                    {
+                |piece| match self.sink.piece(piece) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    // Nothing more can be shown; the error ends the session below.
+                    Err(e) => {
                         failed = Some(e);
+                        ControlFlow::Break(())
                     }
                 },
             )?;

@@ -44,6 +44,7 @@ impl Stage for Sample {
                         },
                         max_new_tokens: cfg.max_new_tokens,
                         seed: cfg.seed + i as u64,
+                        ignore_end_of_story: false,
                     },
                 })
             })

@@ -8,5 +8,6 @@ pub mod run;
 pub mod sample;
 pub mod schema;
 pub mod score;
+pub mod serve;
 pub mod status;
 pub mod tokenize;

@@ -63,6 +63,7 @@ pub fn exec(args: SampleArgs, out: &mut dyn Write) -> Result<()> {
         },
         max_new_tokens: args.max_new_tokens,
         seed: args.seed,
+        ignore_end_of_story: false,
     };
     let sampling = &options.sampling;
     if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
